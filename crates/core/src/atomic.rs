@@ -1,0 +1,147 @@
+//! Outputs that appear whole or not at all: write under a hidden temporary name in the same
+//! folder, fsync, rename, fsync the folder. Dropped before `commit`, the temporary is removed;
+//! a process killed mid-write leaves only a `.NAME.partial-PID` file, which no stage takes for
+//! a finished output (see [`is_partial`]).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Marker in the name of every unfinished output.
+pub const PARTIAL_MARK: &str = ".partial-";
+
+/// True for names of unfinished outputs (ours, or a killed run's).
+pub fn is_partial(name: &std::ffi::OsStr) -> bool {
+    let n = name.to_string_lossy();
+    n.starts_with('.') && n.contains(PARTIAL_MARK)
+}
+
+#[derive(Debug)]
+pub struct AtomicFile {
+    dest: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    /// A new output that becomes `dest` on commit; mode 0600 until then and after.
+    pub fn create(dest: &Path) -> Result<Self> {
+        Self::create_mode(dest, 0o600)
+    }
+
+    pub fn create_mode(dest: &Path, mode: u32) -> Result<Self> {
+        let name = dest.file_name().ok_or_else(|| {
+            Error::runtime(format!("output path {} has no file name", dest.display()))
+        })?;
+        let dir = parent_dir(dest);
+        let tmp = dir.join(format!(
+            ".{}{}{}",
+            name.to_string_lossy(),
+            PARTIAL_MARK,
+            std::process::id()
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .at("cannot create output in", dir)?;
+        Ok(AtomicFile {
+            dest: dest.to_path_buf(),
+            tmp,
+            file: Some(file),
+        })
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("AtomicFile used after commit")
+    }
+
+    /// Makes the output durable and visible under its final name.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        let mut file = self.file.take().expect("AtomicFile committed twice");
+        file.flush().at("cannot write", &self.tmp)?;
+        file.sync_all().at("cannot sync", &self.tmp)?;
+        drop(file);
+        fs::rename(&self.tmp, &self.dest).at("cannot rename into place", &self.dest)?;
+        sync_dir(parent_dir(&self.dest))?;
+        Ok(std::mem::take(&mut self.dest))
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file().flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn parent_dir(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// fsync a folder, so that a rename or a new entry in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("cannot sync folder", dir)
+}
+
+/// Writes a small file atomically.
+pub fn write_file(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = AtomicFile::create_mode(dest, mode)?;
+    f.write_all(bytes).at("cannot write", dest)?;
+    f.commit().map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_or_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("out.tar.gz");
+        {
+            let mut f = AtomicFile::create(&dest).unwrap();
+            f.write_all(b"half").unwrap();
+        }
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "dropped output left a file"
+        );
+        let mut f = AtomicFile::create(&dest).unwrap();
+        f.write_all(b"whole").unwrap();
+        f.commit().unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"whole");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn partial_names() {
+        assert!(is_partial(".x.tar.gz.partial-12".as_ref()));
+        assert!(!is_partial("x.tar.gz".as_ref()));
+    }
+}

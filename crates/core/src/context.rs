@@ -1,0 +1,196 @@
+//! The GENERAL section every stage receives, the run id, and the context a stage runs in.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use crate::params::{Kind, ParamSpec, Params};
+
+/// The keys of GENERAL that reach every stage as flags.
+pub static GENERAL_PARAMS: [ParamSpec; 5] = [
+    ParamSpec::new(
+        "HOSTNAME",
+        Kind::Str,
+        "Name of this server, used in artifact names and reports",
+    ),
+    ParamSpec::new("WORK_FOLDER", Kind::Path, "Folder for temporary work files"),
+    ParamSpec::new(
+        "HOME_FOLDER",
+        Kind::Path,
+        "Install folder (nc-backup-py); external scripts are looked up under it",
+    ),
+    ParamSpec::new(
+        "LOG_FOLDER",
+        Kind::Path,
+        "Log folder, or a log file path (ending in .log)",
+    ),
+    ParamSpec::new(
+        "LOCAL_BACKUP",
+        Kind::Path,
+        "Folder that keeps a local copy of each backup",
+    ),
+];
+
+/// Environment variables the runner sets for its children.
+pub mod env {
+    /// The run id shared by every stage of one run.
+    pub const RUN_ID: &str = "NCB_RUN_ID";
+    /// The config section a stage runs for.
+    pub const SECTION: &str = "NCB_SECTION";
+    /// Set when the runner captures the stage's stderr into the log itself.
+    pub const LOG_CAPTURED: &str = "NCB_LOG_CAPTURED";
+    /// `NCB_PARAM_<KEY>`: a secret parameter, passed outside argv.
+    pub const PARAM_PREFIX: &str = "NCB_PARAM_";
+}
+
+/// The GENERAL section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct General {
+    pub hostname: String,
+    pub work_folder: Option<PathBuf>,
+    pub home_folder: Option<PathBuf>,
+    pub log_folder: Option<PathBuf>,
+    pub local_backup: Option<PathBuf>,
+}
+
+impl General {
+    pub fn from_params(p: &Params) -> Self {
+        General {
+            hostname: p
+                .str("HOSTNAME")
+                .map(str::to_owned)
+                .unwrap_or_else(system_hostname),
+            work_folder: p.path("WORK_FOLDER"),
+            home_folder: p.path("HOME_FOLDER"),
+            log_folder: p.path("LOG_FOLDER"),
+            local_backup: p.path("LOCAL_BACKUP"),
+        }
+    }
+
+    /// The log file: LOG_FOLDER itself when it names a file (an existing file, or a name
+    /// ending in `.log`), else `LOG_FOLDER/nc-backup.log`.
+    pub fn log_file(&self) -> Option<PathBuf> {
+        self.log_folder.as_deref().map(log_file_of)
+    }
+
+    /// The folder that holds the log file (and run reports).
+    pub fn log_dir(&self) -> Option<PathBuf> {
+        self.log_file()
+            .and_then(|f| f.parent().map(Path::to_path_buf))
+    }
+
+    /// The work folder, or the system temp folder when none is set.
+    pub fn work_dir(&self) -> PathBuf {
+        self.work_folder.clone().unwrap_or_else(std::env::temp_dir)
+    }
+}
+
+/// LOG_FOLDER may be a folder or a file path, as in nc-backup-py.
+pub fn log_file_of(log_folder: &Path) -> PathBuf {
+    let is_file = log_folder.is_file()
+        || (!log_folder.is_dir()
+            && !log_folder.as_os_str().to_string_lossy().ends_with('/')
+            && log_folder.extension().is_some_and(|e| e == "log"));
+    if is_file {
+        log_folder.to_path_buf()
+    } else {
+        log_folder.join("nc-backup.log")
+    }
+}
+
+/// This machine's host name (used when HOSTNAME is not set).
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// A new run id: UTC time, sortable, plus a few random hex digits: `20261122T040000Z-3fa9`.
+pub fn new_run_id(now: DateTime<Utc>) -> String {
+    let nanos = u64::from(now.timestamp_subsec_nanos());
+    let mix =
+        (nanos ^ u64::from(std::process::id()).rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!(
+        "{}-{:04x}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        (mix >> 48) & 0xffff
+    )
+}
+
+/// UTC time in artifact names: `20261122T040000Z`.
+pub fn stamp(t: DateTime<Utc>) -> String {
+    t.format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// What a stage knows about the run it is part of.
+#[derive(Debug, Clone)]
+pub struct StageCtx {
+    pub general: General,
+    pub run_id: String,
+    /// The config section (or the stage name when run by hand).
+    pub section: String,
+    pub started: DateTime<Utc>,
+}
+
+impl StageCtx {
+    pub fn new(general: General, run_id: String, section: String) -> Self {
+        StageCtx {
+            general,
+            run_id,
+            section,
+            started: Utc::now(),
+        }
+    }
+
+    /// Values for `{NAME}` placeholders.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        placeholder_vars(&self.general, &self.run_id, self.started)
+    }
+}
+
+/// The placeholder table shared by the runner and standalone stages.
+pub fn placeholder_vars(
+    g: &General,
+    run_id: &str,
+    t: DateTime<Utc>,
+) -> Vec<(&'static str, String)> {
+    let p = |o: &Option<PathBuf>| {
+        o.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    vec![
+        ("HOSTNAME", g.hostname.clone()),
+        ("WORK_FOLDER", p(&g.work_folder)),
+        ("HOME_FOLDER", p(&g.home_folder)),
+        ("LOG_FOLDER", p(&g.log_folder)),
+        ("LOCAL_BACKUP", p(&g.local_backup)),
+        ("RUN_ID", run_id.to_owned()),
+        ("DATE", t.format("%Y-%m-%d").to_string()),
+        ("TIME", t.format("%H%M%S").to_string()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_folder_or_file() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(log_file_of(d.path()), d.path().join("nc-backup.log"));
+        let f = d.path().join("log/ncbackup.log");
+        assert_eq!(log_file_of(&f), f);
+        let plain = d.path().join("logs");
+        assert_eq!(log_file_of(&plain), plain.join("nc-backup.log"));
+    }
+
+    #[test]
+    fn run_ids_sort_by_time() {
+        let a = new_run_id("2026-01-02T03:04:05Z".parse().unwrap());
+        let b = new_run_id("2026-01-02T03:04:06Z".parse().unwrap());
+        assert!(a.starts_with("20260102T030405Z-") && a < b, "{a} {b}");
+    }
+}

@@ -1,0 +1,46 @@
+//! The few system calls std does not wrap. The only `unsafe` of the workspace lives here.
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// Sends `sig` to every process of the process group `pgid`.
+pub fn kill_group(pgid: u32, sig: i32) -> io::Result<()> {
+    let pgid =
+        libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: killpg has no memory-safety preconditions; it only takes integers.
+    let r = unsafe { libc::killpg(pgid, sig) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// True when a process with this pid exists (signal 0 probe).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 performs only the permission/existence check.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+pub use libc::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
+
+/// "SIGTERM" for 15.
+pub fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        n => format!("signal {n}"),
+    }
+}
