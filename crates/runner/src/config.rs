@@ -1,0 +1,320 @@
+//! conf.json: nc-backup-py's format, read strictly. Sections keep their file order.
+//! Loading never stops at the first problem: every problem found is returned, each naming
+//! its section and key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// One thing wrong with a config, located by section and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub section: Option<String>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub fn new(section: Option<&str>, key: Option<&str>, message: impl Into<String>) -> Self {
+        ConfigProblem { section: section.map(str::to_owned), key: key.map(str::to_owned), message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.section, &self.key) {
+            (Some(s), Some(k)) => write!(f, "section {s}, key {k}: {}", self.message),
+            (Some(s), None) => write!(f, "section {s}: {}", self.message),
+            (None, Some(k)) => write!(f, "key {k}: {}", self.message),
+            (None, None) => f.write_str(&self.message),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Execute,
+    Load,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    #[default]
+    Stop,
+    Continue,
+}
+
+/// A section as written, before its stage or program is resolved.
+#[derive(Debug, Clone)]
+pub struct RawSection {
+    pub name: String,
+    pub action: Action,
+    pub stage_name: Option<String>,
+    pub executable: Option<String>,
+    pub execute_with: Option<String>,
+    pub from: Option<String>,
+    pub filename: Option<String>,
+    pub class: Option<String>,
+    /// PARAMETERS in file order, each as the one string a stage receives.
+    pub params: Vec<(String, String)>,
+    pub timeout: Option<Duration>,
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    /// GENERAL keys (strings) in file order.
+    pub general: Vec<(String, String)>,
+    pub sections: Vec<RawSection>,
+}
+
+/// Keys of GENERAL: (key, required).
+pub const GENERAL_KEYS: [(&str, bool); 6] = [
+    ("HOSTNAME", true),
+    ("WORK_FOLDER", true),
+    ("LOG_FOLDER", true),
+    ("HOME_FOLDER", false),
+    ("LOCAL_BACKUP", false),
+    ("SCHEDULE", false),
+];
+
+const SECTION_KEYS: [&str; 10] = [
+    "ACTION", "NAME", "EXECUTABLE", "EXECUTE_WITH", "FROM", "FILENAME", "CLASS", "PARAMETERS", "TIMEOUT", "ON_FAILURE",
+];
+
+impl Config {
+    pub fn general(&self, key: &str) -> Option<&str> {
+        self.general.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The folder relative paths in the config are tried against (after HOME_FOLDER).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    }
+}
+
+/// Reads and parses a config. `Err` holds every problem found.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigProblem>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![ConfigProblem::new(None, None, format!("cannot read {}: {e}", path.display()))])?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigProblem>> {
+    let root: Value = serde_json::from_str(text).map_err(|e| {
+        vec![ConfigProblem::new(None, None, format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column()))]
+    })?;
+    let Value::Object(root) = root else {
+        return Err(vec![ConfigProblem::new(None, None, "the config must be a JSON object of sections")]);
+    };
+    let mut problems = Vec::new();
+    let general = match root.get("GENERAL") {
+        None => {
+            problems.push(ConfigProblem::new(Some("GENERAL"), None, "missing mandatory section GENERAL"));
+            Vec::new()
+        }
+        Some(Value::Object(g)) => parse_general(g, &mut problems),
+        Some(_) => {
+            problems.push(ConfigProblem::new(Some("GENERAL"), None, "must be an object"));
+            Vec::new()
+        }
+    };
+    let mut sections = Vec::new();
+    for (name, value) in root.iter().filter(|(k, _)| k.as_str() != "GENERAL") {
+        if is_comment(name) {
+            continue;
+        }
+        match value {
+            Value::Object(body) => {
+                if let Some(s) = parse_section(name, body, &mut problems) {
+                    sections.push(s);
+                }
+            }
+            _ => problems.push(ConfigProblem::new(Some(name), None, "a section must be an object")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(Config { path: path.to_path_buf(), general, sections })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Keys starting with `_` or named COMMENT/DESCRIPTION are notes for people.
+fn is_comment(key: &str) -> bool {
+    key.starts_with('_') || key.eq_ignore_ascii_case("COMMENT") || key.eq_ignore_ascii_case("DESCRIPTION")
+}
+
+fn parse_general(g: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (k, v) in g {
+        if is_comment(k) {
+            continue;
+        }
+        if !GENERAL_KEYS.iter().any(|(key, _)| key == k) {
+            let known: Vec<&str> = GENERAL_KEYS.iter().map(|(k, _)| *k).collect();
+            problems.push(ConfigProblem::new(Some("GENERAL"), Some(k), format!("unknown key (known: {})", known.join(", "))));
+            continue;
+        }
+        match ncb_core::params::json_to_arg(v) {
+            Ok(s) => out.push((k.clone(), s)),
+            Err(e) => problems.push(ConfigProblem::new(Some("GENERAL"), Some(k), e)),
+        }
+    }
+    for (key, required) in GENERAL_KEYS {
+        let present = out.iter().any(|(k, v)| k == key && !v.trim().is_empty());
+        if required && !present {
+            problems.push(ConfigProblem::new(Some("GENERAL"), Some(key), "missing mandatory key"));
+        }
+    }
+    out
+}
+
+fn text(name: &str, body: &Map<String, Value>, key: &str, problems: &mut Vec<ConfigProblem>) -> Option<String> {
+    match body.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(s.trim().to_owned()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            problems.push(ConfigProblem::new(Some(name), Some(key), "must be a string"));
+            None
+        }
+    }
+}
+
+fn parse_section(name: &str, body: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> Option<RawSection> {
+    let before = problems.len();
+    for k in body.keys() {
+        if !SECTION_KEYS.contains(&k.as_str()) && !is_comment(k) {
+            let hint = if k.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                " (stage parameters belong inside PARAMETERS)"
+            } else {
+                ""
+            };
+            problems.push(ConfigProblem::new(Some(name), Some(k), format!("unknown section key{hint}; known: {}", SECTION_KEYS.join(", "))));
+        }
+    }
+    let action = match text(name, body, "ACTION", problems).map(|a| a.to_ascii_lowercase()) {
+        Some(a) if a == "execute" => Some(Action::Execute),
+        Some(a) if a == "load" => Some(Action::Load),
+        Some(a) => {
+            problems.push(ConfigProblem::new(Some(name), Some("ACTION"), format!("unknown action '{a}' (expected execute or load)")));
+            None
+        }
+        None => {
+            problems.push(ConfigProblem::new(Some(name), Some("ACTION"), "missing ACTION (execute or load)"));
+            None
+        }
+    };
+    let params = match body.get("PARAMETERS") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(p)) => p
+            .iter()
+            .filter_map(|(k, v)| match ncb_core::params::json_to_arg(v) {
+                Ok(s) => Some((k.clone(), s)),
+                Err(e) => {
+                    problems.push(ConfigProblem::new(Some(name), Some(&format!("PARAMETERS.{k}")), e));
+                    None
+                }
+            })
+            .collect(),
+        Some(_) => {
+            problems.push(ConfigProblem::new(Some(name), Some("PARAMETERS"), "must be an object of KEY: value"));
+            Vec::new()
+        }
+    };
+    let timeout = match body.get("TIMEOUT") {
+        None | Some(Value::Null) => None,
+        Some(v) => match parse_duration(v) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(ConfigProblem::new(Some(name), Some("TIMEOUT"), e));
+                None
+            }
+        },
+    };
+    let on_failure = match text(name, body, "ON_FAILURE", problems).map(|a| a.to_ascii_lowercase()) {
+        None => OnFailure::Stop,
+        Some(v) if v == "stop" => OnFailure::Stop,
+        Some(v) if v == "continue" => OnFailure::Continue,
+        Some(v) => {
+            problems.push(ConfigProblem::new(Some(name), Some("ON_FAILURE"), format!("'{v}' is not stop or continue")));
+            OnFailure::Stop
+        }
+    };
+    let section = RawSection {
+        name: name.to_owned(),
+        action: action?,
+        stage_name: text(name, body, "NAME", problems),
+        executable: text(name, body, "EXECUTABLE", problems),
+        execute_with: text(name, body, "EXECUTE_WITH", problems),
+        from: text(name, body, "FROM", problems),
+        filename: text(name, body, "FILENAME", problems),
+        class: text(name, body, "CLASS", problems),
+        params,
+        timeout,
+        on_failure,
+    };
+    (problems.len() == before).then_some(section)
+}
+
+/// `3600`, `"90"`, `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"1h30m"`.
+pub fn parse_duration(v: &Value) -> Result<Duration, String> {
+    let bad = || format!("'{v}' is not a duration (seconds, or e.g. 30s, 5m, 2h, 1h30m)");
+    if let Some(n) = v.as_u64() {
+        return if n > 0 { Ok(Duration::from_secs(n)) } else { Err(bad()) };
+    }
+    let s = v.as_str().ok_or_else(bad)?.trim();
+    if let Ok(n) = s.parse::<u64>() {
+        return if n > 0 { Ok(Duration::from_secs(n)) } else { Err(bad()) };
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        total += n * unit;
+        num.clear();
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration(&json!(5)).unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration(&json!("1h30m")).unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration(&json!("soon")).is_err());
+        assert!(parse_duration(&json!(0)).is_err());
+    }
+
+    #[test]
+    fn keeps_file_order_and_reports_all() {
+        let c = parse(Path::new("c.json"), r#"{"GENERAL":{"HOSTNAME":"h","WORK_FOLDER":"/w","LOG_FOLDER":"/l"},
+            "Z":{"ACTION":"load","FROM":"tools"},"A":{"ACTION":"execute","NAME":"x"}}"#).unwrap();
+        let names: Vec<&str> = c.sections.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["Z", "A"]);
+        let e = parse(Path::new("c.json"), r#"{"X":{"ACTION":"run","OBJECTIVES":"/a"}}"#).unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+}
