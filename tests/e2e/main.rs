@@ -1,1 +1,6 @@
-//! End-to-end tests.
+//! End-to-end tests: the built binaries, run as a user runs them.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod check;
+mod cli;
+mod runner;

@@ -1,1 +1,149 @@
-//! Test support.
+//! Support for the end-to-end tests: the built binaries, a temporary sandbox per test, and
+//! commands run with a cleared environment so that the host cannot leak in.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// target/debug (or the profile folder) holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let dir = if deps.ends_with("deps") { deps.parent().unwrap() } else { deps };
+    dir.to_path_buf()
+}
+
+/// A built binary of the workspace; panics with a hint when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} not built: run `cargo build --workspace` first", p.display());
+    p
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+/// A command with a minimal, known environment.
+pub fn cmd(program: &Path) -> Command {
+    let mut c = Command::new(program);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+        .env("LC_ALL", "C.UTF-8")
+        .stdin(Stdio::null());
+    c
+}
+
+/// What a finished command gave.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn from(o: Output) -> Self {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    /// Asserts the exit code, showing the output when it differs.
+    #[track_caller]
+    pub fn expect(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert!(!self.stderr.contains("panicked"), "panic:\n{}", self.stderr);
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+pub fn run(c: &mut Command) -> Out {
+    Out::from(c.output().unwrap())
+}
+
+/// A temporary folder with `work/`, `log/` and helpers to write configs into it.
+#[derive(Debug)]
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("ncb-test-").tempdir().unwrap();
+        Sandbox { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    /// A GENERAL section pointing into the sandbox.
+    pub fn general(&self) -> serde_json::Value {
+        serde_json::json!({
+            "HOSTNAME": "testhost",
+            "WORK_FOLDER": self.join("work"),
+            "HOME_FOLDER": self.path(),
+            "LOG_FOLDER": self.join("log"),
+        })
+    }
+    /// Writes `text` as a config file and returns its path.
+    pub fn config_text(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    /// Writes a config of GENERAL plus `sections` (in the given order).
+    pub fn config(&self, sections: &[(&str, serde_json::Value)]) -> PathBuf {
+        let mut text = format!("{{\n\"GENERAL\": {}", self.general());
+        for (name, body) in sections {
+            text.push_str(&format!(",\n{}: {body}", serde_json::Value::from(*name)));
+        }
+        text.push_str("\n}\n");
+        self.config_text("conf.json", &text)
+    }
+    pub fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+/// Waits until `cond` holds, up to `limit`; false when it never did.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// True when a process with this pid exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}

@@ -95,14 +95,18 @@ impl Config {
     }
 }
 
-/// Reads and parses a config. `Err` holds every problem found.
-pub fn load(path: &Path) -> Result<Config, Vec<ConfigProblem>> {
+/// A config and the problems found in it. Sections with problems are left out of `sections`
+/// so that the rest can still be checked; a config is usable only without problems.
+pub type Parsed = (Config, Vec<ConfigProblem>);
+
+/// Reads and parses a config. `Err` when nothing could be parsed (unreadable, bad JSON).
+pub fn load(path: &Path) -> Result<Parsed, Vec<ConfigProblem>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![ConfigProblem::new(None, None, format!("cannot read {}: {e}", path.display()))])?;
     parse(path, &text)
 }
 
-pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigProblem>> {
+pub fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<ConfigProblem>> {
     let root: Value = serde_json::from_str(text).map_err(|e| {
         vec![ConfigProblem::new(None, None, format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column()))]
     })?;
@@ -135,11 +139,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigProblem>> {
             _ => problems.push(ConfigProblem::new(Some(name), None, "a section must be an object")),
         }
     }
-    if problems.is_empty() {
-        Ok(Config { path: path.to_path_buf(), general, sections })
-    } else {
-        Err(problems)
-    }
+    Ok((Config { path: path.to_path_buf(), general, sections }, problems))
 }
 
 /// Keys starting with `_` or named COMMENT/DESCRIPTION are notes for people.
@@ -310,11 +310,12 @@ mod tests {
 
     #[test]
     fn keeps_file_order_and_reports_all() {
-        let c = parse(Path::new("c.json"), r#"{"GENERAL":{"HOSTNAME":"h","WORK_FOLDER":"/w","LOG_FOLDER":"/l"},
+        let (c, problems) = parse(Path::new("c.json"), r#"{"GENERAL":{"HOSTNAME":"h","WORK_FOLDER":"/w","LOG_FOLDER":"/l"},
             "Z":{"ACTION":"load","FROM":"tools"},"A":{"ACTION":"execute","NAME":"x"}}"#).unwrap();
+        assert!(problems.is_empty());
         let names: Vec<&str> = c.sections.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["Z", "A"]);
-        let e = parse(Path::new("c.json"), r#"{"X":{"ACTION":"run","OBJECTIVES":"/a"}}"#).unwrap_err();
+        let (_, e) = parse(Path::new("c.json"), r#"{"X":{"ACTION":"run","OBJECTIVES":"/a"}}"#).unwrap();
         assert_eq!(e.len(), 3, "{e:?}");
     }
 }

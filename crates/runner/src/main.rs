@@ -93,7 +93,7 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     if !(run || check || dry) {
         return Err(Error::usage("nothing to do: give -r to run the config, --check to validate it or --dry-run to see the plan"));
     }
-    let config = match config::load(&path) {
+    let (config, mut problems) = match config::load(&path) {
         Ok(c) => c,
         Err(problems) => return Ok(report_problems(&path, &problems)),
     };
@@ -101,8 +101,14 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     let run_id = new_run_id(started);
     let steps = match plan::plan(&config, &run_id, started) {
         Ok(s) => s,
-        Err(problems) => return Ok(report_problems(&path, &problems)),
+        Err(p) => {
+            problems.extend(p);
+            Vec::new()
+        }
     };
+    if !problems.is_empty() {
+        return Ok(report_problems(&path, &problems));
+    }
     let mut out = std::io::stdout().lock();
     if check {
         let _ = writeln!(out, "{}: OK, {} section(s)", path.display(), steps.len());

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs, when missing, the system packages the tests and benchmarks use.
+# Debian 12, as root (or with sudo). Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have tar      || need+=(tar)
+have gzip     || need+=(gzip)
+have pigz     || need+=(pigz)
+have zstd     || need+=(zstd)
+have gpg      || need+=(gnupg)
+have openssl  || need+=(openssl)
+have runuser  || need+=(util-linux)
+have python3  || need+=(python3)
+
+if ((${#need[@]})); then
+  echo "install-deps: installing ${need[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "install-deps: cargo-nextest not found; tests will run with cargo test" >&2
+fi

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need when missing, checks formatting and lints,
+# builds the workspace once, and runs every test (unit and end-to-end).
+#   scripts/test.sh            everything
+#   scripts/test.sh FILTER     only tests whose name matches FILTER
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+echo "== fmt" >&2
+cargo fmt --all -- --check
+echo "== clippy" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build" >&2
+# The end-to-end tests run the built binaries: build them all first.
+cargo build --workspace --bins --locked
+
+echo "== test" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast "$@"
+else
+  cargo test --workspace --locked --no-fail-fast -- "$@"
+fi
