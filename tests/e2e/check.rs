@@ -6,7 +6,9 @@ use nc_backup_e2e::{Sandbox, bin, cmd, fixture, repo, run};
 const G: &str = r#""GENERAL": {"HOSTNAME": "h", "WORK_FOLDER": "/tmp/ncb-check-w", "LOG_FOLDER": "/tmp/ncb-check-l"}"#;
 
 fn size(params: &str) -> String {
-    format!(r#""SIZE": {{"ACTION": "load", "FROM": "tools", "FILENAME": "size_calculation", "CLASS": "SizeCalculation", "PARAMETERS": {params}}}"#)
+    format!(
+        r#""SIZE": {{"ACTION": "load", "FROM": "tools", "FILENAME": "size_calculation", "CLASS": "SizeCalculation", "PARAMETERS": {params}}}"#
+    )
 }
 
 /// (what is broken, config text, every fragment the error must contain)
@@ -51,11 +53,22 @@ fn broken_configs_are_named_and_exit_2() {
     assert!(cases.len() >= 20);
     for (what, text, needles) in cases {
         let conf = sb.config_text("conf.json", &text);
-        let out = run(cmd(&bin("backup-runner")).arg("--check").arg("-c").arg(&conf));
+        let out = run(cmd(&bin("backup-runner"))
+            .arg("--check")
+            .arg("-c")
+            .arg(&conf));
         assert_eq!(out.code, 2, "{what}: exit code\n{}", out.stderr);
-        assert!(!out.stderr.contains("panicked"), "{what}: panic\n{}", out.stderr);
+        assert!(
+            !out.stderr.contains("panicked"),
+            "{what}: panic\n{}",
+            out.stderr
+        );
         for n in needles {
-            assert!(out.stderr.contains(n), "{what}: error lacks {n:?}:\n{}", out.stderr);
+            assert!(
+                out.stderr.contains(n),
+                "{what}: error lacks {n:?}:\n{}",
+                out.stderr
+            );
         }
         // -r validates first too: nothing runs, same exit code.
         let out = run(cmd(&bin("backup-runner")).arg("-r").arg("-c").arg(&conf));
@@ -70,9 +83,16 @@ fn every_problem_is_reported_at_once() {
         "conf.json",
         &format!(r#"{{{G}, "A": {{"ACTION": "jump"}}, "B": {{"ACTION": "execute", "NAME": "nope"}}, {}}}"#, size(r#"{"OBJECTIVE": "/x"}"#)),
     );
-    let out = run(cmd(&bin("backup-runner")).arg("--check").arg("-c").arg(&conf));
+    let out = run(cmd(&bin("backup-runner"))
+        .arg("--check")
+        .arg("-c")
+        .arg(&conf));
     assert_eq!(out.code, 2);
-    for n in ["section A, key ACTION", "section B, key NAME", "section SIZE, key PARAMETERS.OBJECTIVE"] {
+    for n in [
+        "section A, key ACTION",
+        "section B, key NAME",
+        "section SIZE, key PARAMETERS.OBJECTIVE",
+    ] {
         assert!(out.stderr.contains(n), "missing {n}:\n{}", out.stderr);
     }
 }
@@ -81,7 +101,11 @@ fn every_problem_is_reported_at_once() {
 fn missing_config_file_is_a_usage_error() {
     let out = run(cmd(&bin("backup-runner")).args(["--check", "-c", "/nonexistent/conf.json"]));
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("cannot read /nonexistent/conf.json"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot read /nonexistent/conf.json"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Every config shipped in conf/ parses. The demo also passes --check; conf.json is the
@@ -97,7 +121,12 @@ fn every_shipped_config_parses() {
         }
         seen += 1;
         let out = run(cmd(&bin("backup-runner")).arg("--check").arg("-c").arg(&p));
-        assert!(!out.stderr.contains("invalid JSON") && !out.stderr.contains("panicked"), "{}: {}", p.display(), out.stderr);
+        assert!(
+            !out.stderr.contains("invalid JSON") && !out.stderr.contains("panicked"),
+            "{}: {}",
+            p.display(),
+            out.stderr
+        );
         if p.ends_with("demo.json") {
             assert_eq!(out.code, 0, "{}", out.stderr);
             continue;

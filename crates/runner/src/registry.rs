@@ -24,10 +24,21 @@ pub fn stages() -> Vec<Known> {
         ("pg-dump", &["pg_dump", "postgres", "postgresql"]),
         ("size-calc", &[]),
     ];
-    let mut out: Vec<Known> = built.iter().map(|d| Known { name: d.name, aliases: d.aliases, def: Some(*d) }).collect();
+    let mut out: Vec<Known> = built
+        .iter()
+        .map(|d| Known {
+            name: d.name,
+            aliases: d.aliases,
+            def: Some(*d),
+        })
+        .collect();
     for (name, aliases) in planned {
         if !out.iter().any(|k| k.name == name) {
-            out.push(Known { name, aliases, def: None });
+            out.push(Known {
+                name,
+                aliases,
+                def: None,
+            });
         }
     }
     out
@@ -40,11 +51,17 @@ fn norm(s: &str) -> String {
 /// The stage a NAME selects, if any.
 pub fn find_stage(name: &str) -> Option<Known> {
     let n = norm(name);
-    stages().into_iter().find(|k| norm(k.name) == n || k.aliases.iter().any(|a| norm(a) == n))
+    stages()
+        .into_iter()
+        .find(|k| norm(k.name) == n || k.aliases.iter().any(|a| norm(a) == n))
 }
 
 pub fn stage_names() -> String {
-    stages().iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+    stages()
+        .iter()
+        .map(|k| k.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A `load` plugin: nc-backup-py's FROM/FILENAME/CLASS and the stage it maps to.
@@ -57,17 +74,28 @@ pub struct Plugin {
 }
 
 pub fn plugins() -> Vec<Plugin> {
-    vec![Plugin { from: "tools", filename: "size_calculation", class: "SizeCalculation", def: &size_calc::STAGE }]
+    vec![Plugin {
+        from: "tools",
+        filename: "size_calculation",
+        class: "SizeCalculation",
+        def: &size_calc::STAGE,
+    }]
 }
 
 pub fn plugin_names() -> String {
-    plugins().iter().map(|p| format!("{}/{}/{}", p.from, p.filename, p.class)).collect::<Vec<_>>().join(", ")
+    plugins()
+        .iter()
+        .map(|p| format!("{}/{}/{}", p.from, p.filename, p.class))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// FILENAME (with or without `.py`) and CLASS select a plugin; FROM, when given, must match.
 pub fn find_plugin(from: Option<&str>, filename: &str, class: Option<&str>) -> Option<Plugin> {
     let file = filename.trim_end_matches(".py");
     plugins().into_iter().find(|p| {
-        p.filename == file && class.is_none_or(|c| c == p.class) && from.is_none_or(|f| f.trim_end_matches('/') == p.from)
+        p.filename == file
+            && class.is_none_or(|c| c == p.class)
+            && from.is_none_or(|f| f.trim_end_matches('/') == p.from)
     })
 }
