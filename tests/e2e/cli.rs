@@ -3,9 +3,9 @@
 use nc_backup_e2e::{bin, cmd, run};
 
 /// Every binary of the workspace.
-pub const BINARIES: &[&str] = &["backup-runner", "size-calc"];
+pub const BINARIES: &[&str] = &["backup-runner", "size-calc", "filesbackup", "compression"];
 /// The stage binaries.
-pub const STAGES: &[&str] = &["size-calc"];
+pub const STAGES: &[&str] = &["size-calc", "filesbackup", "compression"];
 
 #[test]
 fn every_binary_has_help_and_version() {

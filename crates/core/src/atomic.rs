@@ -65,6 +65,14 @@ impl AtomicFile {
         self.file.as_mut().expect("AtomicFile used after commit")
     }
 
+    /// Metadata of the temporary file (its inode is the output's).
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        match &self.file {
+            Some(f) => f.metadata(),
+            None => Err(io::Error::other("AtomicFile already committed")),
+        }
+    }
+
     /// Makes the output durable and visible under its final name.
     pub fn commit(mut self) -> Result<PathBuf> {
         let mut file = self.file.take().expect("AtomicFile committed twice");
@@ -106,6 +114,30 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .at("cannot sync folder", dir)
+}
+
+/// Creates a folder (and its parents) with `mode` when it does not exist yet.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .at("cannot create folder", dir)
+}
+
+/// Removes an input once the outputs made from it are durable.
+pub fn remove_input(p: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(p).at("cannot stat", p)?;
+    if meta.is_dir() {
+        fs::remove_dir_all(p)
+    } else {
+        fs::remove_file(p)
+    }
+    .at("cannot remove", p)
 }
 
 /// Writes a small file atomically.

@@ -124,6 +124,25 @@ pub fn stamp(t: DateTime<Utc>) -> String {
     t.format("%Y%m%dT%H%M%SZ").to_string()
 }
 
+/// A name safe in a file name and an object key: `[A-Za-z0-9._-]`, others become `-`.
+pub fn safe_name(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with('.') {
+        format!("x{out}")
+    } else {
+        out
+    }
+}
+
 /// What a stage knows about the run it is part of.
 #[derive(Debug, Clone)]
 pub struct StageCtx {
@@ -142,6 +161,16 @@ impl StageCtx {
             section,
             started: Utc::now(),
         }
+    }
+
+    /// `HOST_SECTION_20261122T040000Z`: the stem of this stage's artifact names.
+    pub fn artifact_stem(&self) -> String {
+        format!(
+            "{}_{}_{}",
+            safe_name(&self.general.hostname),
+            safe_name(&self.section),
+            stamp(self.started)
+        )
     }
 
     /// Values for `{NAME}` placeholders.

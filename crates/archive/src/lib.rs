@@ -1,0 +1,16 @@
+//! ncb-archive: the data path shared by filesbackup, compression and the database dumps.
+//!
+//! - [`pgzip`]: parallel, multi-member gzip that any gzip reader accepts
+//! - [`encoder`]: COMPRESSION_FORMAT gzip | zstd | none, COMPRESSION_LEVEL
+//! - [`archive`]: a streaming tar writer over the filesystem, with excludes and filters
+//!
+//! Everything streams: memory stays flat whatever the size of the data.
+
+pub mod archive;
+pub mod encoder;
+pub mod glob;
+pub mod owners;
+pub mod pgzip;
+
+pub use archive::{Exclude, Options, Root, Stats, write_archive};
+pub use encoder::{Compressor, Format, Settings};
