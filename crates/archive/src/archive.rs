@@ -285,7 +285,7 @@ impl Writer<'_> {
         self.opts.extensions.is_empty()
             || path.extension().is_some_and(|e| {
                 let e = e.to_string_lossy().to_ascii_lowercase();
-                self.opts.extensions.iter().any(|x| *x == e)
+                self.opts.extensions.contains(&e)
             })
     }
 
@@ -294,7 +294,7 @@ impl Writer<'_> {
             return Ok(());
         }
         let ft = meta.file_type();
-        if !self.opts.extensions.is_empty() && !(ft.is_file() && self.wanted_by_extension(path)) {
+        if !self.opts.extensions.is_empty() && (!ft.is_file() || !self.wanted_by_extension(path)) {
             return Ok(());
         }
         if ft.is_file() {
