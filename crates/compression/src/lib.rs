@@ -98,26 +98,37 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     if let Some((_, first)) = jobs.first() {
         ncb_core::atomic::ensure_dir(first.parent().unwrap_or(Path::new(".")), 0o700)?;
     }
-    let mut report = StageReport::new(STAGE.name);
-    let mut bytes_in = 0;
-    for (root, file) in &jobs {
+    for (root, _) in &jobs {
         if std::fs::symlink_metadata(&root.path).is_err() {
             return Err(Error::runtime(format!(
                 "objective {} does not exist",
                 root.path.display()
             )));
         }
-        let (artifact, stats) =
-            ncb_archive::write_archive(std::slice::from_ref(root), &opts, file, &mut report)?;
-        log::info!(
-            "{} -> {}: {} bytes in, {} bytes out",
-            root.path.display(),
-            artifact.path.display(),
-            stats.bytes,
-            artifact.bytes
-        );
-        bytes_in += stats.bytes;
-        report.artifacts.push(artifact);
+    }
+    let mut report = StageReport::new(STAGE.name);
+    let mut bytes_in = 0;
+    for (root, file) in &jobs {
+        match ncb_archive::write_archive(std::slice::from_ref(root), &opts, file, &mut report) {
+            Ok((artifact, stats)) => {
+                log::info!(
+                    "{} -> {}: {} bytes in, {} bytes out",
+                    root.path.display(),
+                    artifact.path.display(),
+                    stats.bytes,
+                    artifact.bytes
+                );
+                bytes_in += stats.bytes;
+                report.artifacts.push(artifact);
+            }
+            Err(e) => {
+                // A failed run leaves no archive that could pass for its output.
+                for a in &report.artifacts {
+                    let _ = std::fs::remove_file(&a.path);
+                }
+                return Err(e);
+            }
+        }
     }
     // Only now is every archive durable (fsynced and renamed): the inputs may go.
     if remove {

@@ -1,0 +1,27 @@
+# Shared by the benchmarks: `measure LABEL CMD...` runs CMD once under GNU time and records
+# wall seconds, CPU seconds and peak RSS; `table` prints them with ratios to the first row.
+BENCH_ROWS=()
+measure() {
+  local label=$1; shift
+  local t; t=$(mktemp)
+  if ! /usr/bin/time -f '%e %U %S %M' -o "$t" "$@" >/dev/null 2>"$t.err"; then
+    echo "bench: $label failed:" >&2; cat "$t.err" >&2; rm -f "$t" "$t.err"; return 1
+  fi
+  read -r wall user sys rss < <(tail -n1 "$t")
+  rm -f "$t" "$t.err"
+  BENCH_ROWS+=("$label|$wall|$(echo "$user + $sys" | bc)|$rss|${BENCH_OUT_SIZE:-}")
+}
+# table: the first row is ours; ratios are other/ours for time (>1: we are faster).
+table() {
+  local first=1 ours_wall ours_size
+  printf '%-34s %9s %9s %10s %14s %10s %10s\n' tool wall_s cpu_s rss_MiB out_bytes speedup size_vs_us
+  for row in "${BENCH_ROWS[@]}"; do
+    IFS='|' read -r label wall cpu rss size <<<"$row"
+    if ((first)); then ours_wall=$wall; ours_size=${size:-0}; first=0; fi
+    local speed size_ratio="-"
+    speed=$(echo "scale=2; $wall / $ours_wall" | bc)
+    if [ -n "$size" ] && [ "$ours_size" != 0 ]; then size_ratio=$(echo "scale=4; $size / $ours_size" | bc); fi
+    printf '%-34s %9s %9s %10s %14s %9sx %10s\n' "$label" "$wall" "$cpu" "$((rss / 1024))" "${size:--}" "$speed" "$size_ratio"
+  done
+  BENCH_ROWS=()
+}
