@@ -3,9 +3,15 @@
 use nc_backup_e2e::{bin, cmd, run};
 
 /// Every binary of the workspace.
-pub const BINARIES: &[&str] = &["backup-runner", "size-calc", "filesbackup", "compression"];
+pub const BINARIES: &[&str] = &[
+    "backup-runner",
+    "size-calc",
+    "filesbackup",
+    "compression",
+    "encryption",
+];
 /// The stage binaries.
-pub const STAGES: &[&str] = &["size-calc", "filesbackup", "compression"];
+pub const STAGES: &[&str] = &["size-calc", "filesbackup", "compression", "encryption"];
 
 #[test]
 fn every_binary_has_help_and_version() {

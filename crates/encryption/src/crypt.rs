@@ -1,0 +1,588 @@
+//! Streaming encryption into parts, and decryption from them. Three threads each way
+//! (read+hash, AES-GCM, write+hash) joined by bounded channels: memory stays at a few
+//! segments whatever the file size, and both cores work.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use ncb_core::atomic::AtomicFile;
+use ncb_core::hash::HashWriter;
+use ncb_core::{Artifact, Error, IoContext, Result};
+use sha2::{Digest, Sha256};
+
+use crate::format::{FormatError, HEADER_LEN, Header, Keys, TAG_LEN};
+use crate::key::MasterKey;
+use crate::manifest::{self, Manifest, Part};
+
+const DEPTH: usize = 4;
+
+/// A segment travelling through the pipeline.
+struct Seg {
+    index: u32,
+    last: bool,
+    buf: Vec<u8>,
+    /// Where its bytes came from (decryption: the part names).
+    origin: String,
+}
+
+/// The pipeline was stopped by a later stage failing; that stage's error is the real one.
+fn stopped() -> Error {
+    Error::runtime("pipeline stopped")
+}
+fn is_stop(e: &Error) -> bool {
+    matches!(e, Error::Runtime(m) if m == "pipeline stopped")
+}
+
+/// Fills `buf` up to `want` bytes; fewer only at end of input.
+fn read_full(r: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> io::Result<()> {
+    buf.clear();
+    let mut chunk = r.take(want as u64);
+    chunk.read_to_end(buf)?;
+    Ok(())
+}
+
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| Error::runtime(format!("no randomness: {e}")))?;
+    Ok(b)
+}
+
+/// The outputs of one encrypted file.
+#[derive(Debug)]
+pub struct Encrypted {
+    pub parts: Vec<Artifact>,
+    pub manifest: Artifact,
+    pub plaintext_size: u64,
+}
+
+/// Part file names: `NAME.enc` unsplit, else `NAME.enc.000`, `.001`… wide enough to sort.
+pub fn part_names(base: &str, parts: u64, split: bool) -> Vec<String> {
+    if !split {
+        return vec![format!("{base}.enc")];
+    }
+    let width = parts.saturating_sub(1).to_string().len().max(3);
+    (0..parts)
+        .map(|i| format!("{base}.enc.{i:0width$}"))
+        .collect()
+}
+
+/// Encrypts `input` into `dest_dir`, in parts of `part_size` bytes (None: one part).
+pub fn encrypt_file(
+    master: &MasterKey,
+    input: &Path,
+    dest_dir: &Path,
+    part_size: Option<u64>,
+    segment: u32,
+) -> Result<Encrypted> {
+    let base = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::usage(format!("{} has no file name", input.display())))?;
+    let file = File::open(input).at("cannot open", input)?;
+    let size = file.metadata().at("cannot stat", input)?.len();
+    let header = Header::new(segment, random()?, random()?, master.bytes());
+    let keys = Keys::open(master.bytes(), &header).map_err(|e| Error::runtime(e.to_string()))?;
+    let stream_len = header.stream_len(size);
+    let count = part_size.map_or(1, |p| stream_len.div_ceil(p).max(1));
+    let names = part_names(&base, count, part_size.is_some());
+    let mut out = PartWriter {
+        dir: dest_dir.to_path_buf(),
+        names,
+        part_size: part_size.unwrap_or(u64::MAX),
+        current: None,
+        done: Vec::new(),
+    };
+
+    let result = std::thread::scope(|s| -> Result<(u64, String)> {
+        let (plain_tx, plain_rx) = sync_channel::<Seg>(DEPTH);
+        let (sealed_tx, sealed_rx) = sync_channel::<Seg>(DEPTH);
+        let reader = s.spawn(move || read_plain(file, segment, &plain_tx));
+        let aad = header.prefix();
+        let (k, h) = (&keys, &header);
+        let sealer = s.spawn(move || {
+            for mut seg in plain_rx {
+                k.seal(h, &aad, seg.index, seg.last, &mut seg.buf);
+                if sealed_tx.send(seg).is_err() {
+                    return;
+                }
+            }
+        });
+        let written = write_sealed(&mut out, &header, &sealed_rx, input);
+        drop(sealed_rx);
+        let _ = sealer.join();
+        let read = reader
+            .join()
+            .map_err(|_| Error::runtime("reader thread panicked"))?;
+        match (read, written) {
+            (Err(e), _) if !is_stop(&e) => Err(e.into_input_error(input)),
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(r), Ok(())) => Ok(r),
+        }
+    });
+    let (plaintext_size, plaintext_sha256) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            out.abandon();
+            return Err(e);
+        }
+    };
+    if plaintext_size != size {
+        out.abandon();
+        return Err(Error::runtime(format!(
+            "{} changed size while it was encrypted ({size} -> {plaintext_size} bytes)",
+            input.display()
+        )));
+    }
+    let parts = out.done.clone();
+    let m = Manifest {
+        format: manifest::FORMAT.into(),
+        version: crate::format::VERSION,
+        file: base.clone(),
+        plaintext_size,
+        plaintext_sha256,
+        stream_size: stream_len,
+        segment_size: segment,
+        salt: hex::encode(header.salt),
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        parts: parts
+            .iter()
+            .map(|a| Part {
+                name: file_name(&a.path),
+                size: a.bytes,
+                sha256: a.sha256.clone(),
+            })
+            .collect(),
+    };
+    let json =
+        serde_json::to_vec_pretty(&m).map_err(|e| Error::runtime(format!("manifest: {e}")))?;
+    let mpath = dest_dir.join(format!("{base}.enc{}", manifest::SUFFIX));
+    if let Err(e) = ncb_core::atomic::write_file(&mpath, &json, 0o600) {
+        out.abandon();
+        return Err(e);
+    }
+    let manifest = Artifact {
+        path: mpath,
+        bytes: json.len() as u64,
+        sha256: hex::encode(Sha256::digest(&json)),
+    };
+    Ok(Encrypted {
+        parts,
+        manifest,
+        plaintext_size,
+    })
+}
+
+trait InputError {
+    fn into_input_error(self, input: &Path) -> Error;
+}
+impl InputError for Error {
+    fn into_input_error(self, input: &Path) -> Error {
+        match self {
+            Error::Io { source, .. } => Error::path("cannot read", input, source),
+            e => e,
+        }
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads segments with one of lookahead (to flag the last), hashing the plaintext.
+fn read_plain(mut file: File, segment: u32, tx: &SyncSender<Seg>) -> Result<(u64, String)> {
+    let seg = segment as usize;
+    let mut hash = Sha256::new();
+    let mut total = 0u64;
+    let mut cur = Vec::with_capacity(seg + TAG_LEN);
+    read_full(&mut file, &mut cur, seg).map_err(|e| Error::io("read", e))?;
+    let mut index = 0u32;
+    loop {
+        hash.update(&cur);
+        total += cur.len() as u64;
+        let mut next = Vec::with_capacity(seg + TAG_LEN);
+        if cur.len() == seg {
+            read_full(&mut file, &mut next, seg).map_err(|e| Error::io("read", e))?;
+        }
+        let last = next.is_empty();
+        tx.send(Seg {
+            index,
+            last,
+            buf: cur,
+            origin: String::new(),
+        })
+        .map_err(|_| stopped())?;
+        if last {
+            return Ok((total, hex::encode(hash.finalize())));
+        }
+        index = index
+            .checked_add(1)
+            .ok_or_else(|| Error::runtime("too many segments"))?;
+        cur = next;
+    }
+}
+
+fn write_sealed(
+    out: &mut PartWriter,
+    header: &Header,
+    rx: &Receiver<Seg>,
+    input: &Path,
+) -> Result<()> {
+    out.write(&header.to_bytes())?;
+    for seg in rx {
+        out.write(&seg.buf)?;
+        if seg.last {
+            return out.finish();
+        }
+    }
+    Err(Error::runtime(format!(
+        "encryption of {} stopped early",
+        input.display()
+    )))
+}
+
+/// Writes the stream as consecutive parts, each atomic and hashed while written.
+struct PartWriter {
+    dir: PathBuf,
+    names: Vec<String>,
+    part_size: u64,
+    current: Option<HashWriter<AtomicFile>>,
+    done: Vec<Artifact>,
+}
+
+impl PartWriter {
+    fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            if self.current.is_none() {
+                let Some(name) = self.names.get(self.done.len()) else {
+                    return Err(Error::runtime("the input grew while it was encrypted"));
+                };
+                self.current = Some(HashWriter::new(AtomicFile::create(&self.dir.join(name))?));
+            }
+            let Some(cur) = self.current.as_mut() else {
+                continue;
+            };
+            let room = usize::try_from(self.part_size - cur.bytes()).unwrap_or(usize::MAX);
+            let n = room.min(data.len());
+            cur.write_all(&data[..n])
+                .ctx(|| format!("cannot write {}", self.dir.display()))?;
+            data = &data[n..];
+            if cur.bytes() == self.part_size {
+                self.close()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(cur) = self.current.take() {
+            let (file, bytes, sha256) = cur.finish();
+            let path = file.commit()?;
+            self.done.push(Artifact {
+                path,
+                bytes,
+                sha256,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.close()
+    }
+
+    /// A failed encryption leaves no part behind.
+    fn abandon(&mut self) {
+        self.current.take();
+        for a in self.done.drain(..) {
+            let _ = std::fs::remove_file(&a.path);
+        }
+    }
+}
+
+/// Where the parts of one encrypted file are, and what the manifest says of them.
+#[derive(Debug)]
+pub struct Located {
+    pub parts: Vec<PathBuf>,
+    pub manifest: Option<Manifest>,
+}
+
+/// Finds the parts for a prefix: every file starting with it, as nc-backup-py did.
+pub fn locate(prefix: &Path, require_manifest: bool) -> Result<Located> {
+    let dir = prefix
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let start = prefix
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .at("cannot list", dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_type().is_ok_and(|t| t.is_file())
+                && !ncb_core::atomic::is_partial(&e.file_name())
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&start))
+        .collect();
+    files.sort();
+    let (manifests, parts): (Vec<String>, Vec<String>) = files
+        .into_iter()
+        .partition(|n| n.ends_with(manifest::SUFFIX));
+    match manifests.as_slice() {
+        [] if require_manifest => Err(Error::runtime(format!(
+            "no manifest ({}*{}) found: the encryption did not finish, or the manifest was lost; to decrypt from the parts alone (still fully authenticated) add --REQUIRE_MANIFEST False",
+            prefix.display(),
+            manifest::SUFFIX
+        ))),
+        [] if parts.is_empty() => Err(Error::runtime(format!(
+            "no file starts with {}",
+            prefix.display()
+        ))),
+        [] => Ok(Located {
+            parts: parts.iter().map(|p| dir.join(p)).collect(),
+            manifest: None,
+        }),
+        [one] => {
+            let path = dir.join(one);
+            let meta = std::fs::metadata(&path).at("cannot stat", &path)?;
+            if meta.len() > manifest::MAX_LEN {
+                return Err(Error::runtime(format!(
+                    "manifest {} is too large to be one",
+                    path.display()
+                )));
+            }
+            let bytes = std::fs::read(&path).at("cannot read", &path)?;
+            let m = Manifest::parse(&bytes)
+                .map_err(|e| Error::runtime(format!("manifest {}: {e}", path.display())))?;
+            for p in &parts {
+                if !m.parts.iter().any(|mp| &mp.name == p) {
+                    return Err(Error::runtime(format!(
+                        "part {p} matches the prefix but is not in the manifest (a duplicated or foreign part?)"
+                    )));
+                }
+            }
+            let mut located = Vec::new();
+            for mp in &m.parts {
+                let path = dir.join(&mp.name);
+                let size = std::fs::metadata(&path)
+                    .map(|m| m.len())
+                    .map_err(|_| Error::runtime(format!("part {} is missing", mp.name)))?;
+                if size != mp.size {
+                    return Err(Error::runtime(format!(
+                        "part {} has {size} bytes, the manifest says {} (truncated or damaged)",
+                        mp.name, mp.size
+                    )));
+                }
+                located.push(path);
+            }
+            Ok(Located {
+                parts: located,
+                manifest: Some(m),
+            })
+        }
+        many => Err(Error::usage(format!(
+            "prefix {} matches several backups ({}): give a longer prefix",
+            prefix.display(),
+            many.join(", ")
+        ))),
+    }
+}
+
+/// Reads the parts as one stream, checking each part's SHA-256 against the manifest at its end.
+struct PartsReader<'a> {
+    parts: &'a [PathBuf],
+    expect: Option<&'a Manifest>,
+    index: usize,
+    file: Option<File>,
+    hash: Sha256,
+}
+
+impl PartsReader<'_> {
+    fn name(&self, i: usize) -> String {
+        self.parts.get(i).map(|p| file_name(p)).unwrap_or_default()
+    }
+
+    /// Reads up to `want` bytes across part boundaries; the range of parts it touched.
+    fn read_chunk(&mut self, buf: &mut Vec<u8>, want: usize) -> Result<(usize, usize)> {
+        buf.clear();
+        let first = self.index;
+        while buf.len() < want && self.index < self.parts.len() {
+            if self.file.is_none() {
+                let p = &self.parts[self.index];
+                self.file = Some(File::open(p).at("cannot open part", p)?);
+            }
+            let Some(f) = self.file.as_mut() else {
+                continue;
+            };
+            let before = buf.len();
+            f.take((want - before) as u64)
+                .read_to_end(buf)
+                .at("cannot read part", &self.parts[self.index])?;
+            self.hash.update(&buf[before..]);
+            if buf.len() < want {
+                self.end_part()?;
+            }
+        }
+        Ok((first, self.index.min(self.parts.len().saturating_sub(1))))
+    }
+
+    fn end_part(&mut self) -> Result<()> {
+        let digest = hex::encode(std::mem::take(&mut self.hash).finalize());
+        if let Some(m) = self.expect
+            && let Some(p) = m.parts.get(self.index)
+            && p.sha256 != digest
+        {
+            return Err(Error::runtime(format!(
+                "part {}: SHA-256 differs from the manifest (corrupted or replaced)",
+                p.name
+            )));
+        }
+        self.file = None;
+        self.index += 1;
+        Ok(())
+    }
+}
+
+/// Joins and decrypts the located parts into `dest`, written atomically.
+pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Artifact> {
+    let mut reader = PartsReader {
+        parts: &located.parts,
+        expect: located.manifest.as_ref(),
+        index: 0,
+        file: None,
+        hash: Sha256::new(),
+    };
+    let first = reader.name(0);
+    let mut head = Vec::new();
+    reader.read_chunk(&mut head, HEADER_LEN)?;
+    let header = Header::parse(&head).map_err(|e| Error::runtime(format!("part {first}: {e}")))?;
+    if let Some(m) = &located.manifest
+        && m.salt != hex::encode(header.salt)
+    {
+        return Err(Error::runtime(format!(
+            "the manifest belongs to another backup than part {first}"
+        )));
+    }
+    let keys = Keys::open(master.bytes(), &header).map_err(|e| match e {
+        FormatError::WrongKey => Error::runtime(format!("part {first}: {e}")),
+        e => Error::runtime(format!("part {first}: {e}")),
+    })?;
+    let mut out = HashWriter::new(AtomicFile::create(dest)?);
+    let result = std::thread::scope(|s| -> Result<()> {
+        let (ct_tx, ct_rx) = sync_channel::<Seg>(DEPTH);
+        let (pt_tx, pt_rx) = sync_channel::<Seg>(DEPTH);
+        let seg_len = header.segment_size as usize + TAG_LEN;
+        let r = &mut reader;
+        let read = s.spawn(move || read_cipher(r, seg_len, &ct_tx));
+        let (k, h) = (&keys, &header);
+        let open = s.spawn(move || -> Result<()> {
+            let aad = h.prefix();
+            for mut seg in ct_rx {
+                if k.open_segment(h, &aad, seg.index, seg.last, &mut seg.buf) {
+                    pt_tx.send(seg).map_err(|_| stopped())?;
+                    continue;
+                }
+                let mut again = seg.buf.clone();
+                let msg = if seg.last && k.open_segment(h, &aad, seg.index, false, &mut again) {
+                    format!("the stream ends early after {}: its last part(s) are missing", seg.origin)
+                } else {
+                    format!("authentication failed in {} (segment {}): corrupted, reordered, missing or from another backup", seg.origin, seg.index)
+                };
+                return Err(Error::runtime(msg));
+            }
+            Ok(())
+        });
+        let mut got_last = false;
+        let mut write_err = None;
+        for seg in pt_rx {
+            if let Err(e) = out.write_all(&seg.buf) {
+                write_err = Some(Error::path("cannot write", dest, e));
+                break;
+            }
+            got_last = seg.last;
+        }
+        let opened = open
+            .join()
+            .map_err(|_| Error::runtime("decryption thread panicked"))?;
+        let read = read
+            .join()
+            .map_err(|_| Error::runtime("reader thread panicked"))?;
+        for r in [read, opened] {
+            if let Err(e) = r
+                && !is_stop(&e)
+            {
+                return Err(e);
+            }
+        }
+        if let Some(e) = write_err {
+            return Err(e);
+        }
+        if !got_last {
+            return Err(Error::runtime("the stream ends without its final segment"));
+        }
+        Ok(())
+    });
+    result?;
+    let (file, bytes, sha256) = out.finish();
+    if let Some(m) = &located.manifest
+        && (m.plaintext_size != bytes || m.plaintext_sha256 != sha256)
+    {
+        return Err(Error::runtime(format!(
+            "decrypted {bytes} bytes with SHA-256 {sha256}, the manifest says {} bytes with {}",
+            m.plaintext_size, m.plaintext_sha256
+        )));
+    }
+    let path = file.commit()?;
+    Ok(Artifact {
+        path,
+        bytes,
+        sha256,
+    })
+}
+
+fn read_cipher(r: &mut PartsReader<'_>, seg_len: usize, tx: &SyncSender<Seg>) -> Result<()> {
+    let mut cur = Vec::with_capacity(seg_len);
+    let mut span = r.read_chunk(&mut cur, seg_len)?;
+    let mut index = 0u32;
+    loop {
+        let mut next = Vec::with_capacity(seg_len);
+        let next_span = if cur.len() == seg_len {
+            r.read_chunk(&mut next, seg_len)?
+        } else {
+            span
+        };
+        let last = next.is_empty();
+        let origin = if span.0 == span.1 {
+            format!("part {}", r.name(span.0))
+        } else {
+            format!("parts {} to {}", r.name(span.0), r.name(span.1))
+        };
+        if cur.len() < TAG_LEN {
+            return Err(Error::runtime(format!(
+                "{origin}: the stream ends inside a segment (truncated)"
+            )));
+        }
+        tx.send(Seg {
+            index,
+            last,
+            buf: cur,
+            origin,
+        })
+        .map_err(|_| stopped())?;
+        if last {
+            return Ok(());
+        }
+        index = index
+            .checked_add(1)
+            .ok_or_else(|| Error::runtime("too many segments"))?;
+        cur = next;
+        span = next_span;
+    }
+}

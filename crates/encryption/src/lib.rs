@@ -1,0 +1,221 @@
+//! encryption: each input file becomes an authenticated AES-256-GCM stream cut into parts of
+//! FILE_SIZE MB plus a manifest; `-d` finds the parts by prefix, checks and joins them, and
+//! decrypts atomically. The format is specified in docs/FORMAT.md.
+
+pub mod crypt;
+pub mod format;
+pub mod key;
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+
+use ncb_core::params::{Kind, ParamSpec, Params, Problem};
+use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
+
+pub static PARAMS: [ParamSpec; 8] = [
+    ParamSpec::new(
+        "KEY_FILE",
+        Kind::Path,
+        "The key file (64 hex digits, mode 0600; see --generate-key)",
+    )
+    .must_exist(),
+    ParamSpec::new(
+        "OBJECTIVES",
+        Kind::Paths,
+        "Encrypt: files, or folders whose files to encrypt. Decrypt (-d): the prefix of the parts",
+    ),
+    ParamSpec::new(
+        "DESTINATION",
+        Kind::Path,
+        "Encrypt: folder for parts and manifests. Decrypt: the output file (or a folder: the original name is used)",
+    ),
+    ParamSpec::new(
+        "FILE_SIZE",
+        Kind::Int,
+        "Part size in MB (MiB); absent: one part per file",
+    ),
+    ParamSpec::new(
+        "REMOVE_OBJECTIVES",
+        Kind::Bool,
+        "Delete the inputs once every part and manifest is durable (default False)",
+    ),
+    ParamSpec::new(
+        "DECRYPT",
+        Kind::Switch,
+        "Decrypt and join parts (the restore path)",
+    )
+    .short('d'),
+    ParamSpec::new(
+        "GENERATE_KEY",
+        Kind::Path,
+        "Write a new random key to this file (mode 0600; never overwrites) and exit",
+    ),
+    ParamSpec::new(
+        "REQUIRE_MANIFEST",
+        Kind::Bool,
+        "Decrypt: refuse parts without their manifest (default True; the stream stays authenticated without it)",
+    ),
+];
+
+pub static STAGE: StageDef = StageDef {
+    name: "encryption",
+    aliases: &["encrypt"],
+    legacy_executables: &["encryption.py"],
+    about: "Encrypt files into authenticated AES-256-GCM parts with a manifest; -d joins and decrypts",
+    params: &PARAMS,
+    validate,
+    run,
+};
+
+fn validate(p: &Params) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut need = |key: &str, why: &str| {
+        if p.str(key).is_none() {
+            problems.push(Problem {
+                key: key.into(),
+                message: format!("missing required parameter ({why})"),
+            });
+        }
+    };
+    if p.str("GENERATE_KEY").is_some() {
+        return problems;
+    }
+    need("KEY_FILE", "or --generate-key FILE");
+    need(
+        "OBJECTIVES",
+        "what to encrypt, or with -d the prefix of the parts",
+    );
+    need("DESTINATION", "where to write");
+    if p.u64("FILE_SIZE").ok().flatten() == Some(0) {
+        problems.push(Problem {
+            key: "FILE_SIZE".into(),
+            message: "must be at least 1 (MB)".into(),
+        });
+    }
+    problems
+}
+
+fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
+    let mut report = StageReport::new(STAGE.name);
+    if let Some(path) = p.path("GENERATE_KEY") {
+        key::generate(&path)?;
+        log::info!(
+            "wrote a new key to {} (mode 0600): keep a copy off this server",
+            path.display()
+        );
+        report.set("key_file", path.display().to_string());
+        return Ok(report);
+    }
+    let master = key::load(&p.required_path("KEY_FILE")?)?;
+    if p.flag("DECRYPT", false)? {
+        decrypt(p, &master, &mut report)?;
+    } else {
+        encrypt(p, &master, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn decrypt(p: &Params, master: &key::MasterKey, report: &mut StageReport) -> Result<()> {
+    let prefix = p.required_path("OBJECTIVES")?;
+    let located = crypt::locate(&prefix, p.flag("REQUIRE_MANIFEST", true)?)?;
+    let mut dest = p.required_path("DESTINATION")?;
+    if dest.is_dir() {
+        let name = located
+            .manifest
+            .as_ref()
+            .map(|m| m.file.clone())
+            .filter(|n| !n.contains('/') && !n.starts_with('.') && !n.is_empty());
+        let Some(name) = name else {
+            return Err(Error::usage(format!(
+                "DESTINATION {} is a folder and there is no manifest to name the file: give a file path",
+                dest.display()
+            )));
+        };
+        dest = dest.join(name);
+    }
+    let artifact = crypt::decrypt(master, &located, &dest)?;
+    log::info!(
+        "decrypted {} part(s) into {} ({} bytes)",
+        located.parts.len(),
+        artifact.path.display(),
+        artifact.bytes
+    );
+    report.set("parts", located.parts.len());
+    report.set("manifest", located.manifest.is_some());
+    report.artifacts.push(artifact);
+    Ok(())
+}
+
+/// The files to encrypt: files as given, and the regular files directly inside folders.
+fn inputs(p: &Params, dest: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for obj in p.paths("OBJECTIVES")? {
+        let meta = std::fs::metadata(&obj).at("objective", &obj)?;
+        if !meta.is_dir() {
+            out.push(obj);
+            continue;
+        }
+        if std::path::absolute(&obj).ok() == std::path::absolute(dest).ok() {
+            return Err(Error::usage(format!(
+                "DESTINATION {} is also an objective",
+                dest.display()
+            )));
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&obj)
+            .at("cannot list", &obj)?
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        out.extend(files);
+    }
+    Ok(out)
+}
+
+fn encrypt(p: &Params, master: &key::MasterKey, report: &mut StageReport) -> Result<()> {
+    let dest = p.required_path("DESTINATION")?;
+    let part_size = p.u64("FILE_SIZE")?.map(|mb| mb.saturating_mul(1 << 20));
+    let files = inputs(p, &dest)?;
+    ncb_core::atomic::ensure_dir(&dest, 0o700)?;
+    let mut plain = 0u64;
+    for f in &files {
+        match crypt::encrypt_file(master, f, &dest, part_size, format::DEFAULT_SEGMENT) {
+            Ok(e) => {
+                log::info!(
+                    "{}: {} part(s), manifest {}",
+                    f.display(),
+                    e.parts.len(),
+                    e.manifest.path.display()
+                );
+                plain += e.plaintext_size;
+                report.artifacts.extend(e.parts);
+                report.artifacts.push(e.manifest);
+            }
+            Err(err) => {
+                for a in &report.artifacts {
+                    let _ = std::fs::remove_file(&a.path);
+                }
+                report.artifacts.clear();
+                return Err(err);
+            }
+        }
+    }
+    if files.is_empty() {
+        report.warn("no file to encrypt in OBJECTIVES");
+    }
+    if p.flag("REMOVE_OBJECTIVES", false)? {
+        for f in &files {
+            ncb_core::atomic::remove_input(f)?;
+        }
+        for obj in p.paths("OBJECTIVES")? {
+            if obj.is_dir() {
+                let _ = std::fs::remove_dir(&obj);
+            }
+        }
+    }
+    report.set("files", files.len());
+    report.set("plaintext_bytes", plain);
+    Ok(())
+}
