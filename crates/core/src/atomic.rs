@@ -19,11 +19,17 @@ pub fn is_partial(name: &std::ffi::OsStr) -> bool {
     n.starts_with('.') && n.contains(PARTIAL_MARK)
 }
 
+/// Writeback window: data is pushed to disk while the output is still being written, so the
+/// final fsync waits for little, and at most two windows of an output sit dirty in memory.
+const WINDOW: u64 = 8 << 20;
+
 #[derive(Debug)]
 pub struct AtomicFile {
     dest: PathBuf,
     tmp: PathBuf,
     file: Option<File>,
+    written: u64,
+    issued: u64,
 }
 
 impl AtomicFile {
@@ -54,6 +60,8 @@ impl AtomicFile {
             dest: dest.to_path_buf(),
             tmp,
             file: Some(file),
+            written: 0,
+            issued: 0,
         })
     }
 
@@ -87,7 +95,17 @@ impl AtomicFile {
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file().write(buf)
+        let n = self.file().write(buf)?;
+        self.written += n as u64;
+        while self.written >= self.issued + WINDOW {
+            let Some(f) = self.file.as_ref() else { break };
+            crate::sys::start_writeback(f, self.issued, WINDOW);
+            self.issued += WINDOW;
+            if self.issued >= 2 * WINDOW {
+                crate::sys::finish_writeback(f, self.issued - 2 * WINDOW, WINDOW);
+            }
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file().flush()

@@ -44,3 +44,38 @@ pub fn signal_name(sig: i32) -> String {
         n => format!("signal {n}"),
     }
 }
+
+/// Starts writeback of a byte range of `file` without waiting (Linux `sync_file_range`).
+pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: the fd is owned by `file` and open for the whole call; the call only hints.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Waits until a range is on disk, then drops it from the page cache: a backup's outputs
+/// should not evict the server's working set.
+pub fn finish_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: as above; both calls are advisory and take only integers.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, flags);
+        libc::posix_fadvise(file.as_raw_fd(), off, n, libc::POSIX_FADV_DONTNEED);
+    }
+}

@@ -98,7 +98,8 @@ pub fn encrypt_file(
     let result = std::thread::scope(|s| -> Result<(u64, String)> {
         let (plain_tx, plain_rx) = sync_channel::<Seg>(DEPTH);
         let (sealed_tx, sealed_rx) = sync_channel::<Seg>(DEPTH);
-        let reader = s.spawn(move || read_plain(file, segment, &plain_tx));
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2 * DEPTH + 2);
+        let reader = s.spawn(move || read_plain(file, segment, &plain_tx, &free_rx));
         let aad = header.prefix();
         let (k, h) = (&keys, &header);
         let sealer = s.spawn(move || {
@@ -109,7 +110,7 @@ pub fn encrypt_file(
                 }
             }
         });
-        let written = write_sealed(&mut out, &header, &sealed_rx, input);
+        let written = write_sealed(&mut out, &header, &sealed_rx, input, &free_tx);
         drop(sealed_rx);
         let _ = sealer.join();
         let read = reader
@@ -194,19 +195,30 @@ fn file_name(p: &Path) -> String {
 }
 
 /// Reads segments with one of lookahead (to flag the last), hashing the plaintext.
-fn read_plain(mut file: File, segment: u32, tx: &SyncSender<Seg>) -> Result<(u64, String)> {
+fn read_plain(
+    mut file: File,
+    segment: u32,
+    tx: &SyncSender<Seg>,
+    free: &Receiver<Vec<u8>>,
+) -> Result<(u64, String)> {
     let seg = segment as usize;
+    let fresh = || {
+        free.try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(seg + TAG_LEN))
+    };
     let mut hash = Sha256::new();
     let mut total = 0u64;
-    let mut cur = Vec::with_capacity(seg + TAG_LEN);
+    let mut cur = fresh();
     read_full(&mut file, &mut cur, seg).map_err(|e| Error::io("read", e))?;
     let mut index = 0u32;
     loop {
         hash.update(&cur);
         total += cur.len() as u64;
-        let mut next = Vec::with_capacity(seg + TAG_LEN);
+        let mut next = fresh();
         if cur.len() == seg {
             read_full(&mut file, &mut next, seg).map_err(|e| Error::io("read", e))?;
+        } else {
+            next.clear();
         }
         let last = next.is_empty();
         tx.send(Seg {
@@ -231,6 +243,7 @@ fn write_sealed(
     header: &Header,
     rx: &Receiver<Seg>,
     input: &Path,
+    free: &SyncSender<Vec<u8>>,
 ) -> Result<()> {
     out.write(&header.to_bytes())?;
     for seg in rx {
@@ -238,6 +251,7 @@ fn write_sealed(
         if seg.last {
             return out.finish();
         }
+        let _ = free.try_send(seg.buf);
     }
     Err(Error::runtime(format!(
         "encryption of {} stopped early",
@@ -480,7 +494,8 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
         let (pt_tx, pt_rx) = sync_channel::<Seg>(DEPTH);
         let seg_len = header.segment_size as usize + TAG_LEN;
         let r = &mut reader;
-        let read = s.spawn(move || read_cipher(r, seg_len, &ct_tx));
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2 * DEPTH + 2);
+        let read = s.spawn(move || read_cipher(r, seg_len, &ct_tx, &free_rx));
         let (k, h) = (&keys, &header);
         let open = s.spawn(move || -> Result<()> {
             let aad = h.prefix();
@@ -507,6 +522,7 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
                 break;
             }
             got_last = seg.last;
+            let _ = free_tx.try_send(seg.buf);
         }
         let opened = open
             .join()
@@ -547,8 +563,17 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
     })
 }
 
-fn read_cipher(r: &mut PartsReader<'_>, seg_len: usize, tx: &SyncSender<Seg>) -> Result<()> {
-    let mut cur = Vec::with_capacity(seg_len);
+fn read_cipher(
+    r: &mut PartsReader<'_>,
+    seg_len: usize,
+    tx: &SyncSender<Seg>,
+    free: &Receiver<Vec<u8>>,
+) -> Result<()> {
+    let fresh = || {
+        free.try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(seg_len))
+    };
+    let mut cur = fresh();
     let mut span = r.read_chunk(&mut cur, seg_len)?;
     let mut index = 0u32;
     loop {
