@@ -3,5 +3,6 @@
 
 mod check;
 mod cli;
+mod crypto;
 mod files;
 mod runner;

@@ -327,14 +327,22 @@ pub struct Located {
 
 /// Finds the parts for a prefix: every file starting with it, as nc-backup-py did.
 pub fn locate(prefix: &Path, require_manifest: bool) -> Result<Located> {
-    let dir = prefix
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let start = prefix
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // A folder as prefix means every file in it.
+    let (dir, start) = if prefix.is_dir() {
+        (prefix, String::new())
+    } else {
+        let dir = prefix
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        (
+            dir,
+            prefix
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
+    };
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .at("cannot list", dir)?
         .filter_map(|e| e.ok())
@@ -507,8 +515,16 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
                 let mut again = seg.buf.clone();
                 let msg = if seg.last && k.open_segment(h, &aad, seg.index, false, &mut again) {
                     format!("the stream ends early after {}: its last part(s) are missing", seg.origin)
+                } else if seg.last {
+                    format!(
+                        "authentication failed at the end of the stream, in {} (segment {}): the stream ends early (a last part missing or truncated) or is corrupted",
+                        seg.origin, seg.index
+                    )
                 } else {
-                    format!("authentication failed in {} (segment {}): corrupted, reordered, missing or from another backup", seg.origin, seg.index)
+                    format!(
+                        "authentication failed in {} (segment {}): corrupted, reordered, missing or from another backup",
+                        seg.origin, seg.index
+                    )
                 };
                 return Err(Error::runtime(msg));
             }

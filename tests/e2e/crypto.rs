@@ -1,0 +1,367 @@
+//! encryption: round trips at the sizes that matter, and the tamper matrix.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nc_backup_e2e::{Out, Sandbox, bin, cmd, run};
+
+const SEG: usize = 1 << 20;
+
+fn data(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 11) as u8
+        })
+        .collect()
+}
+
+fn key(sb: &Sandbox) -> PathBuf {
+    let k = sb.join("key");
+    if !k.exists() {
+        run(cmd(&bin("encryption")).arg("--generate-key").arg(&k)).expect(0);
+    }
+    k
+}
+
+fn encrypt(sb: &Sandbox, input: &Path, dest: &Path, file_size: Option<u32>) -> Out {
+    let mut c = cmd(&bin("encryption"));
+    c.arg("--KEY_FILE")
+        .arg(key(sb))
+        .arg("--OBJECTIVES")
+        .arg(input)
+        .arg("--DESTINATION")
+        .arg(dest);
+    if let Some(mb) = file_size {
+        c.args(["--FILE_SIZE", &mb.to_string()]);
+    }
+    run(&mut c)
+}
+
+fn decrypt(sb: &Sandbox, prefix: &Path, out: &Path, extra: &[&str]) -> Out {
+    run(cmd(&bin("encryption"))
+        .arg("-d")
+        .arg("--key-file")
+        .arg(key(sb))
+        .arg("--objectives")
+        .arg(prefix)
+        .arg("--destination")
+        .arg(out)
+        .args(extra))
+}
+
+#[test]
+fn round_trips_at_every_boundary() {
+    let sb = Sandbox::new();
+    let cases: [(usize, Option<u32>); 8] = [
+        (0, None),
+        (1, None),
+        (SEG - 1, None),
+        (SEG, None),
+        (SEG + 1, None),
+        (SEG, Some(1)),
+        (3 * SEG + 5, Some(1)),
+        (20 * SEG + 123, Some(2)),
+    ];
+    for (i, (size, file_size)) in cases.into_iter().enumerate() {
+        let plain = data(size, i as u32 + 1);
+        let input = sb.write(&format!("in{i}/file{i}.tar.gz"), &plain);
+        let dest = sb.join(format!("enc{i}"));
+        let report = encrypt(&sb, &input, &dest, file_size).expect(0).json();
+        let arts = report["artifacts"].as_array().unwrap();
+        let manifest_path = arts.last().unwrap()["path"].as_str().unwrap();
+        assert!(
+            manifest_path.ends_with(".enc.manifest.json"),
+            "{manifest_path}"
+        );
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(manifest_path).unwrap()).unwrap();
+        assert_eq!(m["plaintext_size"], size);
+        let names: Vec<String> = m["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "part names do not sort in order");
+        let expected_parts = file_size.map_or(1, |mb| {
+            (96 + size + 16 * size.div_ceil(SEG).max(1)).div_ceil(mb as usize * SEG)
+        });
+        assert_eq!(names.len(), expected_parts, "case {i}");
+        if file_size.is_none() {
+            assert_eq!(names, [format!("file{i}.tar.gz.enc")]);
+        }
+        for a in arts {
+            let mode = std::fs::metadata(a["path"].as_str().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{a}");
+        }
+        let out = sb.join(format!("out{i}"));
+        decrypt(&sb, &dest.join(format!("file{i}")), &out, &[]).expect(0);
+        assert!(
+            std::fs::read(&out).unwrap() == plain,
+            "case {i}: bytes differ"
+        );
+    }
+}
+
+/// Four parts of one file, and a second encryption of the same file (same key, new salt).
+fn four_parts(sb: &Sandbox) -> (PathBuf, Vec<PathBuf>) {
+    let input = sb.write("in/db.tar.gz", &data(3 * SEG + 500_000, 42));
+    let dest = sb.join("enc");
+    encrypt(sb, &input, &dest, Some(1)).expect(0);
+    encrypt(sb, &input, &sb.join("other"), Some(1)).expect(0);
+    let parts: Vec<PathBuf> = (0..4)
+        .map(|i| dest.join(format!("db.tar.gz.enc.{i:03}")))
+        .collect();
+    assert!(parts.iter().all(|p| p.is_file()));
+    (dest, parts)
+}
+
+fn flip(p: &Path, at: usize) {
+    let mut b = std::fs::read(p).unwrap();
+    b[at] ^= 0x01;
+    std::fs::write(p, b).unwrap();
+}
+
+#[test]
+fn tampering_is_detected_and_names_the_part() {
+    type Tamper = fn(&Path, &[PathBuf], &Path);
+    let cases: Vec<(&str, Tamper, bool, Vec<&str>)> = vec![
+        (
+            "flipped byte",
+            |_, p, _| flip(&p[1], 700_000),
+            true,
+            vec!["db.tar.gz.enc.001"],
+        ),
+        (
+            "flipped byte, no manifest",
+            |_, p, _| flip(&p[1], 700_000),
+            false,
+            vec!["authentication failed", "db.tar.gz.enc.001"],
+        ),
+        (
+            "truncated last part",
+            |_, p, _| truncate(&p[3]),
+            true,
+            vec!["db.tar.gz.enc.003", "truncated"],
+        ),
+        (
+            "truncated last part, no manifest",
+            |_, p, _| truncate(&p[3]),
+            false,
+            vec!["db.tar.gz.enc.003"],
+        ),
+        (
+            "dropped last part",
+            |_, p, _| std::fs::remove_file(&p[3]).unwrap(),
+            true,
+            vec!["db.tar.gz.enc.003", "missing"],
+        ),
+        (
+            "dropped last part, no manifest",
+            |_, p, _| std::fs::remove_file(&p[3]).unwrap(),
+            false,
+            vec!["ends early", "db.tar.gz.enc.002"],
+        ),
+        (
+            "dropped middle part",
+            |_, p, _| std::fs::remove_file(&p[1]).unwrap(),
+            true,
+            vec!["db.tar.gz.enc.001", "missing"],
+        ),
+        (
+            "dropped middle part, no manifest",
+            |_, p, _| std::fs::remove_file(&p[1]).unwrap(),
+            false,
+            vec!["authentication failed", "db.tar.gz.enc.002"],
+        ),
+        (
+            "reordered parts",
+            |_, p, _| swap(&p[1], &p[2]),
+            true,
+            vec!["db.tar.gz.enc.001", "SHA-256"],
+        ),
+        (
+            "reordered parts, no manifest",
+            |_, p, _| swap(&p[1], &p[2]),
+            false,
+            vec!["authentication failed", "db.tar.gz.enc.001"],
+        ),
+        (
+            "duplicated part",
+            |d, p, _| {
+                std::fs::copy(&p[1], d.join("db.tar.gz.enc.001.copy")).unwrap();
+            },
+            true,
+            vec!["db.tar.gz.enc.001.copy", "not in the manifest"],
+        ),
+        (
+            "duplicated part, no manifest",
+            |d, p, _| {
+                std::fs::copy(&p[1], d.join("db.tar.gz.enc.001.copy")).unwrap();
+            },
+            false,
+            vec!["db.tar.gz.enc.001.copy"],
+        ),
+        (
+            "part from another backup",
+            |_, p, other| {
+                std::fs::copy(other.join("db.tar.gz.enc.002"), &p[2]).unwrap();
+            },
+            true,
+            vec!["db.tar.gz.enc.002"],
+        ),
+        (
+            "part from another backup, no manifest",
+            |_, p, other| {
+                std::fs::copy(other.join("db.tar.gz.enc.002"), &p[2]).unwrap();
+            },
+            false,
+            vec!["authentication failed", "db.tar.gz.enc.002"],
+        ),
+        (
+            "manifest from another backup",
+            |d, _, other| {
+                std::fs::copy(
+                    other.join("db.tar.gz.enc.manifest.json"),
+                    d.join("db.tar.gz.enc.manifest.json"),
+                )
+                .unwrap();
+            },
+            true,
+            vec!["db.tar.gz.enc.000"],
+        ),
+        (
+            "header corrupted, no manifest",
+            |_, p, _| flip(&p[0], 20),
+            false,
+            vec!["db.tar.gz.enc.000", "header corrupted"],
+        ),
+        (
+            "missing manifest",
+            |d, _, _| std::fs::remove_file(d.join("db.tar.gz.enc.manifest.json")).unwrap(),
+            true,
+            vec!["no manifest", "REQUIRE_MANIFEST False"],
+        ),
+    ];
+    for (what, tamper, with_manifest, needles) in cases {
+        let sb = Sandbox::new();
+        let (dest, parts) = four_parts(&sb);
+        tamper(&dest, &parts, &sb.join("other"));
+        if !with_manifest {
+            let _ = std::fs::remove_file(dest.join("db.tar.gz.enc.manifest.json"));
+        }
+        let out_file = sb.join("restored/db.tar.gz");
+        std::fs::create_dir_all(out_file.parent().unwrap()).unwrap();
+        let extra: &[&str] = if with_manifest {
+            &[]
+        } else {
+            &["--REQUIRE_MANIFEST", "False"]
+        };
+        let out = decrypt(&sb, &dest.join("db.tar.gz"), &out_file, extra);
+        assert_eq!(out.code, 1, "{what}: exit code, stderr:\n{}", out.stderr);
+        for n in needles {
+            assert!(
+                out.stderr.contains(n),
+                "{what}: error lacks {n:?}:\n{}",
+                out.stderr
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(sb.join("restored")).unwrap().collect();
+        assert!(left.is_empty(), "{what}: output left behind: {left:?}");
+    }
+}
+
+fn truncate(p: &Path) {
+    let len = std::fs::metadata(p).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(len - 1000)
+        .unwrap();
+}
+
+fn swap(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    std::fs::write(a, y).unwrap();
+    std::fs::write(b, x).unwrap();
+}
+
+#[test]
+fn a_wrong_key_is_told_apart_from_corruption() {
+    let sb = Sandbox::new();
+    let (dest, _) = four_parts(&sb);
+    let other = sb.join("other-key");
+    run(cmd(&bin("encryption")).arg("--generate-key").arg(&other)).expect(0);
+    let out_file = sb.join("out.bin");
+    let out = run(cmd(&bin("encryption"))
+        .arg("-d")
+        .arg("--KEY_FILE")
+        .arg(&other)
+        .arg("--OBJECTIVES")
+        .arg(dest.join("db"))
+        .arg("--DESTINATION")
+        .arg(&out_file))
+    .expect(1);
+    assert!(out.stderr.contains("wrong key"), "{}", out.stderr);
+    assert!(!out_file.exists());
+}
+
+#[test]
+fn key_files_are_guarded() {
+    let sb = Sandbox::new();
+    let k = key(&sb);
+    assert_eq!(
+        std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = run(cmd(&bin("encryption")).arg("--generate-key").arg(&k)).expect(1);
+    assert!(out.stderr.contains("File exists"), "{}", out.stderr);
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let input = sb.write("x", b"x");
+    let out = encrypt(&sb, &input, &sb.join("e"), None).expect(2);
+    assert!(
+        out.stderr.contains("chmod 600") && out.stderr.contains(&k.display().to_string()),
+        "{}",
+        out.stderr
+    );
+    assert!(!sb.join("e").exists());
+}
+
+#[test]
+fn folders_remove_objectives_and_restore_by_name() {
+    let sb = Sandbox::new();
+    let a = data(2 * SEG + 3, 5);
+    sb.write("compressed/files.tar.gz", &a);
+    sb.write("compressed/mydump.tar.gz", b"dump");
+    let dest = sb.join("encrypted");
+    let report = run(cmd(&bin("encryption"))
+        .arg("--KEY_FILE")
+        .arg(key(&sb))
+        .arg("--OBJECTIVES")
+        .arg(sb.join("compressed"))
+        .arg("--DESTINATION")
+        .arg(&dest)
+        .args(["--FILE_SIZE", "1", "--REMOVE_OBJECTIVES", "True"]))
+    .expect(0)
+    .json();
+    assert_eq!(report["data"]["files"], 2);
+    assert!(!sb.join("compressed").exists(), "inputs not removed");
+    let back = sb.join("back");
+    std::fs::create_dir(&back).unwrap();
+    decrypt(&sb, &dest.join("files.tar.gz"), &back, &[]).expect(0);
+    assert!(std::fs::read(back.join("files.tar.gz")).unwrap() == a);
+    // A prefix that matches two backups is refused, naming both.
+    let out = decrypt(&sb, &dest.join(""), &back, &[]).expect(2);
+    assert!(out.stderr.contains("several backups"), "{}", out.stderr);
+}
