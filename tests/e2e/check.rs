@@ -108,9 +108,9 @@ fn missing_config_file_is_a_usage_error() {
     );
 }
 
-/// Every config shipped in conf/ parses. The demo also passes --check; conf.json is the
-/// nc-backup-py reference document, whose paths point at a server's files, so only those
-/// (and stages this build lacks) may be reported.
+/// Every config shipped in conf/ parses. Their paths point at a server's files (conf.json)
+/// or at what scripts/demo.sh creates (demo.json, run whole by the pipeline test), so only
+/// missing paths (and stages this build lacks) may be reported.
 #[test]
 fn every_shipped_config_parses() {
     let mut seen = 0;
@@ -127,10 +127,6 @@ fn every_shipped_config_parses() {
             p.display(),
             out.stderr
         );
-        if p.ends_with("demo.json") {
-            assert_eq!(out.code, 0, "{}", out.stderr);
-            continue;
-        }
         for line in out.stderr.lines().filter(|l| l.contains(": section ")) {
             assert!(
                 line.contains("does not exist") || line.contains("not available in this build"),

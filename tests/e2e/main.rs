@@ -5,4 +5,5 @@ mod check;
 mod cli;
 mod crypto;
 mod files;
+mod pipeline;
 mod runner;
