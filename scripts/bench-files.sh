@@ -15,15 +15,7 @@ cargo build --release --locked -p filesbackup >&2
 FB=$PWD/target/release/filesbackup
 mkdir -p "$W/big" "$W/out"
 
-big=$W/big/dump.sql
-if [ ! -s "$big" ] || [ "$(stat -c %s "$big")" -lt $((1 << 30)) ]; then
-  echo "bench: building $big (1 GiB from /usr/include and /usr/share/doc text)" >&2
-  tar -cf "$W/seed.tar" -C / usr/include usr/share/doc 2>/dev/null || true
-  : > "$big"
-  while [ "$(stat -c %s "$big")" -lt $((1 << 30)) ]; do cat "$W/seed.tar" >> "$big"; done
-  truncate -s $((1 << 30)) "$big"
-  rm -f "$W/seed.tar"
-fi
+big=$(ensure_big_file "$W")
 
 run_set() {
   local name=$1; shift

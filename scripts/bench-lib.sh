@@ -25,3 +25,19 @@ table() {
   done
   BENCH_ROWS=()
 }
+
+# ensure_big_file DIR: prints the path of a 1 GiB file built from real text (it compresses
+# like a database dump), making it once.
+ensure_big_file() {
+  local big=$1/big/dump.sql
+  mkdir -p "$1/big"
+  if [ ! -s "$big" ] || [ "$(stat -c %s "$big")" -lt $((1 << 30)) ]; then
+    echo "bench: building $big (1 GiB from /usr/include and /usr/share/doc text)" >&2
+    tar -cf "$1/seed.tar" -C / usr/include usr/share/doc 2>/dev/null || true
+    : > "$big"
+    while [ "$(stat -c %s "$big")" -lt $((1 << 30)) ]; do cat "$1/seed.tar" >> "$big"; done
+    truncate -s $((1 << 30)) "$big"
+    rm -f "$1/seed.tar"
+  fi
+  echo "$big"
+}

@@ -22,6 +22,12 @@ if ((${#need[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# The reference decryptor of docs/FORMAT.md (a test runs it) uses Python's cryptography.
+if ! python3 -c 'import cryptography' 2>/dev/null; then
+  echo "install-deps: installing python cryptography" >&2
+  python3 -m pip install -q cryptography || { apt-get install -y -qq python3-cryptography >/dev/null; }
+fi
+
 if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
   echo "install-deps: cargo-nextest not found; tests will run with cargo test" >&2
 fi

@@ -365,3 +365,20 @@ fn folders_remove_objectives_and_restore_by_name() {
     let out = decrypt(&sb, &dest.join(""), &back, &[]).expect(2);
     assert!(out.stderr.contains("several backups"), "{}", out.stderr);
 }
+
+/// docs/FORMAT.md is enough to decrypt: a decryptor written from it alone (Python,
+/// `cryptography`) reads what the tool writes.
+#[test]
+fn the_documented_format_is_what_we_write() {
+    let sb = Sandbox::new();
+    for (i, size) in [0usize, 1, SEG, 2 * SEG + 7].into_iter().enumerate() {
+        let plain = data(size, 100 + i as u32);
+        let input = sb.write(&format!("in/f{i}"), &plain);
+        let dest = sb.join(format!("e{i}"));
+        let report = encrypt(&sb, &input, &dest, Some(1)).expect(0).json();
+        let parts: Vec<&str> = report["artifacts"].as_array().unwrap().iter().map(|a| a["path"].as_str().unwrap()).filter(|p| !p.ends_with(".json")).collect();
+        let out = std::process::Command::new("python3").arg(nc_backup_e2e::repo().join("scripts/decrypt-reference.py")).arg(key(&sb)).args(&parts).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == plain, "size {size}: reference decryptor disagrees");
+    }
+}
