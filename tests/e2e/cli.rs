@@ -3,13 +3,7 @@
 use nc_backup_e2e::{bin, cmd, run};
 
 /// Every binary of the workspace.
-pub const BINARIES: &[&str] = &[
-    "backup-runner",
-    "size-calc",
-    "filesbackup",
-    "compression",
-    "encryption",
-];
+pub const BINARIES: &[&str] = &["backup-runner", "size-calc", "filesbackup", "compression", "encryption"];
 /// The stage binaries.
 pub const STAGES: &[&str] = &["size-calc", "filesbackup", "compression", "encryption"];
 
@@ -19,11 +13,7 @@ fn every_binary_has_help_and_version() {
         let out = run(cmd(&bin(b)).arg("--help")).expect(0);
         assert!(out.stdout.contains("Usage:"), "{b}: {}", out.stdout);
         let out = run(cmd(&bin(b)).arg("--version")).expect(0);
-        assert!(
-            out.stdout.contains(env!("CARGO_PKG_VERSION")),
-            "{b}: {}",
-            out.stdout
-        );
+        assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")), "{b}: {}", out.stdout);
         let out = run(cmd(&bin(b)).arg("--generate-man")).expect(0);
         assert!(out.stdout.contains(".TH"), "{b}: no man page");
         let out = run(cmd(&bin(b)).args(["--generate-completion", "bash"])).expect(0);
@@ -35,15 +25,8 @@ fn every_binary_has_help_and_version() {
 fn stages_show_both_spellings_and_reject_unknown_flags() {
     for b in STAGES {
         let out = run(cmd(&bin(b)).arg("--help")).expect(0);
-        for (upper, kebab) in [
-            ("--WORK_FOLDER", "--work-folder"),
-            ("--LOG_FOLDER", "--log-folder"),
-        ] {
-            assert!(
-                out.stdout.contains(upper) && out.stdout.contains(kebab),
-                "{b}: {}",
-                out.stdout
-            );
+        for (upper, kebab) in [("--WORK_FOLDER", "--work-folder"), ("--LOG_FOLDER", "--log-folder")] {
+            assert!(out.stdout.contains(upper) && out.stdout.contains(kebab), "{b}: {}", out.stdout);
         }
         let out = run(cmd(&bin(b)).arg("--no-such-flag").arg("x")).expect(2);
         assert!(out.stderr.contains("--no-such-flag"), "{b}: {}", out.stderr);
@@ -54,21 +37,12 @@ fn stages_show_both_spellings_and_reject_unknown_flags() {
 fn size_calc_both_spellings_give_one_report() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), b"hello").unwrap();
-    let a = run(cmd(&bin("size-calc")).arg("--OBJECTIVES").arg(dir.path()))
-        .expect(0)
-        .json();
-    let b = run(cmd(&bin("size-calc")).arg("--objectives").arg(dir.path()))
-        .expect(0)
-        .json();
+    let a = run(cmd(&bin("size-calc")).arg("--OBJECTIVES").arg(dir.path())).expect(0).json();
+    let b = run(cmd(&bin("size-calc")).arg("--objectives").arg(dir.path())).expect(0).json();
     assert_eq!(a["data"], b["data"]);
     assert_eq!(a["data"]["bytes"], 5);
     let out = run(&mut cmd(&bin("size-calc"))).expect(2);
-    assert!(
-        out.stderr
-            .contains("--OBJECTIVES (--objectives): missing required parameter"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("--OBJECTIVES (--objectives): missing required parameter"), "{}", out.stderr);
     let out = run(cmd(&bin("size-calc")).args(["--OBJECTIVES", "/nonexistent/x"])).expect(1);
     assert!(out.stderr.contains("/nonexistent/x"), "{}", out.stderr);
     assert!(out.stdout.is_empty(), "a failed stage printed a report");

@@ -29,12 +29,7 @@ fn key(sb: &Sandbox) -> PathBuf {
 
 fn encrypt(sb: &Sandbox, input: &Path, dest: &Path, file_size: Option<u32>) -> Out {
     let mut c = cmd(&bin("encryption"));
-    c.arg("--KEY_FILE")
-        .arg(key(sb))
-        .arg("--OBJECTIVES")
-        .arg(input)
-        .arg("--DESTINATION")
-        .arg(dest);
+    c.arg("--KEY_FILE").arg(key(sb)).arg("--OBJECTIVES").arg(input).arg("--DESTINATION").arg(dest);
     if let Some(mb) = file_size {
         c.args(["--FILE_SIZE", &mb.to_string()]);
     }
@@ -73,43 +68,27 @@ fn round_trips_at_every_boundary() {
         let report = encrypt(&sb, &input, &dest, file_size).expect(0).json();
         let arts = report["artifacts"].as_array().unwrap();
         let manifest_path = arts.last().unwrap()["path"].as_str().unwrap();
-        assert!(
-            manifest_path.ends_with(".enc.manifest.json"),
-            "{manifest_path}"
-        );
-        let m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(manifest_path).unwrap()).unwrap();
+        assert!(manifest_path.ends_with(".enc.manifest.json"), "{manifest_path}");
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest_path).unwrap()).unwrap();
         assert_eq!(m["plaintext_size"], size);
-        let names: Vec<String> = m["parts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap().to_owned())
-            .collect();
+        let names: Vec<String> =
+            m["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted, "part names do not sort in order");
-        let expected_parts = file_size.map_or(1, |mb| {
-            (96 + size + 16 * size.div_ceil(SEG).max(1)).div_ceil(mb as usize * SEG)
-        });
+        let expected_parts =
+            file_size.map_or(1, |mb| (96 + size + 16 * size.div_ceil(SEG).max(1)).div_ceil(mb as usize * SEG));
         assert_eq!(names.len(), expected_parts, "case {i}");
         if file_size.is_none() {
             assert_eq!(names, [format!("file{i}.tar.gz.enc")]);
         }
         for a in arts {
-            let mode = std::fs::metadata(a["path"].as_str().unwrap())
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777;
+            let mode = std::fs::metadata(a["path"].as_str().unwrap()).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{a}");
         }
         let out = sb.join(format!("out{i}"));
         decrypt(&sb, &dest.join(format!("file{i}")), &out, &[]).expect(0);
-        assert!(
-            std::fs::read(&out).unwrap() == plain,
-            "case {i}: bytes differ"
-        );
+        assert!(std::fs::read(&out).unwrap() == plain, "case {i}: bytes differ");
     }
 }
 
@@ -119,9 +98,7 @@ fn four_parts(sb: &Sandbox) -> (PathBuf, Vec<PathBuf>) {
     let dest = sb.join("enc");
     encrypt(sb, &input, &dest, Some(1)).expect(0);
     encrypt(sb, &input, &sb.join("other"), Some(1)).expect(0);
-    let parts: Vec<PathBuf> = (0..4)
-        .map(|i| dest.join(format!("db.tar.gz.enc.{i:03}")))
-        .collect();
+    let parts: Vec<PathBuf> = (0..4).map(|i| dest.join(format!("db.tar.gz.enc.{i:03}"))).collect();
     assert!(parts.iter().all(|p| p.is_file()));
     (dest, parts)
 }
@@ -136,30 +113,15 @@ fn flip(p: &Path, at: usize) {
 fn tampering_is_detected_and_names_the_part() {
     type Tamper = fn(&Path, &[PathBuf], &Path);
     let cases: Vec<(&str, Tamper, bool, Vec<&str>)> = vec![
-        (
-            "flipped byte",
-            |_, p, _| flip(&p[1], 700_000),
-            true,
-            vec!["db.tar.gz.enc.001"],
-        ),
+        ("flipped byte", |_, p, _| flip(&p[1], 700_000), true, vec!["db.tar.gz.enc.001"]),
         (
             "flipped byte, no manifest",
             |_, p, _| flip(&p[1], 700_000),
             false,
             vec!["authentication failed", "db.tar.gz.enc.001"],
         ),
-        (
-            "truncated last part",
-            |_, p, _| truncate(&p[3]),
-            true,
-            vec!["db.tar.gz.enc.003", "truncated"],
-        ),
-        (
-            "truncated last part, no manifest",
-            |_, p, _| truncate(&p[3]),
-            false,
-            vec!["db.tar.gz.enc.003"],
-        ),
+        ("truncated last part", |_, p, _| truncate(&p[3]), true, vec!["db.tar.gz.enc.003", "truncated"]),
+        ("truncated last part, no manifest", |_, p, _| truncate(&p[3]), false, vec!["db.tar.gz.enc.003"]),
         (
             "dropped last part",
             |_, p, _| std::fs::remove_file(&p[3]).unwrap(),
@@ -184,12 +146,7 @@ fn tampering_is_detected_and_names_the_part() {
             false,
             vec!["authentication failed", "db.tar.gz.enc.002"],
         ),
-        (
-            "reordered parts",
-            |_, p, _| swap(&p[1], &p[2]),
-            true,
-            vec!["db.tar.gz.enc.001", "SHA-256"],
-        ),
+        ("reordered parts", |_, p, _| swap(&p[1], &p[2]), true, vec!["db.tar.gz.enc.001", "SHA-256"]),
         (
             "reordered parts, no manifest",
             |_, p, _| swap(&p[1], &p[2]),
@@ -231,11 +188,8 @@ fn tampering_is_detected_and_names_the_part() {
         (
             "manifest from another backup",
             |d, _, other| {
-                std::fs::copy(
-                    other.join("db.tar.gz.enc.manifest.json"),
-                    d.join("db.tar.gz.enc.manifest.json"),
-                )
-                .unwrap();
+                std::fs::copy(other.join("db.tar.gz.enc.manifest.json"), d.join("db.tar.gz.enc.manifest.json"))
+                    .unwrap();
             },
             true,
             vec!["db.tar.gz.enc.000"],
@@ -262,19 +216,11 @@ fn tampering_is_detected_and_names_the_part() {
         }
         let out_file = sb.join("restored/db.tar.gz");
         std::fs::create_dir_all(out_file.parent().unwrap()).unwrap();
-        let extra: &[&str] = if with_manifest {
-            &[]
-        } else {
-            &["--REQUIRE_MANIFEST", "False"]
-        };
+        let extra: &[&str] = if with_manifest { &[] } else { &["--REQUIRE_MANIFEST", "False"] };
         let out = decrypt(&sb, &dest.join("db.tar.gz"), &out_file, extra);
         assert_eq!(out.code, 1, "{what}: exit code, stderr:\n{}", out.stderr);
         for n in needles {
-            assert!(
-                out.stderr.contains(n),
-                "{what}: error lacks {n:?}:\n{}",
-                out.stderr
-            );
+            assert!(out.stderr.contains(n), "{what}: error lacks {n:?}:\n{}", out.stderr);
         }
         let left: Vec<_> = std::fs::read_dir(sb.join("restored")).unwrap().collect();
         assert!(left.is_empty(), "{what}: output left behind: {left:?}");
@@ -283,12 +229,7 @@ fn tampering_is_detected_and_names_the_part() {
 
 fn truncate(p: &Path) {
     let len = std::fs::metadata(p).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(p)
-        .unwrap()
-        .set_len(len - 1000)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(len - 1000).unwrap();
 }
 
 fn swap(a: &Path, b: &Path) {
@@ -321,20 +262,13 @@ fn a_wrong_key_is_told_apart_from_corruption() {
 fn key_files_are_guarded() {
     let sb = Sandbox::new();
     let k = key(&sb);
-    assert_eq!(
-        std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
     let out = run(cmd(&bin("encryption")).arg("--generate-key").arg(&k)).expect(1);
     assert!(out.stderr.contains("File exists"), "{}", out.stderr);
     std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
     let input = sb.write("x", b"x");
     let out = encrypt(&sb, &input, &sb.join("e"), None).expect(2);
-    assert!(
-        out.stderr.contains("chmod 600") && out.stderr.contains(&k.display().to_string()),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("chmod 600") && out.stderr.contains(&k.display().to_string()), "{}", out.stderr);
     assert!(!sb.join("e").exists());
 }
 
@@ -376,8 +310,19 @@ fn the_documented_format_is_what_we_write() {
         let input = sb.write(&format!("in/f{i}"), &plain);
         let dest = sb.join(format!("e{i}"));
         let report = encrypt(&sb, &input, &dest, Some(1)).expect(0).json();
-        let parts: Vec<&str> = report["artifacts"].as_array().unwrap().iter().map(|a| a["path"].as_str().unwrap()).filter(|p| !p.ends_with(".json")).collect();
-        let out = std::process::Command::new("python3").arg(nc_backup_e2e::repo().join("scripts/decrypt-reference.py")).arg(key(&sb)).args(&parts).output().unwrap();
+        let parts: Vec<&str> = report["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["path"].as_str().unwrap())
+            .filter(|p| !p.ends_with(".json"))
+            .collect();
+        let out = std::process::Command::new("python3")
+            .arg(nc_backup_e2e::repo().join("scripts/decrypt-reference.py"))
+            .arg(key(&sb))
+            .args(&parts)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(out.stdout == plain, "size {size}: reference decryptor disagrees");
     }

@@ -11,28 +11,14 @@ use std::time::Duration;
 use nc_backup_e2e::{Out, Sandbox, bin, cmd, run, wait_for};
 
 fn sh(script: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .status()
-        .unwrap()
-        .success();
+    let ok = Command::new("sh").arg("-c").arg(script).status().unwrap().success();
     assert!(ok, "{script}");
 }
 
 /// Deterministic, moderately compressible bytes.
 fn text_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
-    let words: [&[u8]; 8] = [
-        b"backup ",
-        b"restore ",
-        b"server ",
-        b"tar ",
-        b"gzip ",
-        b"\n",
-        b"0x1f8b ",
-        b"nc ",
-    ];
+    let words: [&[u8]; 8] = [b"backup ", b"restore ", b"server ", b"tar ", b"gzip ", b"\n", b"0x1f8b ", b"nc "];
     let mut out = Vec::with_capacity(n + 16);
     while out.len() < n {
         x ^= x << 13;
@@ -52,28 +38,17 @@ fn make_tree(root: &Path) {
     std::fs::write(root.join("dir/small.txt"), b"hello\n").unwrap();
     std::fs::write(root.join("dir/big.bin"), text_bytes(3 << 20, 7)).unwrap();
     std::fs::write(root.join("script.sh"), b"#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(
-        root.join("script.sh"),
-        std::fs::Permissions::from_mode(0o4755),
-    )
-    .unwrap();
+    std::fs::set_permissions(root.join("script.sh"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     std::fs::write(root.join("secret"), b"s").unwrap();
     std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink("dir/small.txt", root.join("rel-link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
     std::fs::hard_link(root.join("dir/small.txt"), root.join("hard")).unwrap();
-    let long = root
-        .join("l".repeat(120))
-        .join("m".repeat(120))
-        .join("n".repeat(100));
+    let long = root.join("l".repeat(120)).join("m".repeat(120)).join("n".repeat(100));
     std::fs::create_dir_all(&long).unwrap();
     std::fs::write(long.join("deep-file-with-a-long-name.txt"), b"deep").unwrap();
     std::os::unix::fs::symlink("t".repeat(150), root.join("long-target-link")).unwrap();
-    std::fs::write(
-        root.join(OsStr::from_bytes(b"caf\xe9-latin1")),
-        b"non-utf8 name",
-    )
-    .unwrap();
+    std::fs::write(root.join(OsStr::from_bytes(b"caf\xe9-latin1")), b"non-utf8 name").unwrap();
     let r = root.display();
     sh(&format!(
         "mkfifo {r}/fifo && chown 1234:2345 {r}/dir/small.txt && chown nobody:nogroup {r}/secret \
@@ -104,54 +79,26 @@ fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
                 stack.push(p.clone());
                 ("dir", Vec::new())
             } else if ft.is_symlink() {
-                (
-                    "link",
-                    std::fs::read_link(&p)
-                        .unwrap()
-                        .as_os_str()
-                        .as_bytes()
-                        .to_vec(),
-                )
+                ("link", std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec())
             } else if ft.is_file() {
                 ("file", std::fs::read(&p).unwrap())
             } else {
                 ("special", Vec::new())
             };
             let mtime = if ft.is_dir() { 0 } else { m.mtime() };
-            let rel = p
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            out.insert(
-                rel,
-                Entry {
-                    kind,
-                    mode: m.mode(),
-                    uid: m.uid(),
-                    gid: m.gid(),
-                    mtime,
-                    content,
-                },
-            );
+            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            out.insert(rel, Entry { kind, mode: m.mode(), uid: m.uid(), gid: m.gid(), mtime, content });
         }
     }
     out
 }
 
 fn filesbackup(args: &[&OsStr]) -> Out {
-    run(cmd(&bin("filesbackup"))
-        .args(args)
-        .arg("--HOSTNAME")
-        .arg("testhost"))
+    run(cmd(&bin("filesbackup")).args(args).arg("--HOSTNAME").arg("testhost"))
 }
 
 fn only_archive(dir: &Path) -> PathBuf {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     files[0].clone()
 }
@@ -162,67 +109,34 @@ fn gnu_tar_restores_every_kind_of_entry_with_its_metadata() {
     let src = sb.join("src");
     make_tree(&src);
     let dest = sb.join("out");
-    let out = filesbackup(&[
-        OsStr::new("--FILESET_INCLUDE"),
-        src.as_os_str(),
-        OsStr::new("--DESTINATION"),
-        dest.as_os_str(),
-    ])
-    .expect(0);
+    let out =
+        filesbackup(&[OsStr::new("--FILESET_INCLUDE"), src.as_os_str(), OsStr::new("--DESTINATION"), dest.as_os_str()])
+            .expect(0);
     let report = out.json();
     let archive = only_archive(&dest);
     let name = archive.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(
-        name.starts_with("testhost_filesbackup_") && name.ends_with("Z.tar.gz"),
-        "{name}"
-    );
+    assert!(name.starts_with("testhost_filesbackup_") && name.ends_with("Z.tar.gz"), "{name}");
     // The report's sha256 and size are the file's.
     let bytes = std::fs::read(&archive).unwrap();
     assert_eq!(report["artifacts"][0]["bytes"], bytes.len());
     let sha = Command::new("sha256sum").arg(&archive).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&sha.stdout)
-            .starts_with(report["artifacts"][0]["sha256"].as_str().unwrap())
-    );
-    assert!(
-        report["warnings"].as_array().unwrap().is_empty(),
-        "{report}"
-    );
+    assert!(String::from_utf8_lossy(&sha.stdout).starts_with(report["artifacts"][0]["sha256"].as_str().unwrap()));
+    assert!(report["warnings"].as_array().unwrap().is_empty(), "{report}");
 
     // gzip -t accepts the multi-member stream; GNU tar lists names relative to /.
-    assert!(
-        Command::new("gzip")
-            .arg("-t")
-            .arg(&archive)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let list = Command::new("tar")
-        .arg("-tvzf")
-        .arg(&archive)
-        .output()
-        .unwrap();
+    assert!(Command::new("gzip").arg("-t").arg(&archive).status().unwrap().success());
+    let list = Command::new("tar").arg("-tvzf").arg(&archive).output().unwrap();
     assert!(list.status.success());
     let list = String::from_utf8_lossy(&list.stdout);
     let rel = src.strip_prefix("/").unwrap().display().to_string();
     assert!(list.contains(&format!("{rel}/dir/small.txt")), "{list}");
-    assert!(
-        list.contains("nobody/nogroup"),
-        "owner names missing:\n{list}"
-    );
+    assert!(list.contains("nobody/nogroup"), "owner names missing:\n{list}");
     assert!(list.contains("1234/2345"), "numeric owner missing:\n{list}");
 
     let restore = sb.join("restore");
     std::fs::create_dir(&restore).unwrap();
-    let x = Command::new("tar")
-        .arg("-xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&restore)
-        .arg("--numeric-owner")
-        .output()
-        .unwrap();
+    let x =
+        Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(&restore).arg("--numeric-owner").output().unwrap();
     assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
     let restored = restore.join(&rel);
     assert_eq!(snapshot(&restored), snapshot(&src));
@@ -230,12 +144,7 @@ fn gnu_tar_restores_every_kind_of_entry_with_its_metadata() {
     let a = std::fs::metadata(restored.join("hard")).unwrap();
     let b = std::fs::metadata(restored.join("dir/small.txt")).unwrap();
     assert_eq!(a.ino(), b.ino());
-    assert!(
-        std::fs::symlink_metadata(restored.join("fifo"))
-            .unwrap()
-            .file_type()
-            .is_fifo()
-    );
+    assert!(std::fs::symlink_metadata(restored.join("fifo")).unwrap().file_type().is_fifo());
 }
 
 use std::os::unix::fs::FileTypeExt;
@@ -263,28 +172,17 @@ fn include_exclude_and_extension_filters() {
     let list = |extra: &[&str]| -> Vec<String> {
         let dest = sb.join(format!("out-{}", extra.len()));
         let _ = std::fs::remove_dir_all(&dest);
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("--DESTINATION"),
-            dest.as_os_str(),
-            OsStr::new("--FILESET_INCLUDE"),
-        ];
+        let mut args: Vec<&OsStr> =
+            vec![OsStr::new("--DESTINATION"), dest.as_os_str(), OsStr::new("--FILESET_INCLUDE")];
         let inc = format!(r#"["{}", "{}"]"#, s.display(), other.display());
         args.push(OsStr::new(&inc));
         args.extend(extra.iter().map(OsStr::new));
         filesbackup(&args).expect(0);
-        let o = Command::new("tar")
-            .arg("-tzf")
-            .arg(only_archive(&dest))
-            .output()
-            .unwrap();
+        let o = Command::new("tar").arg("-tzf").arg(only_archive(&dest)).output().unwrap();
         let prefix = format!("{}/", sb.path().strip_prefix("/").unwrap().display());
         let mut names: Vec<String> = String::from_utf8_lossy(&o.stdout)
             .lines()
-            .map(|l| {
-                l.trim_start_matches(&prefix)
-                    .trim_end_matches('/')
-                    .to_owned()
-            })
+            .map(|l| l.trim_start_matches(&prefix).trim_end_matches('/').to_owned())
             .filter(|l| !l.ends_with("site"))
             .collect();
         names.sort();
@@ -292,15 +190,10 @@ fn include_exclude_and_extension_filters() {
     };
     let all = list(&[]);
     assert!(
-        all.contains(&"site/app/node_modules/m/i.js".to_owned())
-            && all.contains(&"other.txt".to_owned()),
+        all.contains(&"site/app/node_modules/m/i.js".to_owned()) && all.contains(&"other.txt".to_owned()),
         "{all:?}"
     );
-    let excl = format!(
-        "*.log **/node_modules {}/cache {}/var/*/cache tmp",
-        s.display(),
-        s.display()
-    );
+    let excl = format!("*.log **/node_modules {}/cache {}/var/*/cache tmp", s.display(), s.display());
     let got = list(&["--FILESET_EXCLUDE", &excl]);
     let want = [
         "other.txt",
@@ -317,12 +210,7 @@ fn include_exclude_and_extension_filters() {
         "site/var/w1/keep.txt",
     ];
     assert_eq!(got, want);
-    let got = list(&[
-        "--FILE_EXTENSIONS",
-        ".jpg png",
-        "--FILESET_EXCLUDE",
-        "nothing",
-    ]);
+    let got = list(&["--FILE_EXTENSIONS", ".jpg png", "--FILESET_EXCLUDE", "nothing"]);
     assert_eq!(got, ["site/img/x.JPG", "site/img/y.png"]);
 }
 
@@ -348,12 +236,7 @@ fn missing_include_is_an_error_naming_it_unless_ignored() {
         OsStr::new("True"),
     ])
     .expect(0);
-    assert!(
-        out.json()["warnings"][0]
-            .as_str()
-            .unwrap()
-            .contains("/nonexistent/abc")
-    );
+    assert!(out.json()["warnings"][0].as_str().unwrap().contains("/nonexistent/abc"));
 }
 
 /// Runs as `nobody`, where root would read anything.
@@ -369,40 +252,21 @@ fn unreadable_file_is_a_warning_and_strict_makes_it_fatal() {
     sh(&format!("chown nobody:nogroup {}", dest.display()));
     let as_nobody = |strict: &str| {
         let mut c = cmd(Path::new("/usr/bin/setpriv"));
-        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-            .arg(bin("filesbackup"));
-        c.arg("--FILESET_INCLUDE")
-            .arg(sb.join("src"))
-            .arg("--DESTINATION")
-            .arg(&dest)
-            .args(["--STRICT", strict]);
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]).arg(bin("filesbackup"));
+        c.arg("--FILESET_INCLUDE").arg(sb.join("src")).arg("--DESTINATION").arg(&dest).args(["--STRICT", strict]);
         run(&mut c)
     };
     let out = as_nobody("False").expect(0);
     let w = out.json()["warnings"].to_string();
-    assert!(
-        w.contains("locked.txt") && w.contains("Permission denied"),
-        "{w}"
-    );
+    assert!(w.contains("locked.txt") && w.contains("Permission denied"), "{w}");
     let archive = only_archive(&dest);
-    let o = Command::new("tar")
-        .arg("-tzf")
-        .arg(&archive)
-        .output()
-        .unwrap();
+    let o = Command::new("tar").arg("-tzf").arg(&archive).output().unwrap();
     let names = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        names.contains("ok.txt") && !names.contains("locked.txt"),
-        "{names}"
-    );
+    assert!(names.contains("ok.txt") && !names.contains("locked.txt"), "{names}");
     std::fs::remove_file(archive).unwrap();
     let out = as_nobody("True").expect(1);
     assert!(out.stderr.contains("locked.txt"), "{}", out.stderr);
-    assert_eq!(
-        std::fs::read_dir(&dest).unwrap().count(),
-        0,
-        "a failed backup left a file"
-    );
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0, "a failed backup left a file");
 }
 
 #[test]
@@ -422,13 +286,10 @@ fn vanished_and_changing_files_are_warnings() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Freeze it as soon as its output exists: it is then reading a_big, before z_victim.
-    assert!(wait_for(Duration::from_secs(20), || std::fs::read_dir(
-        &dest
-    )
-    .unwrap()
-    .count()
-        > 0));
+    // Freeze it once compressed bytes come out: it has opened a_big (48 MiB) and is still
+    // reading it, before z_victim.
+    let started = || std::fs::read_dir(&dest).unwrap().any(|e| e.unwrap().metadata().unwrap().len() > 0);
+    assert!(wait_for(Duration::from_secs(20), started));
     sh(&format!("kill -STOP {}", child.id()));
     std::fs::remove_file(sb.join("src/z_victim")).unwrap();
     std::fs::OpenOptions::new().append(true).open(&big).unwrap();
@@ -437,20 +298,9 @@ fn vanished_and_changing_files_are_warnings() {
     let out = Out::from(child.wait_with_output().unwrap()).expect(0);
     let w = out.json()["warnings"].to_string();
     assert!(w.contains("z_victim") && w.contains("vanished"), "{w}");
-    assert!(
-        w.contains("a_big") && w.contains("changed as we read it"),
-        "{w}"
-    );
+    assert!(w.contains("a_big") && w.contains("changed as we read it"), "{w}");
     let archive = only_archive(&dest);
-    assert!(
-        Command::new("tar")
-            .arg("-tzf")
-            .arg(&archive)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("tar").arg("-tzf").arg(&archive).stdout(Stdio::null()).status().unwrap().success());
 }
 
 #[test]
@@ -469,46 +319,29 @@ fn killed_mid_write_leaves_nothing_that_looks_complete() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_for(Duration::from_secs(20), || std::fs::read_dir(
-        &dest
-    )
-    .unwrap()
-    .count()
-        > 0));
+    assert!(wait_for(Duration::from_secs(20), || std::fs::read_dir(&dest).unwrap().count() > 0));
     child.kill().unwrap();
     child.wait().unwrap();
     for e in std::fs::read_dir(&dest).unwrap() {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(
-            n.starts_with('.') && n.contains(".partial-"),
-            "looks complete: {n}"
-        );
+        assert!(n.starts_with('.') && n.contains(".partial-"), "looks complete: {n}");
     }
 }
 
 #[test]
 fn disk_full_fails_with_exit_1_and_no_archive() {
     let sb = Sandbox::new();
-    sh(&format!(
-        "mkdir -p {0}/src && head -c 6000000 /dev/urandom > {0}/src/data",
-        sb.path().display()
-    ));
+    sh(&format!("mkdir -p {0}/src && head -c 6000000 /dev/urandom > {0}/src/data", sb.path().display()));
     let small = sb.join("small");
     std::fs::create_dir(&small).unwrap();
-    sh(&format!(
-        "mount -t tmpfs -o size=1m tmpfs {}",
-        small.display()
-    ));
+    sh(&format!("mount -t tmpfs -o size=1m tmpfs {}", small.display()));
     let out = filesbackup(&[
         OsStr::new("--FILESET_INCLUDE"),
         sb.join("src").as_os_str(),
         OsStr::new("--DESTINATION"),
         small.as_os_str(),
     ]);
-    let left: Vec<_> = std::fs::read_dir(&small)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(&small).unwrap().map(|e| e.unwrap().file_name()).collect();
     sh(&format!("umount {}", small.display()));
     let out = out.expect(1);
     assert!(out.stderr.contains("No space left"), "{}", out.stderr);
@@ -522,11 +355,7 @@ fn disk_full_fails_with_exit_1_and_no_archive() {
         blocked.join("sub").as_os_str(),
     ])
     .expect(1);
-    assert!(
-        out.stderr.contains("cannot create folder"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("cannot create folder"), "{}", out.stderr);
 }
 
 #[test]
@@ -535,26 +364,13 @@ fn compression_makes_one_archive_per_objective_and_removes_inputs_after() {
     sb.write("work/files/a.txt", b"alpha");
     sb.write("work/mydump/db.sql", &text_bytes(100_000, 9));
     let dest = sb.join("work/compressed");
-    let objectives = format!(
-        "{} {}",
-        sb.join("work/files").display(),
-        sb.join("work/mydump").display()
-    );
-    for (format, suffix, tar_flag) in [
-        ("zstd", ".tar.zst", "--zstd"),
-        ("none", ".tar", "-a"),
-        ("gzip", ".tar.gz", "-z"),
-    ] {
+    let objectives = format!("{} {}", sb.join("work/files").display(), sb.join("work/mydump").display());
+    for (format, suffix, tar_flag) in
+        [("zstd", ".tar.zst", "--zstd"), ("none", ".tar", "-a"), ("gzip", ".tar.gz", "-z")]
+    {
         let remove = if format == "gzip" { "True" } else { "False" };
         let out = run(cmd(&bin("compression"))
-            .args([
-                "--OBJECTIVES",
-                &objectives,
-                "--COMPRESSION_FORMAT",
-                format,
-                "--REMOVE_OBJECTIVES",
-                remove,
-            ])
+            .args(["--OBJECTIVES", &objectives, "--COMPRESSION_FORMAT", format, "--REMOVE_OBJECTIVES", remove])
             .arg("--DESTINATION")
             .arg(&dest))
         .expect(0);
@@ -574,22 +390,12 @@ fn compression_makes_one_archive_per_objective_and_removes_inputs_after() {
                 .success();
             assert!(ok, "{format} {name}");
         }
-        assert_eq!(
-            std::fs::read(sb.join(format!("x-{format}/mydump/db.sql"))).unwrap(),
-            text_bytes(100_000, 9)
-        );
+        assert_eq!(std::fs::read(sb.join(format!("x-{format}/mydump/db.sql"))).unwrap(), text_bytes(100_000, 9));
     }
-    assert!(
-        !sb.join("work/files").exists() && !sb.join("work/mydump").exists(),
-        "inputs not removed"
-    );
+    assert!(!sb.join("work/files").exists() && !sb.join("work/mydump").exists(), "inputs not removed");
     // A missing objective fails before anything is written or removed.
     sb.write("work/again/x", b"x");
-    let objectives = format!(
-        "{} {}",
-        sb.join("work/again").display(),
-        sb.join("work/none").display()
-    );
+    let objectives = format!("{} {}", sb.join("work/again").display(), sb.join("work/none").display());
     let out = run(cmd(&bin("compression"))
         .args(["--OBJECTIVES", &objectives, "--REMOVE_OBJECTIVES", "True"])
         .arg("--DESTINATION")

@@ -12,41 +12,20 @@ fn files_compression_encryption_then_restore_by_hand() {
     sb.write("data/docs/b.txt", &b"beta ".repeat(400_000));
     sb.write("data/skip.tmp", b"no");
     std::os::unix::fs::symlink("docs/a.txt", sb.join("data/link")).unwrap();
-    run(cmd(&bin("encryption"))
-        .arg("--generate-key")
-        .arg(sb.join("key_file")))
-    .expect(0);
+    run(cmd(&bin("encryption")).arg("--generate-key").arg(sb.join("key_file"))).expect(0);
     // conf/demo.json with its folder moved into the sandbox.
     let demo = std::fs::read_to_string(repo().join("conf/demo.json")).unwrap();
-    let conf = sb.config_text(
-        "conf.json",
-        &demo.replace("/tmp/nc-backup-demo", &sb.path().display().to_string()),
-    );
-    let out = run(cmd(&bin("backup-runner"))
-        .arg("-r")
-        .arg("-c")
-        .arg(&conf)
-        .arg("--json"))
-    .expect(0);
+    let conf = sb.config_text("conf.json", &demo.replace("/tmp/nc-backup-demo", &sb.path().display().to_string()));
+    let out = run(cmd(&bin("backup-runner")).arg("-r").arg("-c").arg(&conf).arg("--json")).expect(0);
     let report = out.json();
     let run_id = report["run_id"].as_str().unwrap();
-    let statuses: Vec<&str> = report["sections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
+    let statuses: Vec<&str> =
+        report["sections"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["ok", "ok", "ok", "ok"]);
     let backups = sb.join(format!("backups/{run_id}"));
     assert!(backups.join("files.tar.gz.enc.manifest.json").is_file());
-    assert!(
-        !sb.join("work/files").exists() && !sb.join("work/compressed").exists(),
-        "REMOVE_OBJECTIVES left inputs"
-    );
-    assert_eq!(
-        report["sections"][3]["data"]["files"],
-        std::fs::read_dir(&backups).unwrap().count()
-    );
+    assert!(!sb.join("work/files").exists() && !sb.join("work/compressed").exists(), "REMOVE_OBJECTIVES left inputs");
+    assert_eq!(report["sections"][3]["data"]["files"], std::fs::read_dir(&backups).unwrap().count());
 
     let restore = sb.join("restore");
     std::fs::create_dir(&restore).unwrap();
@@ -59,29 +38,11 @@ fn files_compression_encryption_then_restore_by_hand() {
         .arg("--DESTINATION")
         .arg(&restore))
     .expect(0);
-    let sh = |s: String| {
-        assert!(
-            Command::new("sh")
-                .arg("-c")
-                .arg(&s)
-                .status()
-                .unwrap()
-                .success(),
-            "{s}"
-        )
-    };
+    let sh = |s: String| assert!(Command::new("sh").arg("-c").arg(&s).status().unwrap().success(), "{s}");
     let r = restore.display();
-    sh(format!(
-        "tar -xzf {r}/files.tar.gz -C {r} && tar -xzf {r}/files/*.tar.gz -C {r}"
-    ));
+    sh(format!("tar -xzf {r}/files.tar.gz -C {r} && tar -xzf {r}/files/*.tar.gz -C {r}"));
     let restored = restore.join(sb.join("data").strip_prefix("/").unwrap());
-    assert_eq!(
-        std::fs::read(restored.join("docs/b.txt")).unwrap(),
-        b"beta ".repeat(400_000)
-    );
-    assert_eq!(
-        std::fs::read_link(restored.join("link")).unwrap(),
-        std::path::Path::new("docs/a.txt")
-    );
+    assert_eq!(std::fs::read(restored.join("docs/b.txt")).unwrap(), b"beta ".repeat(400_000));
+    assert_eq!(std::fs::read_link(restored.join("link")).unwrap(), std::path::Path::new("docs/a.txt"));
     assert!(!restored.join("skip.tmp").exists(), "exclude ignored");
 }

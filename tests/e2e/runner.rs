@@ -8,11 +8,7 @@ use serde_json::json;
 
 fn runner(sb: &Sandbox, conf: &Path) -> std::process::Command {
     let mut c = cmd(&bin("backup-runner"));
-    c.arg("-r")
-        .arg("-c")
-        .arg(conf)
-        .arg("--json")
-        .env("RECORD", sb.join("rec"));
+    c.arg("-r").arg("-c").arg(conf).arg("--json").env("RECORD", sb.join("rec"));
     std::fs::create_dir_all(sb.join("rec")).unwrap();
     c
 }
@@ -42,17 +38,12 @@ fn sections_run_in_file_order_with_exact_argv() {
     let w = sb.join("work").display().to_string();
     let l = sb.join("log").display().to_string();
     let h = sb.path().display().to_string();
-    let general = format!(
-        "--HOSTNAME\ntesthost\n--WORK_FOLDER\n{w}\n--HOME_FOLDER\n{h}\n--LOG_FOLDER\n{l}\n"
-    );
+    let general = format!("--HOSTNAME\ntesthost\n--WORK_FOLDER\n{w}\n--HOME_FOLDER\n{h}\n--LOG_FOLDER\n{l}\n");
     assert_eq!(
         read(&sb, "rec/ZETA.argv"),
         format!("{general}--OBJECTIVES\n/a /b\n--REMOVE_OBJECTIVES\nTrue\n--FILE_SIZE\n10\n")
     );
-    assert_eq!(
-        read(&sb, "rec/ALPHA.argv"),
-        format!("{general}--DEST\n{w}/testhost/x\n--LIST\n[\"a b\",\"c\"]\n")
-    );
+    assert_eq!(read(&sb, "rec/ALPHA.argv"), format!("{general}--DEST\n{w}/testhost/x\n--LIST\n[\"a b\",\"c\"]\n"));
     // The secret is not in argv: it travels in the environment.
     assert!(read(&sb, "rec/ALPHA.env").contains("NCB_PARAM_DB_PASSWORD=hunter2"));
     let env = read(&sb, "rec/MIDDLE.env");
@@ -61,12 +52,7 @@ fn sections_run_in_file_order_with_exact_argv() {
     assert!(env.contains("NCB_SECTION=MIDDLE"));
     // The report lists every section, and was written to the log folder; stderr went to the log.
     let report = out.json();
-    let names: Vec<&str> = report["sections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = report["sections"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["ZETA", "ALPHA", "MIDDLE"]);
     assert_eq!(report["status"], "ok");
     assert!(sb.join(format!("log/run-{run_id}.json")).is_file());
@@ -98,20 +84,12 @@ fn load_and_execute_give_the_same_report() {
 #[test]
 fn failing_section_stops_the_run_and_is_named() {
     let sb = Sandbox::new();
-    let conf = sb.config(&[
-        ("FIRST", script(json!({}))),
-        ("BROKEN", script(json!({}))),
-        ("LAST", script(json!({}))),
-    ]);
+    let conf = sb.config(&[("FIRST", script(json!({}))), ("BROKEN", script(json!({}))), ("LAST", script(json!({})))]);
     sb.write("rec/BROKEN.fail", b"");
     let out = run(&mut runner(&sb, &conf)).expect(1);
     assert_eq!(read(&sb, "rec/order"), "FIRST\nBROKEN\n");
     assert!(out.stderr.contains("BROKEN"), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("BROKEN was told to fail"),
-        "stderr tail missing: {}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("BROKEN was told to fail"), "stderr tail missing: {}", out.stderr);
     let r = out.json();
     assert_eq!(r["status"], "failed");
     assert_eq!(r["sections"][1]["exit_code"], 3);
@@ -121,10 +99,7 @@ fn failing_section_stops_the_run_and_is_named() {
 #[test]
 fn on_failure_continue_goes_on_but_the_run_still_fails() {
     let sb = Sandbox::new();
-    let conf = sb.config(&[
-        ("BROKEN", script(json!({"ON_FAILURE": "continue"}))),
-        ("LAST", script(json!({}))),
-    ]);
+    let conf = sb.config(&[("BROKEN", script(json!({"ON_FAILURE": "continue"}))), ("LAST", script(json!({})))]);
     sb.write("rec/BROKEN.fail", b"");
     let out = run(&mut runner(&sb, &conf)).expect(1);
     assert_eq!(read(&sb, "rec/order"), "BROKEN\nLAST\n");
@@ -136,23 +111,13 @@ fn on_failure_continue_goes_on_but_the_run_still_fails() {
 #[test]
 fn timeout_kills_the_child_and_its_children() {
     let sb = Sandbox::new();
-    let conf = sb.config(&[
-        ("SLOW", script(json!({"TIMEOUT": 1}))),
-        ("NEXT", script(json!({}))),
-    ]);
+    let conf = sb.config(&[("SLOW", script(json!({"TIMEOUT": 1}))), ("NEXT", script(json!({})))]);
     sb.write("rec/SLOW.sleep", b"");
     let t = Instant::now();
     let out = run(&mut runner(&sb, &conf)).expect(1);
-    assert!(
-        t.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
     let grandchild: u32 = read(&sb, "rec/SLOW.grandchild").trim().parse().unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || !alive(grandchild)),
-        "grandchild {grandchild} survived"
-    );
+    assert!(wait_for(Duration::from_secs(5), || !alive(grandchild)), "grandchild {grandchild} survived");
     let r = out.json();
     assert_eq!(r["sections"][0]["status"], "timeout");
     assert!(out.stderr.contains("TIMEOUT"), "{}", out.stderr);
@@ -164,32 +129,17 @@ fn a_second_run_is_refused_and_a_killed_run_does_not_block() {
     let sb = Sandbox::new();
     let conf = sb.config(&[("HOLD", script(json!({})))]);
     sb.write("rec/HOLD.sleep", b"");
-    let mut first = runner(&sb, &conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || sb
-        .join("rec/HOLD.pid")
-        .exists()));
+    let mut first =
+        runner(&sb, &conf).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    assert!(wait_for(Duration::from_secs(10), || sb.join("rec/HOLD.pid").exists()));
     let second = run(&mut runner(&sb, &conf)).expect(1);
-    assert!(
-        second.stderr.contains("another run of"),
-        "{}",
-        second.stderr
-    );
-    assert!(
-        second.stderr.contains(&format!("pid {}", first.id())),
-        "{}",
-        second.stderr
-    );
+    assert!(second.stderr.contains("another run of"), "{}", second.stderr);
+    assert!(second.stderr.contains(&format!("pid {}", first.id())), "{}", second.stderr);
     // kill -9 the runner: its lock must not outlive it.
     first.kill().unwrap();
     first.wait().unwrap();
     let pid = read(&sb, "rec/HOLD.pid").trim().to_owned();
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .status();
+    let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
     std::fs::remove_file(sb.join("rec/HOLD.sleep")).unwrap();
     run(&mut runner(&sb, &conf)).expect(0);
 }
@@ -199,19 +149,11 @@ fn sigterm_reaches_the_running_child_and_the_run_reports_it() {
     let sb = Sandbox::new();
     let conf = sb.config(&[("HOLD", script(json!({}))), ("AFTER", script(json!({})))]);
     sb.write("rec/HOLD.sleep", b"");
-    let child = runner(&sb, &conf)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || sb
-        .join("rec/HOLD.pid")
-        .exists()));
+    let child =
+        runner(&sb, &conf).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(wait_for(Duration::from_secs(10), || sb.join("rec/HOLD.pid").exists()));
     std::thread::sleep(Duration::from_millis(200));
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let out = nc_backup_e2e::Out::from(child.wait_with_output().unwrap()).expect(1);
     assert_eq!(read(&sb, "rec/HOLD.term"), "got TERM\n");
     let r = out.json();
@@ -230,33 +172,12 @@ fn dry_run_prints_the_plan_without_secrets() {
         ("S2", script(json!({"PARAMETERS": {"AWS_SECRET_ACCESS_KEY": secrets[2], "WEBHOOK": format!("https://user:{}@example.invalid/hook", secrets[3])}}))),
         ("SIZE", json!({"ACTION": "load", "NAME": "size-calc", "PARAMETERS": {"OBJECTIVES": "/etc"}})),
     ]);
-    let out = run(cmd(&bin("backup-runner"))
-        .args(["--dry-run", "-c"])
-        .arg(&conf))
-    .expect(0);
+    let out = run(cmd(&bin("backup-runner")).args(["--dry-run", "-c"]).arg(&conf)).expect(0);
     for s in secrets {
-        assert!(
-            !out.stdout.contains(s) && !out.stderr.contains(s),
-            "secret {s} printed:\n{}",
-            out.stdout
-        );
+        assert!(!out.stdout.contains(s) && !out.stderr.contains(s), "secret {s} printed:\n{}", out.stdout);
     }
-    assert!(
-        out.stdout.contains("NCB_PARAM_DB_PASSWORD=****"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout
-            .contains(&fixture("record.sh").display().to_string())
-    );
-    assert!(
-        out.stdout.contains("[3] SIZE (load size-calc)"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        !sb.join("rec").exists() && !sb.join("work").exists(),
-        "dry run ran something"
-    );
+    assert!(out.stdout.contains("NCB_PARAM_DB_PASSWORD=****"), "{}", out.stdout);
+    assert!(out.stdout.contains(&fixture("record.sh").display().to_string()));
+    assert!(out.stdout.contains("[3] SIZE (load size-calc)"), "{}", out.stdout);
+    assert!(!sb.join("rec").exists() && !sb.join("work").exists(), "dry run ran something");
 }

@@ -10,22 +10,14 @@ use std::time::{Duration, Instant};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    let dir = if deps.ends_with("deps") {
-        deps.parent().unwrap()
-    } else {
-        deps
-    };
+    let dir = if deps.ends_with("deps") { deps.parent().unwrap() } else { deps };
     dir.to_path_buf()
 }
 
 /// A built binary of the workspace; panics with a hint when it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(
-        p.is_file(),
-        "{} not built: run `cargo build --workspace` first",
-        p.display()
-    );
+    assert!(p.is_file(), "{} not built: run `cargo build --workspace` first", p.display());
     p
 }
 
@@ -42,14 +34,8 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn cmd(program: &Path) -> Command {
     let mut c = Command::new(program);
     c.env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-        )
-        .env(
-            "HOME",
-            std::env::var_os("HOME").unwrap_or_else(|| "/root".into()),
-        )
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
         .env("LC_ALL", "C.UTF-8")
         .stdin(Stdio::null());
     c
@@ -74,17 +60,12 @@ impl Out {
     /// Asserts the exit code, showing the output when it differs.
     #[track_caller]
     pub fn expect(self, code: i32) -> Self {
-        assert_eq!(
-            self.code, code,
-            "exit code\n--- stdout\n{}\n--- stderr\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
         assert!(!self.stderr.contains("panicked"), "panic:\n{}", self.stderr);
         self
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -106,10 +87,7 @@ impl Default for Sandbox {
 
 impl Sandbox {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ncb-test-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("ncb-test-").tempdir().unwrap();
         Sandbox { dir }
     }
     pub fn path(&self) -> &Path {
@@ -165,12 +143,7 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// True when a process with this pid exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
 }

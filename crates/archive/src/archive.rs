@@ -37,9 +37,10 @@ impl Root {
     /// Stored under its own last component, as `tar -C parent -c name` does.
     pub fn from_parent(path: &Path) -> Result<Self> {
         let abs = std::path::absolute(path).at("cannot resolve", path)?;
-        let name = abs.file_name().map(PathBuf::from).ok_or_else(|| {
-            Error::usage(format!("cannot archive {}: no file name", abs.display()))
-        })?;
+        let name = abs
+            .file_name()
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::usage(format!("cannot archive {}: no file name", abs.display())))?;
         Ok(Root { path: abs, name })
     }
 }
@@ -58,11 +59,7 @@ pub enum Exclude {
 impl Exclude {
     pub fn parse(s: &str) -> Self {
         let t = s.trim();
-        let t = if t.len() > 1 {
-            t.trim_end_matches('/')
-        } else {
-            t
-        };
+        let t = if t.len() > 1 { t.trim_end_matches('/') } else { t };
         let b = t.as_bytes().to_vec();
         if !t.contains('/') {
             Exclude::Name(b)
@@ -77,9 +74,7 @@ impl Exclude {
 
     fn hits(&self, abs: &[u8], name: &[u8]) -> bool {
         match self {
-            Exclude::Path(p) => {
-                abs.starts_with(p) && (abs.len() == p.len() || abs[p.len()] == b'/')
-            }
+            Exclude::Path(p) => abs.starts_with(p) && (abs.len() == p.len() || abs[p.len()] == b'/'),
             Exclude::Name(n) if glob::is_glob(n) => glob::matches(n, name),
             Exclude::Name(n) => n == name,
             Exclude::Pattern(p) => glob::matches(p, abs),
@@ -134,8 +129,7 @@ pub fn write_archive(
 ) -> Result<(Artifact, Stats)> {
     let out = AtomicFile::create(dest)?;
     let own = out_id(&out)?;
-    let comp = Compressor::new(opts.compression, HashWriter::new(out))
-        .at("cannot start compressor for", dest)?;
+    let comp = Compressor::new(opts.compression, HashWriter::new(out)).at("cannot start compressor for", dest)?;
     let mut tar = tar::Builder::new(comp);
     tar.mode(tar::HeaderMode::Complete);
     let mut w = Writer {
@@ -155,14 +149,7 @@ pub fn write_archive(
     let sink = comp.finish().at("cannot write", dest)?;
     let (out, bytes, sha256) = sink.finish();
     let path = out.commit()?;
-    Ok((
-        Artifact {
-            path,
-            bytes,
-            sha256,
-        },
-        w.stats,
-    ))
+    Ok((Artifact { path, bytes, sha256 }, w.stats))
 }
 
 fn out_id(out: &AtomicFile) -> Result<(u64, u64)> {
@@ -175,10 +162,7 @@ impl Writer<'_> {
         let meta = match self.stat(&root.path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound && self.opts.ignore_missing => {
-                self.report.warn(format!(
-                    "{} does not exist: skipped (IGNORE_MISSING)",
-                    root.path.display()
-                ));
+                self.report.warn(format!("{} does not exist: skipped (IGNORE_MISSING)", root.path.display()));
                 return Ok(());
             }
             Err(e) => return Err(Error::path("include path", &root.path, e)),
@@ -203,11 +187,7 @@ impl Writer<'_> {
     }
 
     fn stat(&self, p: &Path) -> io::Result<Metadata> {
-        if self.opts.follow_symlinks {
-            std::fs::metadata(p)
-        } else {
-            std::fs::symlink_metadata(p)
-        }
+        if self.opts.follow_symlinks { std::fs::metadata(p) } else { std::fs::symlink_metadata(p) }
     }
 
     /// A file that could not be read: a warning, or fatal with STRICT.
@@ -245,9 +225,7 @@ impl Writer<'_> {
             let mut h = self.header(meta);
             h.set_entry_type(EntryType::Directory);
             h.set_size(0);
-            self.tar
-                .append_data(&mut h, name, io::empty())
-                .at("cannot write archive entry", name)?;
+            self.tar.append_data(&mut h, name, io::empty()).at("cannot write archive entry", name)?;
             self.stats.dirs += 1;
         }
         if self.opts.one_file_system && meta.dev() != self.root_dev {
@@ -257,9 +235,7 @@ impl Writer<'_> {
             Ok(e) => e,
             Err(e) => return self.trouble(path, &e, "folder vanished before it was read"),
         };
-        let mut children: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
+        let mut children: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
         children.sort();
         // Reversed onto the stack, so entries are written in name order.
         for child in children.into_iter().rev() {
@@ -308,29 +284,20 @@ impl Writer<'_> {
                 Err(e) => return self.trouble(path, &e, "vanished before it was read"),
             };
             h.set_entry_type(EntryType::Symlink);
-            self.tar
-                .append_link(&mut h, name, &target)
-                .at("cannot write archive entry", name)?;
+            self.tar.append_link(&mut h, name, &target).at("cannot write archive entry", name)?;
             self.stats.symlinks += 1;
         } else if ft.is_socket() {
-            self.report
-                .warn(format!("{}: socket ignored", path.display()));
+            self.report.warn(format!("{}: socket ignored", path.display()));
             self.stats.skipped += 1;
         } else {
             if ft.is_block_device() || ft.is_char_device() {
                 let rdev = meta.rdev();
-                let major = u32::try_from(((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff))
-                    .unwrap_or(0);
-                let minor =
-                    u32::try_from(((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)).unwrap_or(0);
-                h.set_device_major(major)
-                    .at("cannot write archive entry", name)?;
-                h.set_device_minor(minor)
-                    .at("cannot write archive entry", name)?;
+                let major = u32::try_from(((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff)).unwrap_or(0);
+                let minor = u32::try_from(((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)).unwrap_or(0);
+                h.set_device_major(major).at("cannot write archive entry", name)?;
+                h.set_device_minor(minor).at("cannot write archive entry", name)?;
             }
-            self.tar
-                .append_data(&mut h, name, io::empty())
-                .at("cannot write archive entry", name)?;
+            self.tar.append_data(&mut h, name, io::empty()).at("cannot write archive entry", name)?;
             self.stats.special += 1;
         }
         Ok(())
@@ -344,9 +311,7 @@ impl Writer<'_> {
                 let mut h = self.header(meta);
                 h.set_entry_type(EntryType::Link);
                 h.set_size(0);
-                self.tar
-                    .append_link(&mut h, name, &first)
-                    .at("cannot write archive entry", name)?;
+                self.tar.append_link(&mut h, name, &first).at("cannot write archive entry", name)?;
                 self.stats.hardlinks += 1;
                 return Ok(());
             }
@@ -358,25 +323,15 @@ impl Writer<'_> {
         };
         let mut h = self.header(meta);
         h.set_size(meta.len());
-        let mut exact = ExactReader {
-            file: &file,
-            left: meta.len(),
-            short: 0,
-            error: None,
-        };
+        let mut exact = ExactReader { file: &file, left: meta.len(), short: 0, error: None };
         let reader = BufReader::with_capacity(256 << 10, &mut exact);
-        self.tar
-            .append_data(&mut h, name, reader)
-            .at("cannot write archive entry", name)?;
+        self.tar.append_data(&mut h, name, reader).at("cannot write archive entry", name)?;
         self.stats.files += 1;
         self.stats.bytes += meta.len();
         let problem = if let Some(e) = exact.error {
             Some(format!("read error, rest filled with zeros: {e}"))
         } else if exact.short > 0 {
-            Some(format!(
-                "file shrank by {} bytes while read; padded with zeros",
-                exact.short
-            ))
+            Some(format!("file shrank by {} bytes while read; padded with zeros", exact.short))
         } else {
             match file.metadata() {
                 Ok(after)
@@ -411,9 +366,7 @@ struct ExactReader<'a> {
 
 impl Read for ExactReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = usize::try_from(self.left)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
+        let want = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len());
         if want == 0 {
             return Ok(0);
         }

@@ -56,11 +56,8 @@ pub const FORMAT_PARAM: ncb_core::ParamSpec = ncb_core::ParamSpec::new(
     ncb_core::Kind::Choice(FORMATS),
     "gzip (default, parallel, readable by gzip and tar), zstd (multithreaded) or none",
 );
-pub const LEVEL_PARAM: ncb_core::ParamSpec = ncb_core::ParamSpec::new(
-    "COMPRESSION_LEVEL",
-    ncb_core::Kind::Int,
-    "gzip 1-9 (default 6), zstd 1-19 (default 3)",
-);
+pub const LEVEL_PARAM: ncb_core::ParamSpec =
+    ncb_core::ParamSpec::new("COMPRESSION_LEVEL", ncb_core::Kind::Int, "gzip 1-9 (default 6), zstd 1-19 (default 3)");
 
 impl Settings {
     pub fn from_params(p: &Params) -> Result<Self> {
@@ -82,11 +79,7 @@ impl Settings {
                 l
             }
         };
-        Ok(Settings {
-            format,
-            level,
-            threads: 0,
-        })
+        Ok(Settings { format, level, threads: 0 })
     }
 }
 
@@ -99,18 +92,10 @@ pub enum Compressor<W: Write + Send + 'static> {
 
 impl<W: Write + Send + 'static> Compressor<W> {
     pub fn new(s: Settings, inner: W) -> io::Result<Self> {
-        let threads = if s.threads == 0 {
-            std::thread::available_parallelism().map_or(2, usize::from)
-        } else {
-            s.threads
-        };
+        let threads =
+            if s.threads == 0 { std::thread::available_parallelism().map_or(2, usize::from) } else { s.threads };
         Ok(match s.format {
-            Format::Gzip => Compressor::Gzip(ParallelGzWriter::new(
-                inner,
-                s.level,
-                threads,
-                DEFAULT_BLOCK,
-            )),
+            Format::Gzip => Compressor::Gzip(ParallelGzWriter::new(inner, s.level, threads, DEFAULT_BLOCK)),
             Format::Zstd => {
                 let level = i32::try_from(s.level).unwrap_or(3);
                 let mut z = zstd::stream::write::Encoder::new(inner, level)?;

@@ -23,10 +23,7 @@ fn parse(path: &str) -> HashMap<u32, String> {
 
 impl Owners {
     pub fn load() -> Self {
-        Owners {
-            users: parse("/etc/passwd"),
-            groups: parse("/etc/group"),
-        }
+        Owners { users: parse("/etc/passwd"), groups: parse("/etc/group") }
     }
     pub fn user(&self, uid: u32) -> Option<&str> {
         self.users.get(&uid).map(String::as_str)

@@ -35,11 +35,7 @@ pub struct ParallelGzWriter<W: Write + Send + 'static> {
 impl<W: Write + Send + 'static> ParallelGzWriter<W> {
     /// `threads` compressing threads (0: one per core).
     pub fn new(inner: W, level: u32, threads: usize, block: usize) -> Self {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(2, usize::from)
-        } else {
-            threads
-        };
+        let threads = if threads == 0 { std::thread::available_parallelism().map_or(2, usize::from) } else { threads };
         let in_flight = threads * 2 + 1;
         let (job_tx, job_rx) = sync_channel::<Job>(in_flight);
         let (done_tx, done_rx) = sync_channel::<Done>(in_flight);
@@ -78,10 +74,7 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
             Err(_) => return Err(self.writer_error()),
         };
         let full = std::mem::replace(&mut self.buf, fresh);
-        let sent = self
-            .jobs
-            .as_ref()
-            .is_some_and(|j| j.send((self.seq, full)).is_ok());
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send((self.seq, full)).is_ok());
         if !sent {
             return Err(self.writer_error());
         }
@@ -105,8 +98,7 @@ impl<W: Write + Send + 'static> ParallelGzWriter<W> {
         }
         self.jobs.take();
         for w in self.workers.drain(..) {
-            w.join()
-                .map_err(|_| io::Error::other("parallel gzip: a compression thread panicked"))?;
+            w.join().map_err(|_| io::Error::other("parallel gzip: a compression thread panicked"))?;
         }
         match self.writer.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
@@ -153,21 +145,14 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: Compression) 
         let Ok((seq, input)) = job else { return };
         let mut enc = GzEncoder::new(Vec::with_capacity(input.len() / 2 + 64), level);
         // Writing into a Vec cannot fail.
-        let out = enc
-            .write_all(&input)
-            .and_then(|()| enc.finish())
-            .unwrap_or_default();
+        let out = enc.write_all(&input).and_then(|()| enc.finish()).unwrap_or_default();
         if tx.send((seq, out, input)).is_err() {
             return;
         }
     }
 }
 
-fn write_in_order<W: Write>(
-    mut out: W,
-    rx: &Receiver<Done>,
-    tokens: &SyncSender<Vec<u8>>,
-) -> io::Result<W> {
+fn write_in_order<W: Write>(mut out: W, rx: &Receiver<Done>, tokens: &SyncSender<Vec<u8>>) -> io::Result<W> {
     let mut pending: BTreeMap<u64, (Vec<u8>, Vec<u8>)> = BTreeMap::new();
     let mut next = 0u64;
     for (seq, member, input) in rx {
@@ -201,9 +186,7 @@ mod tests {
 
     #[test]
     fn sizes_around_the_block() {
-        let data: Vec<u8> = (0..300_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect();
+        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
         for n in [0, 1, 4095, 4096, 4097, 3 * 4096, data.len()] {
             assert_eq!(roundtrip(&data[..n], 4096), &data[..n], "size {n}");
         }

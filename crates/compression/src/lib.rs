@@ -10,18 +10,9 @@ use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Error, Result, StageCtx, StageDef, StageReport};
 
 pub static PARAMS: [ParamSpec; 5] = [
-    ParamSpec::new(
-        "OBJECTIVES",
-        Kind::Paths,
-        "Folders or files to compress, one archive each",
-    )
-    .required(),
+    ParamSpec::new("OBJECTIVES", Kind::Paths, "Folders or files to compress, one archive each").required(),
     ParamSpec::new("DESTINATION", Kind::Path, "Folder for the archives").required(),
-    ParamSpec::new(
-        "REMOVE_OBJECTIVES",
-        Kind::Bool,
-        "Delete the inputs once the archives are durable (default False)",
-    ),
+    ParamSpec::new("REMOVE_OBJECTIVES", Kind::Bool, "Delete the inputs once the archives are durable (default False)"),
     FORMAT_PARAM,
     LEVEL_PARAM,
 ];
@@ -39,16 +30,10 @@ pub static STAGE: StageDef = StageDef {
 fn validate(p: &Params) -> Vec<Problem> {
     let mut problems = Vec::new();
     if let Err(e) = Settings::from_params(p) {
-        problems.push(Problem {
-            key: "COMPRESSION_LEVEL".into(),
-            message: e.to_string(),
-        });
+        problems.push(Problem { key: "COMPRESSION_LEVEL".into(), message: e.to_string() });
     }
     if let Err(e) = plan(p) {
-        problems.push(Problem {
-            key: "OBJECTIVES".into(),
-            message: e.to_string(),
-        });
+        problems.push(Problem { key: "OBJECTIVES".into(), message: e.to_string() });
     }
     problems
 }
@@ -100,10 +85,7 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     }
     for (root, _) in &jobs {
         if std::fs::symlink_metadata(&root.path).is_err() {
-            return Err(Error::runtime(format!(
-                "objective {} does not exist",
-                root.path.display()
-            )));
+            return Err(Error::runtime(format!("objective {} does not exist", root.path.display())));
         }
     }
     let mut report = StageReport::new(STAGE.name);

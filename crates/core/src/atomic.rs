@@ -39,16 +39,11 @@ impl AtomicFile {
     }
 
     pub fn create_mode(dest: &Path, mode: u32) -> Result<Self> {
-        let name = dest.file_name().ok_or_else(|| {
-            Error::runtime(format!("output path {} has no file name", dest.display()))
-        })?;
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::runtime(format!("output path {} has no file name", dest.display())))?;
         let dir = parent_dir(dest);
-        let tmp = dir.join(format!(
-            ".{}{}{}",
-            name.to_string_lossy(),
-            PARTIAL_MARK,
-            std::process::id()
-        ));
+        let tmp = dir.join(format!(".{}{}{}", name.to_string_lossy(), PARTIAL_MARK, std::process::id()));
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -56,13 +51,7 @@ impl AtomicFile {
             .mode(mode)
             .open(&tmp)
             .at("cannot create output in", dir)?;
-        Ok(AtomicFile {
-            dest: dest.to_path_buf(),
-            tmp,
-            file: Some(file),
-            written: 0,
-            issued: 0,
-        })
+        Ok(AtomicFile { dest: dest.to_path_buf(), tmp, file: Some(file), written: 0, issued: 0 })
     }
 
     pub fn dest(&self) -> &Path {
@@ -129,9 +118,7 @@ fn parent_dir(p: &Path) -> &Path {
 
 /// fsync a folder, so that a rename or a new entry in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .at("cannot sync folder", dir)
+    File::open(dir).and_then(|d| d.sync_all()).at("cannot sync folder", dir)
 }
 
 /// Creates a folder (and its parents) with `mode` when it does not exist yet.
@@ -140,22 +127,13 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .at("cannot create folder", dir)
+    fs::DirBuilder::new().recursive(true).mode(mode).create(dir).at("cannot create folder", dir)
 }
 
 /// Removes an input once the outputs made from it are durable.
 pub fn remove_input(p: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(p).at("cannot stat", p)?;
-    if meta.is_dir() {
-        fs::remove_dir_all(p)
-    } else {
-        fs::remove_file(p)
-    }
-    .at("cannot remove", p)
+    if meta.is_dir() { fs::remove_dir_all(p) } else { fs::remove_file(p) }.at("cannot remove", p)
 }
 
 /// Writes a small file atomically.
@@ -177,11 +155,7 @@ mod tests {
             let mut f = AtomicFile::create(&dest).unwrap();
             f.write_all(b"half").unwrap();
         }
-        assert_eq!(
-            fs::read_dir(d.path()).unwrap().count(),
-            0,
-            "dropped output left a file"
-        );
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "dropped output left a file");
         let mut f = AtomicFile::create(&dest).unwrap();
         f.write_all(b"whole").unwrap();
         f.commit().unwrap();

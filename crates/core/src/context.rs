@@ -8,27 +8,11 @@ use crate::params::{Kind, ParamSpec, Params};
 
 /// The keys of GENERAL that reach every stage as flags.
 pub static GENERAL_PARAMS: [ParamSpec; 5] = [
-    ParamSpec::new(
-        "HOSTNAME",
-        Kind::Str,
-        "Name of this server, used in artifact names and reports",
-    ),
+    ParamSpec::new("HOSTNAME", Kind::Str, "Name of this server, used in artifact names and reports"),
     ParamSpec::new("WORK_FOLDER", Kind::Path, "Folder for temporary work files"),
-    ParamSpec::new(
-        "HOME_FOLDER",
-        Kind::Path,
-        "Install folder (nc-backup-py); external scripts are looked up under it",
-    ),
-    ParamSpec::new(
-        "LOG_FOLDER",
-        Kind::Path,
-        "Log folder, or a log file path (ending in .log)",
-    ),
-    ParamSpec::new(
-        "LOCAL_BACKUP",
-        Kind::Path,
-        "Folder that keeps a local copy of each backup",
-    ),
+    ParamSpec::new("HOME_FOLDER", Kind::Path, "Install folder (nc-backup-py); external scripts are looked up under it"),
+    ParamSpec::new("LOG_FOLDER", Kind::Path, "Log folder, or a log file path (ending in .log)"),
+    ParamSpec::new("LOCAL_BACKUP", Kind::Path, "Folder that keeps a local copy of each backup"),
 ];
 
 /// Environment variables the runner sets for its children.
@@ -56,10 +40,7 @@ pub struct General {
 impl General {
     pub fn from_params(p: &Params) -> Self {
         General {
-            hostname: p
-                .str("HOSTNAME")
-                .map(str::to_owned)
-                .unwrap_or_else(system_hostname),
+            hostname: p.str("HOSTNAME").map(str::to_owned).unwrap_or_else(system_hostname),
             work_folder: p.path("WORK_FOLDER"),
             home_folder: p.path("HOME_FOLDER"),
             log_folder: p.path("LOG_FOLDER"),
@@ -75,8 +56,7 @@ impl General {
 
     /// The folder that holds the log file (and run reports).
     pub fn log_dir(&self) -> Option<PathBuf> {
-        self.log_file()
-            .and_then(|f| f.parent().map(Path::to_path_buf))
+        self.log_file().and_then(|f| f.parent().map(Path::to_path_buf))
     }
 
     /// The work folder, or the system temp folder when none is set.
@@ -91,11 +71,7 @@ pub fn log_file_of(log_folder: &Path) -> PathBuf {
         || (!log_folder.is_dir()
             && !log_folder.as_os_str().to_string_lossy().ends_with('/')
             && log_folder.extension().is_some_and(|e| e == "log"));
-    if is_file {
-        log_folder.to_path_buf()
-    } else {
-        log_folder.join("nc-backup.log")
-    }
+    if is_file { log_folder.to_path_buf() } else { log_folder.join("nc-backup.log") }
 }
 
 /// This machine's host name (used when HOSTNAME is not set).
@@ -110,13 +86,8 @@ pub fn system_hostname() -> String {
 /// A new run id: UTC time, sortable, plus a few random hex digits: `20261122T040000Z-3fa9`.
 pub fn new_run_id(now: DateTime<Utc>) -> String {
     let nanos = u64::from(now.timestamp_subsec_nanos());
-    let mix =
-        (nanos ^ u64::from(std::process::id()).rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    format!(
-        "{}-{:04x}",
-        now.format("%Y%m%dT%H%M%SZ"),
-        (mix >> 48) & 0xffff
-    )
+    let mix = (nanos ^ u64::from(std::process::id()).rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), (mix >> 48) & 0xffff)
 }
 
 /// UTC time in artifact names: `20261122T040000Z`.
@@ -126,21 +97,8 @@ pub fn stamp(t: DateTime<Utc>) -> String {
 
 /// A name safe in a file name and an object key: `[A-Za-z0-9._-]`, others become `-`.
 pub fn safe_name(s: &str) -> String {
-    let out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if out.is_empty() || out.starts_with('.') {
-        format!("x{out}")
-    } else {
-        out
-    }
+    let out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+    if out.is_empty() || out.starts_with('.') { format!("x{out}") } else { out }
 }
 
 /// What a stage knows about the run it is part of.
@@ -155,22 +113,12 @@ pub struct StageCtx {
 
 impl StageCtx {
     pub fn new(general: General, run_id: String, section: String) -> Self {
-        StageCtx {
-            general,
-            run_id,
-            section,
-            started: Utc::now(),
-        }
+        StageCtx { general, run_id, section, started: Utc::now() }
     }
 
     /// `HOST_SECTION_20261122T040000Z`: the stem of this stage's artifact names.
     pub fn artifact_stem(&self) -> String {
-        format!(
-            "{}_{}_{}",
-            safe_name(&self.general.hostname),
-            safe_name(&self.section),
-            stamp(self.started)
-        )
+        format!("{}_{}_{}", safe_name(&self.general.hostname), safe_name(&self.section), stamp(self.started))
     }
 
     /// Values for `{NAME}` placeholders.
@@ -180,16 +128,8 @@ impl StageCtx {
 }
 
 /// The placeholder table shared by the runner and standalone stages.
-pub fn placeholder_vars(
-    g: &General,
-    run_id: &str,
-    t: DateTime<Utc>,
-) -> Vec<(&'static str, String)> {
-    let p = |o: &Option<PathBuf>| {
-        o.as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
-    };
+pub fn placeholder_vars(g: &General, run_id: &str, t: DateTime<Utc>) -> Vec<(&'static str, String)> {
+    let p = |o: &Option<PathBuf>| o.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     vec![
         ("HOSTNAME", g.hostname.clone()),
         ("WORK_FOLDER", p(&g.work_folder)),

@@ -69,10 +69,7 @@ impl Error {
         Error::Runtime(msg.to_string())
     }
     pub fn io(msg: impl fmt::Display, source: io::Error) -> Self {
-        Error::Io {
-            msg: msg.to_string(),
-            source,
-        }
+        Error::Io { msg: msg.to_string(), source }
     }
     /// An I/O error about one path: "`what` `path`: cause".
     pub fn path(what: &str, path: &Path, source: io::Error) -> Self {

@@ -35,11 +35,7 @@ pub struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashWriter {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
+        HashWriter { inner, hasher: Sha256::new(), bytes: 0 }
     }
     pub fn bytes(&self) -> u64 {
         self.bytes

@@ -30,12 +30,7 @@ impl Log for Logger {
                 Level::Warn => "warning: ",
                 _ => "",
             };
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "{}: {prefix}{}",
-                self.name,
-                r.args()
-            );
+            let _ = writeln!(std::io::stderr().lock(), "{}: {prefix}{}", self.name, r.args());
         }
         if let Some(f) = &self.file
             && r.level() <= Level::Info
@@ -54,12 +49,7 @@ pub fn open_log(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).at("cannot create log folder", dir)?;
     }
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
-        .at("cannot open log file", path)
+    OpenOptions::new().append(true).create(true).mode(0o640).open(path).at("cannot open log file", path)
 }
 
 /// Installs the logger once per process. `verbose` shows debug lines on stderr; `quiet`
@@ -73,11 +63,7 @@ pub fn init(name: &str, log_file: Option<&Path>, verbose: bool, quiet: bool) -> 
     } else {
         LevelFilter::Info
     };
-    let logger = Logger {
-        name: name.to_owned(),
-        file,
-        stderr_level,
-    };
+    let logger = Logger { name: name.to_owned(), file, stderr_level };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(LevelFilter::Debug);
     }

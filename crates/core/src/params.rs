@@ -48,15 +48,7 @@ pub struct ParamSpec {
 
 impl ParamSpec {
     pub const fn new(key: &'static str, kind: Kind, help: &'static str) -> Self {
-        ParamSpec {
-            key,
-            kind,
-            required: false,
-            must_exist: false,
-            secret: false,
-            short: None,
-            help,
-        }
+        ParamSpec { key, kind, required: false, must_exist: false, secret: false, short: None, help }
     }
     pub const fn required(mut self) -> Self {
         self.required = true;
@@ -82,9 +74,7 @@ impl ParamSpec {
 
 /// `key-file` -> `KEY_FILE`; `KEY_FILE` stays.
 pub fn canonical_key(k: &str) -> String {
-    k.trim_start_matches('-')
-        .replace('-', "_")
-        .to_ascii_uppercase()
+    k.trim_start_matches('-').replace('-', "_").to_ascii_uppercase()
 }
 
 /// `KEY_FILE` -> `key-file`.
@@ -95,24 +85,13 @@ pub fn kebab(k: &str) -> String {
 /// True when a key names a secret by convention (for programs whose specs we do not know).
 pub fn looks_secret(key: &str) -> bool {
     let k = key.to_ascii_uppercase();
-    let file_like = ["_FILE", "_PATH", "_DIR", "_FOLDER"]
-        .iter()
-        .any(|s| k.ends_with(s));
+    let file_like = ["_FILE", "_PATH", "_DIR", "_FOLDER"].iter().any(|s| k.ends_with(s));
     if file_like {
         return false;
     }
-    [
-        "PASSWORD",
-        "PASSWD",
-        "SECRET",
-        "TOKEN",
-        "ACCESS_KEY",
-        "PRIVATE_KEY",
-        "API_KEY",
-        "CREDENTIAL",
-    ]
-    .iter()
-    .any(|w| k.contains(w))
+    ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "ACCESS_KEY", "PRIVATE_KEY", "API_KEY", "CREDENTIAL"]
+        .iter()
+        .any(|w| k.contains(w))
         || k == "PASS"
         || k.ends_with("_PASS")
         || k == "KEY"
@@ -148,10 +127,7 @@ impl Params {
     }
     /// Adds one more value to `key` (any spelling).
     pub fn push(&mut self, key: &str, value: impl Into<String>) {
-        self.values
-            .entry(canonical_key(key))
-            .or_default()
-            .push(value.into());
+        self.values.entry(canonical_key(key)).or_default().push(value.into());
     }
     pub fn remove(&mut self, key: &str) -> Option<Vec<String>> {
         self.values.remove(&canonical_key(key))
@@ -167,10 +143,7 @@ impl Params {
     }
     /// The last value given for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.values
-            .get(key)
-            .and_then(|v| v.last())
-            .map(String::as_str)
+        self.values.get(key).and_then(|v| v.last()).map(String::as_str)
     }
     /// A non-empty text value.
     pub fn str(&self, key: &str) -> Option<&str> {
@@ -200,20 +173,13 @@ impl Params {
     pub fn flag(&self, key: &str, default: bool) -> Result<bool> {
         match self.str(key) {
             None => Ok(default),
-            Some(v) => parse_bool(v).ok_or_else(|| {
-                Error::usage(format!(
-                    "--{key}: '{v}' is not a boolean (use True or False)"
-                ))
-            }),
+            Some(v) => parse_bool(v)
+                .ok_or_else(|| Error::usage(format!("--{key}: '{v}' is not a boolean (use True or False)"))),
         }
     }
     pub fn u64(&self, key: &str) -> Result<Option<u64>> {
         self.str(key)
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|_| Error::usage(format!("--{key}: '{v}' is not a whole number")))
-            })
+            .map(|v| v.trim().parse::<u64>().map_err(|_| Error::usage(format!("--{key}: '{v}' is not a whole number"))))
             .transpose()
     }
     /// A choice, lower-cased, checked against `allowed`.
@@ -222,19 +188,13 @@ impl Params {
         if allowed.iter().any(|a| a.eq_ignore_ascii_case(&v)) {
             Ok(v)
         } else {
-            Err(Error::usage(format!(
-                "--{key}: '{v}' is not one of {}",
-                allowed.join(", ")
-            )))
+            Err(Error::usage(format!("--{key}: '{v}' is not one of {}", allowed.join(", "))))
         }
     }
 }
 
 fn missing(key: &str) -> Error {
-    Error::usage(format!(
-        "missing required parameter --{key} (--{})",
-        kebab(key)
-    ))
+    Error::usage(format!("missing required parameter --{key} (--{})", kebab(key)))
 }
 
 /// "True"/"False" in any case, and the usual synonyms.
@@ -252,8 +212,7 @@ pub fn parse_list(raw: &str) -> std::result::Result<Vec<String>, String> {
     if !t.starts_with('[') {
         return Ok(t.split_whitespace().map(str::to_owned).collect());
     }
-    let items: Vec<serde_json::Value> =
-        serde_json::from_str(t).map_err(|e| format!("not a valid JSON array: {e}"))?;
+    let items: Vec<serde_json::Value> = serde_json::from_str(t).map_err(|e| format!("not a valid JSON array: {e}"))?;
     items
         .into_iter()
         .map(|v| match v {
@@ -293,71 +252,43 @@ pub fn check(specs: &[&ParamSpec], params: &Params) -> Vec<Problem> {
             if let Some(near) = nearest(key, specs) {
                 message.push_str(&format!(" (did you mean {near}?)"));
             }
-            problems.push(Problem {
-                key: key.to_owned(),
-                message,
-            });
+            problems.push(Problem { key: key.to_owned(), message });
         }
     }
     for spec in specs {
-        let present =
-            params.str(spec.key).is_some() || (spec.kind == Kind::Switch && params.has(spec.key));
+        let present = params.str(spec.key).is_some() || (spec.kind == Kind::Switch && params.has(spec.key));
         if !present {
             if spec.required {
-                problems.push(Problem {
-                    key: spec.key.to_owned(),
-                    message: "missing required parameter".into(),
-                });
+                problems.push(Problem { key: spec.key.to_owned(), message: "missing required parameter".into() });
             }
             continue;
         }
         if let Err(message) = check_value(spec, params) {
-            problems.push(Problem {
-                key: spec.key.to_owned(),
-                message,
-            });
+            problems.push(Problem { key: spec.key.to_owned(), message });
         }
     }
     problems
 }
 
 fn check_value(spec: &ParamSpec, params: &Params) -> std::result::Result<(), String> {
-    let strip = |e: Error| {
-        e.to_string()
-            .split_once(": ")
-            .map(|(_, m)| m.to_owned())
-            .unwrap_or_default()
-    };
+    let strip = |e: Error| e.to_string().split_once(": ").map(|(_, m)| m.to_owned()).unwrap_or_default();
     match spec.kind {
         Kind::Bool | Kind::Switch => params.flag(spec.key, false).map(|_| ()).map_err(strip),
         Kind::Int => params.u64(spec.key).map(|_| ()).map_err(strip),
-        Kind::Choice(allowed) => params
-            .choice(spec.key, allowed, "")
-            .map(|_| ())
-            .map_err(strip),
+        Kind::Choice(allowed) => params.choice(spec.key, allowed, "").map(|_| ()).map_err(strip),
         Kind::Path if spec.must_exist => exists(params.path(spec.key).into_iter()),
         Kind::Paths | Kind::List => {
             let items = params.list(spec.key).map_err(strip)?;
-            if spec.must_exist {
-                exists(items.into_iter().map(PathBuf::from))
-            } else {
-                Ok(())
-            }
+            if spec.must_exist { exists(items.into_iter().map(PathBuf::from)) } else { Ok(()) }
         }
         _ => Ok(()),
     }
 }
 
 fn exists(paths: impl Iterator<Item = PathBuf>) -> std::result::Result<(), String> {
-    let missing: Vec<String> = paths
-        .filter(|p| std::fs::symlink_metadata(p).is_err())
-        .map(|p| p.display().to_string())
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("does not exist: {}", missing.join(", ")))
-    }
+    let missing: Vec<String> =
+        paths.filter(|p| std::fs::symlink_metadata(p).is_err()).map(|p| p.display().to_string()).collect();
+    if missing.is_empty() { Ok(()) } else { Err(format!("does not exist: {}", missing.join(", "))) }
 }
 
 fn nearest<'a>(key: &str, specs: &[&'a ParamSpec]) -> Option<&'a str> {
@@ -395,21 +326,15 @@ pub fn expand(value: &str, vars: &Vars) -> std::result::Result<String, String> {
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
         let after = &rest[start + 1..];
-        let name_len = after
-            .find('}')
-            .filter(|&n| n > 0 && is_placeholder_name(&after[..n]));
+        let name_len = after.find('}').filter(|&n| n > 0 && is_placeholder_name(&after[..n]));
         match name_len {
             Some(n) => {
                 let name = &after[..n];
                 match vars.iter().find(|(k, _)| *k == name) {
                     Some((_, v)) => out.push_str(v),
                     None => {
-                        let known: Vec<String> =
-                            vars.iter().map(|(k, _)| format!("{{{k}}}")).collect();
-                        return Err(format!(
-                            "unknown placeholder {{{name}}} (known: {})",
-                            known.join(" ")
-                        ));
+                        let known: Vec<String> = vars.iter().map(|(k, _)| format!("{{{k}}}")).collect();
+                        return Err(format!("unknown placeholder {{{name}}} (known: {})", known.join(" ")));
                     }
                 }
                 rest = &after[n + 1..];
@@ -426,8 +351,7 @@ pub fn expand(value: &str, vars: &Vars) -> std::result::Result<String, String> {
 
 fn is_placeholder_name(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_uppercase())
-        && s.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 #[cfg(test)]
@@ -454,10 +378,7 @@ mod tests {
 
     #[test]
     fn lists_space_or_json() {
-        assert_eq!(
-            parse_list(" /etc  /var/www ").unwrap(),
-            ["/etc", "/var/www"]
-        );
+        assert_eq!(parse_list(" /etc  /var/www ").unwrap(), ["/etc", "/var/www"]);
         assert_eq!(parse_list(r#"["/a b", "/c"]"#).unwrap(), ["/a b", "/c"]);
         assert!(parse_list("[1, {}]").is_err());
         assert!(parse_list("[oops").unwrap_err().contains("JSON array"));
@@ -474,14 +395,8 @@ mod tests {
     #[test]
     fn placeholders() {
         let vars = [("HOSTNAME", "web1"), ("RUN_ID", "r1")];
-        assert_eq!(
-            expand("/b/{HOSTNAME}/{RUN_ID}", &vars).unwrap(),
-            "/b/web1/r1"
-        );
-        assert_eq!(
-            expand("{not a placeholder} {}", &vars).unwrap(),
-            "{not a placeholder} {}"
-        );
+        assert_eq!(expand("/b/{HOSTNAME}/{RUN_ID}", &vars).unwrap(), "/b/web1/r1");
+        assert_eq!(expand("{not a placeholder} {}", &vars).unwrap(), "{not a placeholder} {}");
         assert!(expand("{NOPE}", &vars).unwrap_err().contains("{NOPE}"));
     }
 
@@ -499,10 +414,7 @@ mod tests {
         p.set("OBJECTIVE", "/x");
         let problems = check(&specs, &p);
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            ["OBJECTIVE", "OBJECTIVES", "REMOVE_OBJECTIVES", "FILE_SIZE"]
-        );
+        assert_eq!(keys, ["OBJECTIVE", "OBJECTIVES", "REMOVE_OBJECTIVES", "FILE_SIZE"]);
         assert!(problems[0].message.contains("did you mean OBJECTIVES"));
     }
 

@@ -19,11 +19,7 @@ impl Artifact {
     /// Hashes the file at `path` (use when the bytes were not hashed while written).
     pub fn from_file(path: &Path) -> Result<Self> {
         let (bytes, sha256) = sha256_file(path)?;
-        Ok(Artifact {
-            path: path.to_path_buf(),
-            bytes,
-            sha256,
-        })
+        Ok(Artifact { path: path.to_path_buf(), bytes, sha256 })
     }
 }
 
@@ -44,10 +40,7 @@ pub struct StageReport {
 
 impl StageReport {
     pub fn new(stage: &str) -> Self {
-        StageReport {
-            stage: stage.to_owned(),
-            ..Default::default()
-        }
+        StageReport { stage: stage.to_owned(), ..Default::default() }
     }
     /// Records a warning (and logs it).
     pub fn warn(&mut self, msg: impl Into<String>) {

@@ -91,11 +91,7 @@ pub fn command(def: &StageDef) -> Command {
         .arg(Arg::new("GENERATE_MAN").long("generate-man").action(ArgAction::SetTrue).hide(true))
         .arg(Arg::new("GENERATE_COMPLETION").long("generate-completion").value_name("SHELL").hide(true));
     for (i, spec) in def.all_params().into_iter().enumerate() {
-        let heading = if i < GENERAL_PARAMS.len() {
-            "GENERAL (passed by backup-runner)"
-        } else {
-            "Parameters"
-        };
+        let heading = if i < GENERAL_PARAMS.len() { "GENERAL (passed by backup-runner)" } else { "Parameters" };
         cmd = cmd.arg(param_arg(spec).help_heading(heading));
     }
     cmd
@@ -109,10 +105,7 @@ fn param_arg(spec: &ParamSpec) -> Arg {
     if spec.kind == Kind::Ignored {
         help.push_str(" [accepted for nc-backup-py, ignored]");
     }
-    let mut arg = Arg::new(spec.key)
-        .long(spec.key)
-        .visible_alias(spec.kebab())
-        .help(help);
+    let mut arg = Arg::new(spec.key).long(spec.key).visible_alias(spec.kebab()).help(help);
     if let Some(c) = spec.short {
         arg = arg.short(c);
     }
@@ -161,11 +154,7 @@ pub fn stage_main_from(def: &StageDef, argv: Vec<OsString>) -> ExitStatus {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitStatus::Usage
-            } else {
-                ExitStatus::Success
-            };
+            return if e.use_stderr() { ExitStatus::Usage } else { ExitStatus::Success };
         }
     };
     if m.get_flag("GENERATE_MAN") || m.contains_id("GENERATE_COMPLETION") {
@@ -187,17 +176,8 @@ pub fn stage_main_from(def: &StageDef, argv: Vec<OsString>) -> ExitStatus {
         return ExitStatus::Usage;
     }
     let general = General::from_params(&params);
-    let log_file = if std::env::var_os(env::LOG_CAPTURED).is_some() {
-        None
-    } else {
-        general.log_file()
-    };
-    if let Err(e) = crate::logging::init(
-        def.name,
-        log_file.as_deref(),
-        m.get_flag("VERBOSE"),
-        m.get_flag("QUIET"),
-    ) {
+    let log_file = if std::env::var_os(env::LOG_CAPTURED).is_some() { None } else { general.log_file() };
+    if let Err(e) = crate::logging::init(def.name, log_file.as_deref(), m.get_flag("VERBOSE"), m.get_flag("QUIET")) {
         let _ = writeln!(std::io::stderr(), "{}: error: {e:#}", def.name);
         return ExitStatus::Failure;
     }
@@ -207,10 +187,7 @@ pub fn stage_main_from(def: &StageDef, argv: Vec<OsString>) -> ExitStatus {
     match def.execute(&ctx, &params) {
         Ok(report) => {
             let mut out = std::io::stdout().lock();
-            if writeln!(out, "{}", report.to_line())
-                .and_then(|()| out.flush())
-                .is_err()
-            {
+            if writeln!(out, "{}", report.to_line()).and_then(|()| out.flush()).is_err() {
                 return ExitStatus::Failure;
             }
             ExitStatus::Success
@@ -245,15 +222,9 @@ fn generate(mut cmd: Command, m: &ArgMatches) -> ExitStatus {
             Err(_) => ExitStatus::Failure,
         };
     }
-    let shell = m
-        .get_one::<String>("GENERATE_COMPLETION")
-        .map(String::as_str)
-        .unwrap_or("bash");
+    let shell = m.get_one::<String>("GENERATE_COMPLETION").map(String::as_str).unwrap_or("bash");
     let Ok(shell) = shell.parse::<clap_complete::Shell>() else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "error: unknown shell '{shell}' (bash, zsh, fish, elvish, powershell)"
-        );
+        let _ = writeln!(std::io::stderr(), "error: unknown shell '{shell}' (bash, zsh, fish, elvish, powershell)");
         return ExitStatus::Usage;
     };
     let name = cmd.get_name().to_owned();

@@ -5,15 +5,10 @@ use std::io;
 
 /// Sends `sig` to every process of the process group `pgid`.
 pub fn kill_group(pgid: u32, sig: i32) -> io::Result<()> {
-    let pgid =
-        libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: killpg has no memory-safety preconditions; it only takes integers.
     let r = unsafe { libc::killpg(pgid, sig) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// True when a process with this pid exists (signal 0 probe).
@@ -48,10 +43,7 @@ pub fn signal_name(sig: i32) -> String {
 /// Starts writeback of a byte range of `file` without waiting (Linux `sync_file_range`).
 pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
-    let (Ok(off), Ok(n)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
+    let (Ok(off), Ok(n)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
         return;
     };
     // SAFETY: the fd is owned by `file` and open for the whole call; the call only hints.
@@ -64,15 +56,10 @@ pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 /// should not evict the server's working set.
 pub fn finish_writeback(file: &std::fs::File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
-    let (Ok(off), Ok(n)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
+    let (Ok(off), Ok(n)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
         return;
     };
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: as above; both calls are advisory and take only integers.
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), off, n, flags);

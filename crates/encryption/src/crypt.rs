@@ -38,8 +38,26 @@ fn is_stop(e: &Error) -> bool {
 /// Fills `buf` up to `want` bytes; fewer only at end of input.
 fn read_full(r: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> io::Result<()> {
     buf.clear();
-    let mut chunk = r.take(want as u64);
-    chunk.read_to_end(buf)?;
+    append_up_to(r, buf, want)
+}
+
+/// Appends to `buf` until it holds `want` bytes or the input ends, reading straight into
+/// the buffer (no probe reads, no reallocation when the capacity suffices).
+fn append_up_to(r: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> io::Result<()> {
+    let mut len = buf.len();
+    buf.resize(want, 0);
+    while len < want {
+        match r.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(len);
+                return Err(e);
+            }
+        }
+    }
+    buf.truncate(len);
     Ok(())
 }
 
@@ -63,9 +81,7 @@ pub fn part_names(base: &str, parts: u64, split: bool) -> Vec<String> {
         return vec![format!("{base}.enc")];
     }
     let width = parts.saturating_sub(1).to_string().len().max(3);
-    (0..parts)
-        .map(|i| format!("{base}.enc.{i:0width$}"))
-        .collect()
+    (0..parts).map(|i| format!("{base}.enc.{i:0width$}")).collect()
 }
 
 /// Encrypts `input` into `dest_dir`, in parts of `part_size` bytes (None: one part).
@@ -113,9 +129,7 @@ pub fn encrypt_file(
         let written = write_sealed(&mut out, &header, &sealed_rx, input, &free_tx);
         drop(sealed_rx);
         let _ = sealer.join();
-        let read = reader
-            .join()
-            .map_err(|_| Error::runtime("reader thread panicked"))?;
+        let read = reader.join().map_err(|_| Error::runtime("reader thread panicked"))?;
         match (read, written) {
             (Err(e), _) if !is_stop(&e) => Err(e.into_input_error(input)),
             (_, Err(e)) => Err(e),
@@ -150,30 +164,17 @@ pub fn encrypt_file(
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         parts: parts
             .iter()
-            .map(|a| Part {
-                name: file_name(&a.path),
-                size: a.bytes,
-                sha256: a.sha256.clone(),
-            })
+            .map(|a| Part { name: file_name(&a.path), size: a.bytes, sha256: a.sha256.clone() })
             .collect(),
     };
-    let json =
-        serde_json::to_vec_pretty(&m).map_err(|e| Error::runtime(format!("manifest: {e}")))?;
+    let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::runtime(format!("manifest: {e}")))?;
     let mpath = dest_dir.join(format!("{base}.enc{}", manifest::SUFFIX));
     if let Err(e) = ncb_core::atomic::write_file(&mpath, &json, 0o600) {
         out.abandon();
         return Err(e);
     }
-    let manifest = Artifact {
-        path: mpath,
-        bytes: json.len() as u64,
-        sha256: hex::encode(Sha256::digest(&json)),
-    };
-    Ok(Encrypted {
-        parts,
-        manifest,
-        plaintext_size,
-    })
+    let manifest = Artifact { path: mpath, bytes: json.len() as u64, sha256: hex::encode(Sha256::digest(&json)) };
+    Ok(Encrypted { parts, manifest, plaintext_size })
 }
 
 trait InputError {
@@ -189,23 +190,13 @@ impl InputError for Error {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Reads segments with one of lookahead (to flag the last), hashing the plaintext.
-fn read_plain(
-    mut file: File,
-    segment: u32,
-    tx: &SyncSender<Seg>,
-    free: &Receiver<Vec<u8>>,
-) -> Result<(u64, String)> {
+fn read_plain(mut file: File, segment: u32, tx: &SyncSender<Seg>, free: &Receiver<Vec<u8>>) -> Result<(u64, String)> {
     let seg = segment as usize;
-    let fresh = || {
-        free.try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(seg + TAG_LEN))
-    };
+    let fresh = || free.try_recv().unwrap_or_else(|_| Vec::with_capacity(seg + TAG_LEN));
     let mut hash = Sha256::new();
     let mut total = 0u64;
     let mut cur = fresh();
@@ -221,19 +212,11 @@ fn read_plain(
             next.clear();
         }
         let last = next.is_empty();
-        tx.send(Seg {
-            index,
-            last,
-            buf: cur,
-            origin: String::new(),
-        })
-        .map_err(|_| stopped())?;
+        tx.send(Seg { index, last, buf: cur, origin: String::new() }).map_err(|_| stopped())?;
         if last {
             return Ok((total, hex::encode(hash.finalize())));
         }
-        index = index
-            .checked_add(1)
-            .ok_or_else(|| Error::runtime("too many segments"))?;
+        index = index.checked_add(1).ok_or_else(|| Error::runtime("too many segments"))?;
         cur = next;
     }
 }
@@ -253,10 +236,7 @@ fn write_sealed(
         }
         let _ = free.try_send(seg.buf);
     }
-    Err(Error::runtime(format!(
-        "encryption of {} stopped early",
-        input.display()
-    )))
+    Err(Error::runtime(format!("encryption of {} stopped early", input.display())))
 }
 
 /// Writes the stream as consecutive parts, each atomic and hashed while written.
@@ -282,8 +262,7 @@ impl PartWriter {
             };
             let room = usize::try_from(self.part_size - cur.bytes()).unwrap_or(usize::MAX);
             let n = room.min(data.len());
-            cur.write_all(&data[..n])
-                .ctx(|| format!("cannot write {}", self.dir.display()))?;
+            cur.write_all(&data[..n]).ctx(|| format!("cannot write {}", self.dir.display()))?;
             data = &data[n..];
             if cur.bytes() == self.part_size {
                 self.close()?;
@@ -296,11 +275,7 @@ impl PartWriter {
         if let Some(cur) = self.current.take() {
             let (file, bytes, sha256) = cur.finish();
             let path = file.commit()?;
-            self.done.push(Artifact {
-                path,
-                bytes,
-                sha256,
-            });
+            self.done.push(Artifact { path, bytes, sha256 });
         }
         Ok(())
     }
@@ -331,58 +306,34 @@ pub fn locate(prefix: &Path, require_manifest: bool) -> Result<Located> {
     let (dir, start) = if prefix.is_dir() {
         (prefix, String::new())
     } else {
-        let dir = prefix
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        (
-            dir,
-            prefix
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        )
+        let dir = prefix.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        (dir, prefix.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
     };
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .at("cannot list", dir)?
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_type().is_ok_and(|t| t.is_file())
-                && !ncb_core::atomic::is_partial(&e.file_name())
-        })
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()) && !ncb_core::atomic::is_partial(&e.file_name()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&start))
         .collect();
     files.sort();
-    let (manifests, parts): (Vec<String>, Vec<String>) = files
-        .into_iter()
-        .partition(|n| n.ends_with(manifest::SUFFIX));
+    let (manifests, parts): (Vec<String>, Vec<String>) = files.into_iter().partition(|n| n.ends_with(manifest::SUFFIX));
     match manifests.as_slice() {
         [] if require_manifest => Err(Error::runtime(format!(
             "no manifest ({}*{}) found: the encryption did not finish, or the manifest was lost; to decrypt from the parts alone (still fully authenticated) add --REQUIRE_MANIFEST False",
             prefix.display(),
             manifest::SUFFIX
         ))),
-        [] if parts.is_empty() => Err(Error::runtime(format!(
-            "no file starts with {}",
-            prefix.display()
-        ))),
-        [] => Ok(Located {
-            parts: parts.iter().map(|p| dir.join(p)).collect(),
-            manifest: None,
-        }),
+        [] if parts.is_empty() => Err(Error::runtime(format!("no file starts with {}", prefix.display()))),
+        [] => Ok(Located { parts: parts.iter().map(|p| dir.join(p)).collect(), manifest: None }),
         [one] => {
             let path = dir.join(one);
             let meta = std::fs::metadata(&path).at("cannot stat", &path)?;
             if meta.len() > manifest::MAX_LEN {
-                return Err(Error::runtime(format!(
-                    "manifest {} is too large to be one",
-                    path.display()
-                )));
+                return Err(Error::runtime(format!("manifest {} is too large to be one", path.display())));
             }
             let bytes = std::fs::read(&path).at("cannot read", &path)?;
-            let m = Manifest::parse(&bytes)
-                .map_err(|e| Error::runtime(format!("manifest {}: {e}", path.display())))?;
+            let m = Manifest::parse(&bytes).map_err(|e| Error::runtime(format!("manifest {}: {e}", path.display())))?;
             for p in &parts {
                 if !m.parts.iter().any(|mp| &mp.name == p) {
                     return Err(Error::runtime(format!(
@@ -404,10 +355,7 @@ pub fn locate(prefix: &Path, require_manifest: bool) -> Result<Located> {
                 }
                 located.push(path);
             }
-            Ok(Located {
-                parts: located,
-                manifest: Some(m),
-            })
+            Ok(Located { parts: located, manifest: Some(m) })
         }
         many => Err(Error::usage(format!(
             "prefix {} matches several backups ({}): give a longer prefix",
@@ -444,9 +392,7 @@ impl PartsReader<'_> {
                 continue;
             };
             let before = buf.len();
-            f.take((want - before) as u64)
-                .read_to_end(buf)
-                .at("cannot read part", &self.parts[self.index])?;
+            append_up_to(f, buf, want).at("cannot read part", &self.parts[self.index])?;
             self.hash.update(&buf[before..]);
             if buf.len() < want {
                 self.end_part()?;
@@ -488,9 +434,7 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
     if let Some(m) = &located.manifest
         && m.salt != hex::encode(header.salt)
     {
-        return Err(Error::runtime(format!(
-            "the manifest belongs to another backup than part {first}"
-        )));
+        return Err(Error::runtime(format!("the manifest belongs to another backup than part {first}")));
     }
     let keys = Keys::open(master.bytes(), &header).map_err(|e| match e {
         FormatError::WrongKey => Error::runtime(format!("part {first}: {e}")),
@@ -540,12 +484,8 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
             got_last = seg.last;
             let _ = free_tx.try_send(seg.buf);
         }
-        let opened = open
-            .join()
-            .map_err(|_| Error::runtime("decryption thread panicked"))?;
-        let read = read
-            .join()
-            .map_err(|_| Error::runtime("reader thread panicked"))?;
+        let opened = open.join().map_err(|_| Error::runtime("decryption thread panicked"))?;
+        let read = read.join().map_err(|_| Error::runtime("reader thread panicked"))?;
         for r in [read, opened] {
             if let Err(e) = r
                 && !is_stop(&e)
@@ -572,33 +512,17 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
         )));
     }
     let path = file.commit()?;
-    Ok(Artifact {
-        path,
-        bytes,
-        sha256,
-    })
+    Ok(Artifact { path, bytes, sha256 })
 }
 
-fn read_cipher(
-    r: &mut PartsReader<'_>,
-    seg_len: usize,
-    tx: &SyncSender<Seg>,
-    free: &Receiver<Vec<u8>>,
-) -> Result<()> {
-    let fresh = || {
-        free.try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(seg_len))
-    };
+fn read_cipher(r: &mut PartsReader<'_>, seg_len: usize, tx: &SyncSender<Seg>, free: &Receiver<Vec<u8>>) -> Result<()> {
+    let fresh = || free.try_recv().unwrap_or_else(|_| Vec::with_capacity(seg_len));
     let mut cur = fresh();
     let mut span = r.read_chunk(&mut cur, seg_len)?;
     let mut index = 0u32;
     loop {
         let mut next = Vec::with_capacity(seg_len);
-        let next_span = if cur.len() == seg_len {
-            r.read_chunk(&mut next, seg_len)?
-        } else {
-            span
-        };
+        let next_span = if cur.len() == seg_len { r.read_chunk(&mut next, seg_len)? } else { span };
         let last = next.is_empty();
         let origin = if span.0 == span.1 {
             format!("part {}", r.name(span.0))
@@ -606,23 +530,13 @@ fn read_cipher(
             format!("parts {} to {}", r.name(span.0), r.name(span.1))
         };
         if cur.len() < TAG_LEN {
-            return Err(Error::runtime(format!(
-                "{origin}: the stream ends inside a segment (truncated)"
-            )));
+            return Err(Error::runtime(format!("{origin}: the stream ends inside a segment (truncated)")));
         }
-        tx.send(Seg {
-            index,
-            last,
-            buf: cur,
-            origin,
-        })
-        .map_err(|_| stopped())?;
+        tx.send(Seg { index, last, buf: cur, origin }).map_err(|_| stopped())?;
         if last {
             return Ok(());
         }
-        index = index
-            .checked_add(1)
-            .ok_or_else(|| Error::runtime("too many segments"))?;
+        index = index.checked_add(1).ok_or_else(|| Error::runtime("too many segments"))?;
         cur = next;
         span = next_span;
     }

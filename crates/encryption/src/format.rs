@@ -16,9 +16,8 @@
 //! Every segment but the last holds exactly `segment_size` plaintext bytes; the last holds
 //! 0..=segment_size (an empty input is one empty last segment).
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hmac::{Hmac, Mac};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
 
 pub const MAGIC: &[u8; 8] = b"NCBENC\r\n";
@@ -52,20 +51,17 @@ impl std::fmt::Display for FormatError {
         match self {
             FormatError::TooShort => write!(f, "too short to hold a header ({HEADER_LEN} bytes)"),
             FormatError::BadMagic => f.write_str("not an nc-backup encrypted stream (bad magic)"),
-            FormatError::UnsupportedVersion(v) => write!(
-                f,
-                "format version {v} is not supported (this build reads version {VERSION})"
-            ),
+            FormatError::UnsupportedVersion(v) => {
+                write!(f, "format version {v} is not supported (this build reads version {VERSION})")
+            }
             FormatError::UnsupportedAlgorithm(a, k) => {
                 write!(f, "algorithm {a} / kdf {k} is not supported")
             }
             FormatError::BadSegmentSize(s) => write!(f, "segment size {s} is out of range"),
-            FormatError::HeaderCorrupted => {
-                f.write_str("header corrupted (its checksum does not match)")
+            FormatError::HeaderCorrupted => f.write_str("header corrupted (its checksum does not match)"),
+            FormatError::WrongKey => {
+                f.write_str("wrong key: the key file does not match this backup (key commitment differs)")
             }
-            FormatError::WrongKey => f.write_str(
-                "wrong key: the key file does not match this backup (key commitment differs)",
-            ),
         }
     }
 }
@@ -81,12 +77,7 @@ pub struct Header {
 
 impl Header {
     pub fn new(segment_size: u32, salt: [u8; 32], nonce_prefix: [u8; 7], master: &[u8]) -> Self {
-        let mut h = Header {
-            segment_size,
-            salt,
-            nonce_prefix,
-            commitment: [0; 32],
-        };
+        let mut h = Header { segment_size, salt, nonce_prefix, commitment: [0; 32] };
         let keys = Keys::derive(master, &salt);
         h.commitment = keys.commit(&h.prefix());
         h
@@ -118,11 +109,7 @@ impl Header {
     /// Parses and checks the structure and checksum; the key is checked by [`Keys::open`].
     pub fn parse(b: &[u8]) -> Result<Self, FormatError> {
         if b.len() < HEADER_LEN {
-            return Err(if b.len() >= 8 && &b[..8] != MAGIC {
-                FormatError::BadMagic
-            } else {
-                FormatError::TooShort
-            });
+            return Err(if b.len() >= 8 && &b[..8] != MAGIC { FormatError::BadMagic } else { FormatError::TooShort });
         }
         if &b[..8] != MAGIC {
             return Err(FormatError::BadMagic);
@@ -142,12 +129,7 @@ impl Header {
         if !(MIN_SEGMENT..=MAX_SEGMENT).contains(&segment_size) {
             return Err(FormatError::BadSegmentSize(segment_size));
         }
-        let mut h = Header {
-            segment_size,
-            salt: [0; 32],
-            nonce_prefix: [0; 7],
-            commitment: [0; 32],
-        };
+        let mut h = Header { segment_size, salt: [0; 32], nonce_prefix: [0; 7], commitment: [0; 32] };
         h.salt.copy_from_slice(&b[16..48]);
         h.nonce_prefix.copy_from_slice(&b[48..55]);
         h.commitment.copy_from_slice(&b[56..88]);
@@ -164,7 +146,7 @@ impl Header {
 
 /// The per-file keys.
 pub struct Keys {
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
     commit_key: [u8; 32],
 }
 
@@ -180,16 +162,16 @@ impl Keys {
         let mut okm = [0u8; 64];
         // 64 bytes is far below HKDF-SHA256's 8160-byte limit.
         let _ = hk.expand(b"ncb-enc v1", &mut okm);
-        let cipher =
-            Aes256Gcm::new_from_slice(&okm[..32]).unwrap_or_else(|_| unreachable!("32-byte key"));
+        let key = UnboundKey::new(&AES_256_GCM, &okm[..32]).unwrap_or_else(|_| unreachable!("32-byte key"));
+        let cipher = LessSafeKey::new(key);
         let mut commit_key = [0u8; 32];
         commit_key.copy_from_slice(&okm[32..]);
         Keys { cipher, commit_key }
     }
 
     fn commit(&self, prefix: &[u8]) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.commit_key)
-            .unwrap_or_else(|_| unreachable!("any key length"));
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.commit_key).unwrap_or_else(|_| unreachable!("any key length"));
         mac.update(prefix);
         mac.finalize().into_bytes().into()
     }
@@ -199,11 +181,7 @@ impl Keys {
         use subtle::ConstantTimeEq;
         let keys = Keys::derive(master, &header.salt);
         let expect = keys.commit(&header.prefix());
-        if bool::from(expect.ct_eq(&header.commitment)) {
-            Ok(keys)
-        } else {
-            Err(FormatError::WrongKey)
-        }
+        if bool::from(expect.ct_eq(&header.commitment)) { Ok(keys) } else { Err(FormatError::WrongKey) }
     }
 
     fn nonce(prefix: &[u8; 7], index: u32, last: bool) -> [u8; 12] {
@@ -216,36 +194,24 @@ impl Keys {
 
     /// Encrypts `buf` in place and appends the tag.
     pub fn seal(&self, h: &Header, aad: &[u8], index: u32, last: bool, buf: &mut Vec<u8>) {
-        let nonce = Self::nonce(&h.nonce_prefix, index, last);
+        let nonce = Nonce::assume_unique_for_key(Self::nonce(&h.nonce_prefix, index, last));
         // Fails only past AES-GCM's 64 GiB per-message limit; segments are at most 16 MiB.
-        if let Ok(tag) = self
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, buf)
-        {
-            buf.extend_from_slice(&tag);
+        if let Ok(tag) = self.cipher.seal_in_place_separate_tag(nonce, Aad::from(aad), buf) {
+            buf.extend_from_slice(tag.as_ref());
         }
     }
 
     /// Checks and decrypts `buf` (ciphertext || tag) in place; false when it does not
     /// authenticate at this index with this last-flag.
-    pub fn open_segment(
-        &self,
-        h: &Header,
-        aad: &[u8],
-        index: u32,
-        last: bool,
-        buf: &mut Vec<u8>,
-    ) -> bool {
+    pub fn open_segment(&self, h: &Header, aad: &[u8], index: u32, last: bool, buf: &mut Vec<u8>) -> bool {
         if buf.len() < TAG_LEN {
             return false;
         }
         let split = buf.len() - TAG_LEN;
-        let tag = Tag::clone_from_slice(&buf[split..]);
+        let Ok(tag) = ring::aead::Tag::try_from(&buf[split..]) else { return false };
         buf.truncate(split);
-        let nonce = Self::nonce(&h.nonce_prefix, index, last);
-        self.cipher
-            .decrypt_in_place_detached(Nonce::from_slice(&nonce), aad, buf, &tag)
-            .is_ok()
+        let nonce = Nonce::assume_unique_for_key(Self::nonce(&h.nonce_prefix, index, last));
+        self.cipher.open_in_place_separate_tag(nonce, Aad::from(aad), tag, buf, 0..).is_ok()
     }
 }
 

@@ -33,10 +33,7 @@ impl Drop for MasterKey {
 pub fn load(path: &Path) -> Result<MasterKey> {
     let meta = std::fs::metadata(path).at("key file", path)?;
     if !meta.is_file() {
-        return Err(Error::usage(format!(
-            "key file {} is not a regular file",
-            path.display()
-        )));
+        return Err(Error::usage(format!("key file {} is not a regular file", path.display())));
     }
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -50,8 +47,7 @@ pub fn load(path: &Path) -> Result<MasterKey> {
     let text = String::from_utf8_lossy(&raw);
     let t = text.trim();
     if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let key = hex::decode(t)
-            .map_err(|e| Error::usage(format!("key file {}: {e}", path.display())))?;
+        let key = hex::decode(t).map_err(|e| Error::usage(format!("key file {}: {e}", path.display())))?;
         return Ok(MasterKey(key));
     }
     let material = raw.strip_suffix(b"\n").unwrap_or(&raw).to_vec();

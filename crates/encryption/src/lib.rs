@@ -13,12 +13,7 @@ use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 
 pub static PARAMS: [ParamSpec; 8] = [
-    ParamSpec::new(
-        "KEY_FILE",
-        Kind::Path,
-        "The key file (64 hex digits, mode 0600; see --generate-key)",
-    )
-    .must_exist(),
+    ParamSpec::new("KEY_FILE", Kind::Path, "The key file (64 hex digits, mode 0600; see --generate-key)").must_exist(),
     ParamSpec::new(
         "OBJECTIVES",
         Kind::Paths,
@@ -29,22 +24,13 @@ pub static PARAMS: [ParamSpec; 8] = [
         Kind::Path,
         "Encrypt: folder for parts and manifests. Decrypt: the output file (or a folder: the original name is used)",
     ),
-    ParamSpec::new(
-        "FILE_SIZE",
-        Kind::Int,
-        "Part size in MB (MiB); absent: one part per file",
-    ),
+    ParamSpec::new("FILE_SIZE", Kind::Int, "Part size in MB (MiB); absent: one part per file"),
     ParamSpec::new(
         "REMOVE_OBJECTIVES",
         Kind::Bool,
         "Delete the inputs once every part and manifest is durable (default False)",
     ),
-    ParamSpec::new(
-        "DECRYPT",
-        Kind::Switch,
-        "Decrypt and join parts (the restore path)",
-    )
-    .short('d'),
+    ParamSpec::new("DECRYPT", Kind::Switch, "Decrypt and join parts (the restore path)").short('d'),
     ParamSpec::new(
         "GENERATE_KEY",
         Kind::Path,
@@ -71,26 +57,17 @@ fn validate(p: &Params) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut need = |key: &str, why: &str| {
         if p.str(key).is_none() {
-            problems.push(Problem {
-                key: key.into(),
-                message: format!("missing required parameter ({why})"),
-            });
+            problems.push(Problem { key: key.into(), message: format!("missing required parameter ({why})") });
         }
     };
     if p.str("GENERATE_KEY").is_some() {
         return problems;
     }
     need("KEY_FILE", "or --generate-key FILE");
-    need(
-        "OBJECTIVES",
-        "what to encrypt, or with -d the prefix of the parts",
-    );
+    need("OBJECTIVES", "what to encrypt, or with -d the prefix of the parts");
     need("DESTINATION", "where to write");
     if p.u64("FILE_SIZE").ok().flatten() == Some(0) {
-        problems.push(Problem {
-            key: "FILE_SIZE".into(),
-            message: "must be at least 1 (MB)".into(),
-        });
+        problems.push(Problem { key: "FILE_SIZE".into(), message: "must be at least 1 (MB)".into() });
     }
     problems
 }
@@ -99,10 +76,7 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     let mut report = StageReport::new(STAGE.name);
     if let Some(path) = p.path("GENERATE_KEY") {
         key::generate(&path)?;
-        log::info!(
-            "wrote a new key to {} (mode 0600): keep a copy off this server",
-            path.display()
-        );
+        log::info!("wrote a new key to {} (mode 0600): keep a copy off this server", path.display());
         report.set("key_file", path.display().to_string());
         return Ok(report);
     }
@@ -134,12 +108,7 @@ fn decrypt(p: &Params, master: &key::MasterKey, report: &mut StageReport) -> Res
         dest = dest.join(name);
     }
     let artifact = crypt::decrypt(master, &located, &dest)?;
-    log::info!(
-        "decrypted {} part(s) into {} ({} bytes)",
-        located.parts.len(),
-        artifact.path.display(),
-        artifact.bytes
-    );
+    log::info!("decrypted {} part(s) into {} ({} bytes)", located.parts.len(), artifact.path.display(), artifact.bytes);
     report.set("parts", located.parts.len());
     report.set("manifest", located.manifest.is_some());
     report.artifacts.push(artifact);
@@ -156,10 +125,7 @@ fn inputs(p: &Params, dest: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         if std::path::absolute(&obj).ok() == std::path::absolute(dest).ok() {
-            return Err(Error::usage(format!(
-                "DESTINATION {} is also an objective",
-                dest.display()
-            )));
+            return Err(Error::usage(format!("DESTINATION {} is also an objective", dest.display())));
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(&obj)
             .at("cannot list", &obj)?
@@ -183,12 +149,7 @@ fn encrypt(p: &Params, master: &key::MasterKey, report: &mut StageReport) -> Res
     for f in &files {
         match crypt::encrypt_file(master, f, &dest, part_size, format::DEFAULT_SEGMENT) {
             Ok(e) => {
-                log::info!(
-                    "{}: {} part(s), manifest {}",
-                    f.display(),
-                    e.parts.len(),
-                    e.manifest.path.display()
-                );
+                log::info!("{}: {} part(s), manifest {}", f.display(), e.parts.len(), e.manifest.path.display());
                 plain += e.plaintext_size;
                 report.artifacts.extend(e.parts);
                 report.artifacts.push(e.manifest);

@@ -37,8 +37,7 @@ pub struct Manifest {
 impl Manifest {
     /// Parses and checks the manifest's own consistency.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
         if m.format != FORMAT {
             return Err(format!("format is '{}', expected '{FORMAT}'", m.format));
         }
@@ -48,16 +47,9 @@ impl Manifest {
         if m.parts.is_empty() {
             return Err("lists no parts".into());
         }
-        let total: u64 = m
-            .parts
-            .iter()
-            .try_fold(0u64, |a, p| a.checked_add(p.size))
-            .ok_or("part sizes overflow")?;
+        let total: u64 = m.parts.iter().try_fold(0u64, |a, p| a.checked_add(p.size)).ok_or("part sizes overflow")?;
         if total != m.stream_size {
-            return Err(format!(
-                "part sizes add up to {total}, not the stream size {}",
-                m.stream_size
-            ));
+            return Err(format!("part sizes add up to {total}, not the stream size {}", m.stream_size));
         }
         for p in &m.parts {
             if p.name.is_empty() || p.name.contains('/') || p.name.starts_with('.') {
@@ -92,16 +84,8 @@ mod tests {
             salt: "00".repeat(32),
             created: "2026-11-22T00:00:00Z".into(),
             parts: vec![
-                Part {
-                    name: "a.000".into(),
-                    size: 4,
-                    sha256: "a".repeat(64),
-                },
-                Part {
-                    name: "a.001".into(),
-                    size: 6,
-                    sha256: "b".repeat(64),
-                },
+                Part { name: "a.000".into(), size: 4, sha256: "a".repeat(64) },
+                Part { name: "a.001".into(), size: 6, sha256: "b".repeat(64) },
             ],
         }
     }
@@ -109,24 +93,13 @@ mod tests {
     #[test]
     fn round_trip_and_consistency() {
         let m = sample();
-        assert_eq!(
-            Manifest::parse(&serde_json::to_vec(&m).unwrap()).unwrap(),
-            m
-        );
+        assert_eq!(Manifest::parse(&serde_json::to_vec(&m).unwrap()).unwrap(), m);
         let mut bad = sample();
         bad.stream_size = 11;
-        assert!(
-            Manifest::parse(&serde_json::to_vec(&bad).unwrap())
-                .unwrap_err()
-                .contains("add up")
-        );
+        assert!(Manifest::parse(&serde_json::to_vec(&bad).unwrap()).unwrap_err().contains("add up"));
         let mut bad = sample();
         bad.parts[1].name = "a.000".into();
-        assert!(
-            Manifest::parse(&serde_json::to_vec(&bad).unwrap())
-                .unwrap_err()
-                .contains("twice")
-        );
+        assert!(Manifest::parse(&serde_json::to_vec(&bad).unwrap()).unwrap_err().contains("twice"));
         let mut bad = sample();
         bad.parts[0].name = "../etc/passwd".into();
         assert!(Manifest::parse(&serde_json::to_vec(&bad).unwrap()).is_err());

@@ -9,12 +9,7 @@ use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Result, StageCtx, StageDef, StageReport};
 
 pub static PARAMS: [ParamSpec; 11] = [
-    ParamSpec::new(
-        "FILESET_INCLUDE",
-        Kind::Paths,
-        "Files and folders to back up",
-    )
-    .required(),
+    ParamSpec::new("FILESET_INCLUDE", Kind::Paths, "Files and folders to back up").required(),
     ParamSpec::new(
         "FILESET_EXCLUDE",
         Kind::List,
@@ -25,21 +20,9 @@ pub static PARAMS: [ParamSpec; 11] = [
         Kind::List,
         "Only files with these extensions (.jpg .png); folders are then not stored",
     ),
-    ParamSpec::new(
-        "DESTINATION",
-        Kind::Path,
-        "Folder for the archive (default WORK_FOLDER/files)",
-    ),
-    ParamSpec::new(
-        "FOLLOW_SYMLINKS",
-        Kind::Bool,
-        "Archive what links point to instead of the links (default False)",
-    ),
-    ParamSpec::new(
-        "ONE_FILE_SYSTEM",
-        Kind::Bool,
-        "Do not descend into other file systems (default False)",
-    ),
+    ParamSpec::new("DESTINATION", Kind::Path, "Folder for the archive (default WORK_FOLDER/files)"),
+    ParamSpec::new("FOLLOW_SYMLINKS", Kind::Bool, "Archive what links point to instead of the links (default False)"),
+    ParamSpec::new("ONE_FILE_SYSTEM", Kind::Bool, "Do not descend into other file systems (default False)"),
     ParamSpec::new(
         "STRICT",
         Kind::Bool,
@@ -52,11 +35,7 @@ pub static PARAMS: [ParamSpec; 11] = [
     ),
     FORMAT_PARAM,
     LEVEL_PARAM,
-    ParamSpec::new(
-        "TAR_COMMAND",
-        Kind::Ignored,
-        "nc-backup-py's tar command line",
-    ),
+    ParamSpec::new("TAR_COMMAND", Kind::Ignored, "nc-backup-py's tar command line"),
 ];
 
 pub static STAGE: StageDef = StageDef {
@@ -72,10 +51,7 @@ pub static STAGE: StageDef = StageDef {
 fn validate(p: &Params) -> Vec<Problem> {
     let mut problems = Vec::new();
     if let Err(e) = Settings::from_params(p) {
-        problems.push(Problem {
-            key: "COMPRESSION_LEVEL".into(),
-            message: e.to_string(),
-        });
+        problems.push(Problem { key: "COMPRESSION_LEVEL".into(), message: e.to_string() });
     }
     if !p.flag("IGNORE_MISSING", false).unwrap_or(false) {
         let missing: Vec<String> = p
@@ -88,10 +64,7 @@ fn validate(p: &Params) -> Vec<Problem> {
         if !missing.is_empty() {
             problems.push(Problem {
                 key: "FILESET_INCLUDE".into(),
-                message: format!(
-                    "does not exist: {} (IGNORE_MISSING True to allow)",
-                    missing.join(", ")
-                ),
+                message: format!("does not exist: {} (IGNORE_MISSING True to allow)", missing.join(", ")),
             });
         }
     }
@@ -101,11 +74,7 @@ fn validate(p: &Params) -> Vec<Problem> {
 /// Reads the options shared with `compression`.
 pub fn options(p: &Params) -> Result<Options> {
     Ok(Options {
-        excludes: p
-            .list("FILESET_EXCLUDE")?
-            .iter()
-            .map(|s| Exclude::parse(s))
-            .collect(),
+        excludes: p.list("FILESET_EXCLUDE")?.iter().map(|s| Exclude::parse(s)).collect(),
         extensions: p
             .list("FILE_EXTENSIONS")?
             .iter()
@@ -125,20 +94,10 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     if p.has("TAR_COMMAND") {
         log::info!("TAR_COMMAND is ignored: archives are written in-process");
     }
-    let dest_dir = p
-        .path("DESTINATION")
-        .unwrap_or_else(|| ctx.general.work_dir().join("files"));
+    let dest_dir = p.path("DESTINATION").unwrap_or_else(|| ctx.general.work_dir().join("files"));
     ncb_core::atomic::ensure_dir(&dest_dir, 0o700)?;
-    let roots = p
-        .paths("FILESET_INCLUDE")?
-        .iter()
-        .map(|i| Root::from_slash(i))
-        .collect::<Result<Vec<_>>>()?;
-    let name = format!(
-        "{}.tar{}",
-        ctx.artifact_stem(),
-        opts.compression.format.suffix()
-    );
+    let roots = p.paths("FILESET_INCLUDE")?.iter().map(|i| Root::from_slash(i)).collect::<Result<Vec<_>>>()?;
+    let name = format!("{}.tar{}", ctx.artifact_stem(), opts.compression.format.suffix());
     let dest: PathBuf = dest_dir.join(name);
     let mut report = StageReport::new(STAGE.name);
     let (artifact, stats) = ncb_archive::write_archive(&roots, &opts, &dest, &mut report)?;

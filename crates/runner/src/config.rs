@@ -17,11 +17,7 @@ pub struct ConfigProblem {
 
 impl ConfigProblem {
     pub fn new(section: Option<&str>, key: Option<&str>, message: impl Into<String>) -> Self {
-        ConfigProblem {
-            section: section.map(str::to_owned),
-            key: key.map(str::to_owned),
-            message: message.into(),
-        }
+        ConfigProblem { section: section.map(str::to_owned), key: key.map(str::to_owned), message: message.into() }
     }
 }
 
@@ -99,19 +95,12 @@ const SECTION_KEYS: [&str; 10] = [
 
 impl Config {
     pub fn general(&self, key: &str) -> Option<&str> {
-        self.general
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.trim().is_empty())
+        self.general.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
     }
 
     /// The folder relative paths in the config are tried against (after HOME_FOLDER).
     pub fn dir(&self) -> &Path {
-        self.path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
+        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
     }
 }
 
@@ -121,52 +110,27 @@ pub type Parsed = (Config, Vec<ConfigProblem>);
 
 /// Reads and parses a config. `Err` when nothing could be parsed (unreadable, bad JSON).
 pub fn load(path: &Path) -> Result<Parsed, Vec<ConfigProblem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigProblem::new(
-            None,
-            None,
-            format!("cannot read {}: {e}", path.display()),
-        )]
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![ConfigProblem::new(None, None, format!("cannot read {}: {e}", path.display()))])?;
     parse(path, &text)
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<ConfigProblem>> {
     let root: Value = serde_json::from_str(text).map_err(|e| {
-        vec![ConfigProblem::new(
-            None,
-            None,
-            format!(
-                "invalid JSON at line {}, column {}: {e}",
-                e.line(),
-                e.column()
-            ),
-        )]
+        vec![ConfigProblem::new(None, None, format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column()))]
     })?;
     let Value::Object(root) = root else {
-        return Err(vec![ConfigProblem::new(
-            None,
-            None,
-            "the config must be a JSON object of sections",
-        )]);
+        return Err(vec![ConfigProblem::new(None, None, "the config must be a JSON object of sections")]);
     };
     let mut problems = Vec::new();
     let general = match root.get("GENERAL") {
         None => {
-            problems.push(ConfigProblem::new(
-                Some("GENERAL"),
-                None,
-                "missing mandatory section GENERAL",
-            ));
+            problems.push(ConfigProblem::new(Some("GENERAL"), None, "missing mandatory section GENERAL"));
             Vec::new()
         }
         Some(Value::Object(g)) => parse_general(g, &mut problems),
         Some(_) => {
-            problems.push(ConfigProblem::new(
-                Some("GENERAL"),
-                None,
-                "must be an object",
-            ));
+            problems.push(ConfigProblem::new(Some("GENERAL"), None, "must be an object"));
             Vec::new()
         }
     };
@@ -181,34 +145,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<ConfigProblem>> {
                     sections.push(s);
                 }
             }
-            _ => problems.push(ConfigProblem::new(
-                Some(name),
-                None,
-                "a section must be an object",
-            )),
+            _ => problems.push(ConfigProblem::new(Some(name), None, "a section must be an object")),
         }
     }
-    Ok((
-        Config {
-            path: path.to_path_buf(),
-            general,
-            sections,
-        },
-        problems,
-    ))
+    Ok((Config { path: path.to_path_buf(), general, sections }, problems))
 }
 
 /// Keys starting with `_` or named COMMENT/DESCRIPTION are notes for people.
 fn is_comment(key: &str) -> bool {
-    key.starts_with('_')
-        || key.eq_ignore_ascii_case("COMMENT")
-        || key.eq_ignore_ascii_case("DESCRIPTION")
+    key.starts_with('_') || key.eq_ignore_ascii_case("COMMENT") || key.eq_ignore_ascii_case("DESCRIPTION")
 }
 
-fn parse_general(
-    g: &Map<String, Value>,
-    problems: &mut Vec<ConfigProblem>,
-) -> Vec<(String, String)> {
+fn parse_general(g: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (k, v) in g {
         if is_comment(k) {
@@ -231,43 +179,26 @@ fn parse_general(
     for (key, required) in GENERAL_KEYS {
         let present = out.iter().any(|(k, v)| k == key && !v.trim().is_empty());
         if required && !present {
-            problems.push(ConfigProblem::new(
-                Some("GENERAL"),
-                Some(key),
-                "missing mandatory key",
-            ));
+            problems.push(ConfigProblem::new(Some("GENERAL"), Some(key), "missing mandatory key"));
         }
     }
     out
 }
 
-fn text(
-    name: &str,
-    body: &Map<String, Value>,
-    key: &str,
-    problems: &mut Vec<ConfigProblem>,
-) -> Option<String> {
+fn text(name: &str, body: &Map<String, Value>, key: &str, problems: &mut Vec<ConfigProblem>) -> Option<String> {
     match body.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.trim().is_empty() => None,
         Some(Value::String(s)) => Some(s.trim().to_owned()),
         Some(Value::Number(n)) => Some(n.to_string()),
         Some(_) => {
-            problems.push(ConfigProblem::new(
-                Some(name),
-                Some(key),
-                "must be a string",
-            ));
+            problems.push(ConfigProblem::new(Some(name), Some(key), "must be a string"));
             None
         }
     }
 }
 
-fn parse_section(
-    name: &str,
-    body: &Map<String, Value>,
-    problems: &mut Vec<ConfigProblem>,
-) -> Option<RawSection> {
+fn parse_section(name: &str, body: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> Option<RawSection> {
     let before = problems.len();
     for k in body.keys() {
         if !SECTION_KEYS.contains(&k.as_str()) && !is_comment(k) {
@@ -279,10 +210,7 @@ fn parse_section(
             problems.push(ConfigProblem::new(
                 Some(name),
                 Some(k),
-                format!(
-                    "unknown section key{hint}; known: {}",
-                    SECTION_KEYS.join(", ")
-                ),
+                format!("unknown section key{hint}; known: {}", SECTION_KEYS.join(", ")),
             ));
         }
     }
@@ -298,11 +226,7 @@ fn parse_section(
             None
         }
         None => {
-            problems.push(ConfigProblem::new(
-                Some(name),
-                Some("ACTION"),
-                "missing ACTION (execute or load)",
-            ));
+            problems.push(ConfigProblem::new(Some(name), Some("ACTION"), "missing ACTION (execute or load)"));
             None
         }
     };
@@ -313,21 +237,13 @@ fn parse_section(
             .filter_map(|(k, v)| match ncb_core::params::json_to_arg(v) {
                 Ok(s) => Some((k.clone(), s)),
                 Err(e) => {
-                    problems.push(ConfigProblem::new(
-                        Some(name),
-                        Some(&format!("PARAMETERS.{k}")),
-                        e,
-                    ));
+                    problems.push(ConfigProblem::new(Some(name), Some(&format!("PARAMETERS.{k}")), e));
                     None
                 }
             })
             .collect(),
         Some(_) => {
-            problems.push(ConfigProblem::new(
-                Some(name),
-                Some("PARAMETERS"),
-                "must be an object of KEY: value",
-            ));
+            problems.push(ConfigProblem::new(Some(name), Some("PARAMETERS"), "must be an object of KEY: value"));
             Vec::new()
         }
     };
@@ -341,17 +257,12 @@ fn parse_section(
             }
         },
     };
-    let on_failure = match text(name, body, "ON_FAILURE", problems).map(|a| a.to_ascii_lowercase())
-    {
+    let on_failure = match text(name, body, "ON_FAILURE", problems).map(|a| a.to_ascii_lowercase()) {
         None => OnFailure::Stop,
         Some(v) if v == "stop" => OnFailure::Stop,
         Some(v) if v == "continue" => OnFailure::Continue,
         Some(v) => {
-            problems.push(ConfigProblem::new(
-                Some(name),
-                Some("ON_FAILURE"),
-                format!("'{v}' is not stop or continue"),
-            ));
+            problems.push(ConfigProblem::new(Some(name), Some("ON_FAILURE"), format!("'{v}' is not stop or continue")));
             OnFailure::Stop
         }
     };
@@ -375,19 +286,11 @@ fn parse_section(
 pub fn parse_duration(v: &Value) -> Result<Duration, String> {
     let bad = || format!("'{v}' is not a duration (seconds, or e.g. 30s, 5m, 2h, 1h30m)");
     if let Some(n) = v.as_u64() {
-        return if n > 0 {
-            Ok(Duration::from_secs(n))
-        } else {
-            Err(bad())
-        };
+        return if n > 0 { Ok(Duration::from_secs(n)) } else { Err(bad()) };
     }
     let s = v.as_str().ok_or_else(bad)?.trim();
     if let Ok(n) = s.parse::<u64>() {
-        return if n > 0 {
-            Ok(Duration::from_secs(n))
-        } else {
-            Err(bad())
-        };
+        return if n > 0 { Ok(Duration::from_secs(n)) } else { Err(bad()) };
     }
     let mut total = 0u64;
     let mut num = String::new();
@@ -421,10 +324,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration(&json!(5)).unwrap(), Duration::from_secs(5));
-        assert_eq!(
-            parse_duration(&json!("1h30m")).unwrap(),
-            Duration::from_secs(5400)
-        );
+        assert_eq!(parse_duration(&json!("1h30m")).unwrap(), Duration::from_secs(5400));
         assert!(parse_duration(&json!("soon")).is_err());
         assert!(parse_duration(&json!(0)).is_err());
     }
@@ -440,11 +340,7 @@ mod tests {
         assert!(problems.is_empty());
         let names: Vec<&str> = c.sections.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["Z", "A"]);
-        let (_, e) = parse(
-            Path::new("c.json"),
-            r#"{"X":{"ACTION":"run","OBJECTIVES":"/a"}}"#,
-        )
-        .unwrap();
+        let (_, e) = parse(Path::new("c.json"), r#"{"X":{"ACTION":"run","OBJECTIVES":"/a"}}"#).unwrap();
         assert_eq!(e.len(), 3, "{e:?}");
     }
 }

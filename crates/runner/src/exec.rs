@@ -79,10 +79,7 @@ pub fn run(
                 let sig = signal.load(Ordering::SeqCst);
                 if sig != 0 {
                     let sig = i32::try_from(sig).unwrap_or(sys::SIGTERM);
-                    log::warn!(
-                        "[{section}] {} received: stopping the stage",
-                        sys::signal_name(sig)
-                    );
+                    log::warn!("[{section}] {} received: stopping the stage", sys::signal_name(sig));
                     let _ = sys::kill_group(pgid, sig);
                     killed = Some((End::Interrupted(sig), Instant::now()));
                 } else if timeout.is_some_and(|t| started.elapsed() >= t) {
@@ -110,20 +107,13 @@ pub fn run(
     }
     let end = match killed {
         Some((end, _)) => end,
-        None => match (
-            status.code(),
-            std::os::unix::process::ExitStatusExt::signal(&status),
-        ) {
+        None => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
             (Some(c), _) => End::Exited(c),
             (None, Some(s)) => End::Signalled(s),
             (None, None) => End::Exited(-1),
         },
     };
-    Ok(ChildOutcome {
-        end,
-        report: lines.report,
-        stderr_tail: lines.tail,
-    })
+    Ok(ChildOutcome { end, report: lines.report, stderr_tail: lines.tail })
 }
 
 fn spawn_reader<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<Line>, wrap: fn(String) -> Line) {
@@ -155,12 +145,7 @@ struct Collector<'a> {
 
 impl<'a> Collector<'a> {
     fn new(section: &'a str) -> Self {
-        Collector {
-            section,
-            report: None,
-            tail: Vec::new(),
-            open_streams: 2,
-        }
+        Collector { section, report: None, tail: Vec::new(), open_streams: 2 }
     }
 
     fn drain(&mut self, rx: &mpsc::Receiver<Line>, wait: Duration) {

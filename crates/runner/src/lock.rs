@@ -18,9 +18,7 @@ pub struct RunLock {
 
 /// The lock file of a config: `WORK_FOLDER/.backup-runner-<hash of the config path>.lock`.
 pub fn lock_path(work: &Path, config: &Path) -> PathBuf {
-    let canon = config
-        .canonicalize()
-        .unwrap_or_else(|_| config.to_path_buf());
+    let canon = config.canonicalize().unwrap_or_else(|_| config.to_path_buf());
     let h = hex::encode(Sha256::digest(canon.as_os_str().as_encoded_bytes()));
     work.join(format!(".backup-runner-{}.lock", &h[..16]))
 }
@@ -52,8 +50,7 @@ pub fn acquire(work: &Path, config: &Path, run_id: &str) -> Result<RunLock> {
     }
     file.set_len(0).at("cannot write lock file", &path)?;
     file.rewind().at("cannot write lock file", &path)?;
-    writeln!(file, "pid {}, run {run_id}", std::process::id())
-        .at("cannot write lock file", &path)?;
+    writeln!(file, "pid {}, run {run_id}", std::process::id()).at("cannot write lock file", &path)?;
     log::debug!("holding lock {}", path.display());
     Ok(RunLock { _file: file })
 }

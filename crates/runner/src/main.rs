@@ -23,13 +23,42 @@ fn cli() -> Command {
         .version(env!("CARGO_PKG_VERSION"))
         .about("Run the sections of an nc-backup conf.json in order")
         .after_help("Exit codes: 0 success, 1 runtime failure, 2 usage or config error.")
-        .arg(Arg::new("config").short('c').long("config").value_name("CONF.JSON").help("The config file").required_unless_present_any(["generate-man", "generate-completion"]))
+        .arg(
+            Arg::new("config")
+                .short('c')
+                .long("config")
+                .value_name("CONF.JSON")
+                .help("The config file")
+                .required_unless_present_any(["generate-man", "generate-completion"]),
+        )
         .arg(Arg::new("run").short('r').long("run").action(ArgAction::SetTrue).help("Run every section in order"))
-        .arg(Arg::new("check").long("check").action(ArgAction::SetTrue).help("Validate the config, run nothing; every problem is reported"))
-        .arg(Arg::new("dry-run").long("dry-run").action(ArgAction::SetTrue).help("Print each section and the exact command it would run (secrets masked)"))
+        .arg(
+            Arg::new("check")
+                .long("check")
+                .action(ArgAction::SetTrue)
+                .help("Validate the config, run nothing; every problem is reported"),
+        )
+        .arg(
+            Arg::new("dry-run")
+                .long("dry-run")
+                .action(ArgAction::SetTrue)
+                .help("Print each section and the exact command it would run (secrets masked)"),
+        )
         .arg(Arg::new("json").long("json").action(ArgAction::SetTrue).help("Print the run report as JSON on stdout"))
-        .arg(Arg::new("verbose").short('v').long("verbose").action(ArgAction::SetTrue).help("Show progress on stderr even when not on a terminal"))
-        .arg(Arg::new("quiet").short('q').long("quiet").action(ArgAction::SetTrue).help("Only warnings and errors on stderr (the default when not on a terminal, as under cron)"))
+        .arg(
+            Arg::new("verbose")
+                .short('v')
+                .long("verbose")
+                .action(ArgAction::SetTrue)
+                .help("Show progress on stderr even when not on a terminal"),
+        )
+        .arg(
+            Arg::new("quiet")
+                .short('q')
+                .long("quiet")
+                .action(ArgAction::SetTrue)
+                .help("Only warnings and errors on stderr (the default when not on a terminal, as under cron)"),
+        )
         .arg(Arg::new("generate-man").long("generate-man").action(ArgAction::SetTrue).hide(true))
         .arg(Arg::new("generate-completion").long("generate-completion").value_name("SHELL").hide(true))
 }
@@ -40,12 +69,7 @@ fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitStatus::Usage
-            } else {
-                ExitStatus::Success
-            }
-            .into();
+            return if e.use_stderr() { ExitStatus::Usage } else { ExitStatus::Success }.into();
         }
     };
     if m.get_flag("generate-man") {
@@ -74,15 +98,11 @@ fn status(r: Result<(), Error>) -> ExitStatus {
 }
 
 fn clap_mangen_render(cmd: Command) -> Result<(), Error> {
-    clap_mangen::Man::new(cmd)
-        .render(&mut std::io::stdout())
-        .ctx(|| "cannot write man page".into())
+    clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).ctx(|| "cannot write man page".into())
 }
 
 fn completion(mut cmd: Command, shell: &str) -> Result<(), Error> {
-    let shell: clap_complete::Shell = shell
-        .parse()
-        .map_err(|_| Error::usage(format!("unknown shell '{shell}'")))?;
+    let shell: clap_complete::Shell = shell.parse().map_err(|_| Error::usage(format!("unknown shell '{shell}'")))?;
     clap_complete::generate(shell, &mut cmd, "backup-runner", &mut std::io::stdout());
     Ok(())
 }
@@ -92,26 +112,13 @@ fn report_problems(path: &Path, problems: &[ConfigProblem]) -> ExitStatus {
     for p in problems {
         let _ = writeln!(err, "{}: {p}", path.display());
     }
-    let _ = writeln!(
-        err,
-        "{}: {} problem(s); nothing was run",
-        path.display(),
-        problems.len()
-    );
+    let _ = writeln!(err, "{}: {} problem(s); nothing was run", path.display(), problems.len());
     ExitStatus::Usage
 }
 
 fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
-    let path = PathBuf::from(
-        m.get_one::<String>("config")
-            .map(String::as_str)
-            .unwrap_or_default(),
-    );
-    let (run, check, dry) = (
-        m.get_flag("run"),
-        m.get_flag("check"),
-        m.get_flag("dry-run"),
-    );
+    let path = PathBuf::from(m.get_one::<String>("config").map(String::as_str).unwrap_or_default());
+    let (run, check, dry) = (m.get_flag("run"), m.get_flag("check"), m.get_flag("dry-run"));
     if !(run || check || dry) {
         return Err(Error::usage(
             "nothing to do: give -r to run the config, --check to validate it or --dry-run to see the plan",
@@ -141,10 +148,7 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     if dry {
         let _ = writeln!(out, "# plan for {} (run id {run_id})", path.display());
         for (i, s) in steps.iter().enumerate() {
-            let t = s
-                .timeout
-                .map(|t| format!(", timeout {}s", t.as_secs()))
-                .unwrap_or_default();
+            let t = s.timeout.map(|t| format!(", timeout {}s", t.as_secs())).unwrap_or_default();
             let _ = writeln!(
                 out,
                 "[{}] {} ({} {}{t})\n    {}",
@@ -163,30 +167,17 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     let work = general.work_dir();
     create_private_dir(&work)?;
     let quiet = m.get_flag("quiet") || (!m.get_flag("verbose") && !std::io::stderr().is_terminal());
-    ncb_core::logging::init(
-        "backup-runner",
-        general.log_file().as_deref(),
-        m.get_flag("verbose"),
-        quiet,
-    )?;
+    ncb_core::logging::init("backup-runner", general.log_file().as_deref(), m.get_flag("verbose"), quiet)?;
     let _lock = lock::acquire(&work, &config.path, &run_id)?;
     let signal = run::watch_signals().ctx(|| "cannot install signal handlers".into())?;
-    log::info!(
-        "run {run_id} of {} on {}: {} section(s)",
-        path.display(),
-        general.hostname,
-        steps.len()
-    );
+    log::info!("run {run_id} of {} on {}: {} section(s)", path.display(), general.hostname, steps.len());
 
     let report = run::run_all(&config, &steps, &run_id, started, &signal);
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     if let Some(dir) = general.log_dir() {
         let dest = dir.join(format!("run-{run_id}.json"));
         if let Err(e) = ncb_core::atomic::write_file(&dest, json.as_bytes(), 0o640) {
-            log::error!(
-                "cannot write the run report: {}",
-                ncb_core::stage::error_chain(&e)
-            );
+            log::error!("cannot write the run report: {}", ncb_core::stage::error_chain(&e));
         }
     }
     if m.get_flag("json") {
@@ -211,11 +202,7 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
         );
     }
     let names: Vec<&str> = failures.iter().map(|f| f.name.as_str()).collect();
-    log::error!(
-        "run {run_id} {:?}: section(s) {}",
-        report.status,
-        names.join(", ")
-    );
+    log::error!("run {run_id} {:?}: section(s) {}", report.status, names.join(", "));
     Ok(ExitStatus::Failure)
 }
 
@@ -224,9 +211,5 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .at("cannot create WORK_FOLDER", dir)
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).at("cannot create WORK_FOLDER", dir)
 }

@@ -16,20 +16,11 @@ use crate::registry;
 #[derive(Debug, Clone)]
 pub enum Target {
     /// A built-in stage binary, spawned.
-    Stage {
-        def: &'static StageDef,
-        program: Option<PathBuf>,
-    },
+    Stage { def: &'static StageDef, program: Option<PathBuf> },
     /// A built-in stage, called in-process.
-    Load {
-        def: &'static StageDef,
-        label: String,
-    },
+    Load { def: &'static StageDef, label: String },
     /// Any other program (a user's script), optionally through an interpreter.
-    External {
-        program: PathBuf,
-        interpreter: Option<String>,
-    },
+    External { program: PathBuf, interpreter: Option<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -71,22 +62,13 @@ impl Step {
         self.args
             .iter()
             .filter(|(k, _)| self.is_secret(k))
-            .map(|(k, v)| {
-                (
-                    format!("{}{}", env::PARAM_PREFIX, params::canonical_key(k)),
-                    v.clone(),
-                )
-            })
+            .map(|(k, v)| (format!("{}{}", env::PARAM_PREFIX, params::canonical_key(k)), v.clone()))
             .collect()
     }
 
     /// argv after the program: `--KEY value` for every non-secret parameter.
     pub fn flags(&self) -> Vec<String> {
-        self.args
-            .iter()
-            .filter(|(k, _)| !self.is_secret(k))
-            .flat_map(|(k, v)| [format!("--{k}"), v.clone()])
-            .collect()
+        self.args.iter().filter(|(k, _)| !self.is_secret(k)).flat_map(|(k, v)| [format!("--{k}"), v.clone()]).collect()
     }
 
     /// The parameters as a stage receives them.
@@ -102,18 +84,12 @@ impl Step {
     pub fn argv(&self) -> Option<(PathBuf, Vec<String>)> {
         match &self.target {
             Target::Stage { program, .. } => program.clone().map(|p| (p, self.flags())),
-            Target::External {
-                program,
-                interpreter: Some(i),
-            } => {
+            Target::External { program, interpreter: Some(i) } => {
                 let mut a = vec![program.display().to_string()];
                 a.extend(self.flags());
                 Some((PathBuf::from(i), a))
             }
-            Target::External {
-                program,
-                interpreter: None,
-            } => Some((program.clone(), self.flags())),
+            Target::External { program, interpreter: None } => Some((program.clone(), self.flags())),
             Target::Load { .. } => None,
         }
     }
@@ -153,24 +129,14 @@ pub fn plan(
             push_expanded(&mut args, &s.name, "PARAMETERS", k, v, &vars, &mut problems);
         }
         if let Some(target) = target {
-            let step = Step {
-                section: s.name.clone(),
-                target,
-                args,
-                timeout: s.timeout,
-                on_failure: s.on_failure,
-            };
+            let step = Step { section: s.name.clone(), target, args, timeout: s.timeout, on_failure: s.on_failure };
             check_step(&step, s, &mut problems);
             if problems.len() == before {
                 steps.push(step);
             }
         }
     }
-    if problems.is_empty() {
-        Ok(steps)
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(steps) } else { Err(problems) }
 }
 
 fn push_expanded(
@@ -185,11 +151,8 @@ fn push_expanded(
     match params::expand(value, vars) {
         Ok(v) => args.push((key.to_owned(), v)),
         Err(e) => {
-            let (sec, k) = if origin == "GENERAL" {
-                ("GENERAL", key.to_owned())
-            } else {
-                (section, format!("PARAMETERS.{key}"))
-            };
+            let (sec, k) =
+                if origin == "GENERAL" { ("GENERAL", key.to_owned()) } else { (section, format!("PARAMETERS.{key}")) };
             problems.push(ConfigProblem::new(Some(sec), Some(&k), e));
         }
     }
@@ -203,10 +166,7 @@ fn check_step(step: &Step, s: &RawSection, problems: &mut Vec<ConfigProblem>) {
                 problems.push(ConfigProblem::new(
                     Some(&s.name),
                     Some("NAME"),
-                    format!(
-                        "stage binary '{}' not found beside backup-runner or on PATH",
-                        def.name
-                    ),
+                    format!("stage binary '{}' not found beside backup-runner or on PATH", def.name),
                 ));
             }
             *def
@@ -224,25 +184,19 @@ fn check_step(step: &Step, s: &RawSection, problems: &mut Vec<ConfigProblem>) {
         Target::External { .. } => return,
     };
     for p in def.check(&step.params()) {
-        problems.push(ConfigProblem::new(
-            Some(&s.name),
-            Some(&format!("PARAMETERS.{}", p.key)),
-            p.message,
-        ));
+        problems.push(ConfigProblem::new(Some(&s.name), Some(&format!("PARAMETERS.{}", p.key)), p.message));
     }
 }
 
 fn resolve(config: &Config, s: &RawSection, problems: &mut Vec<ConfigProblem>) -> Option<Target> {
-    let mut problem =
-        |key: &str, msg: String| problems.push(ConfigProblem::new(Some(&s.name), Some(key), msg));
+    let mut problem = |key: &str, msg: String| problems.push(ConfigProblem::new(Some(&s.name), Some(key), msg));
     match s.action {
         Action::Load => {
             if let Some(file) = &s.filename {
                 return match registry::find_plugin(s.from.as_deref(), file, s.class.as_deref()) {
-                    Some(p) => Some(Target::Load {
-                        def: p.def,
-                        label: format!("{}/{}/{}", p.from, p.filename, p.class),
-                    }),
+                    Some(p) => {
+                        Some(Target::Load { def: p.def, label: format!("{}/{}/{}", p.from, p.filename, p.class) })
+                    }
                     None => {
                         problem(
                             "FILENAME",
@@ -269,15 +223,9 @@ fn resolve(config: &Config, s: &RawSection, problems: &mut Vec<ConfigProblem>) -
                 return None;
             };
             match registry::find_stage(name) {
-                Some(registry::Known { def: Some(def), .. }) => Some(Target::Load {
-                    def,
-                    label: def.name.to_owned(),
-                }),
+                Some(registry::Known { def: Some(def), .. }) => Some(Target::Load { def, label: def.name.to_owned() }),
                 Some(k) => {
-                    problem(
-                        "NAME",
-                        format!("stage '{}' is not available in this build", k.name),
-                    );
+                    problem("NAME", format!("stage '{}' is not available in this build", k.name));
                     None
                 }
                 None => {
@@ -309,10 +257,7 @@ fn resolve(config: &Config, s: &RawSection, problems: &mut Vec<ConfigProblem>) -
                             "unknown stage '{n}' (built-in stages: {}); to run your own program set EXECUTABLE (and EXECUTE_WITH)",
                             registry::stage_names()
                         ),
-                        None => {
-                            "ACTION execute needs NAME (a built-in stage) or EXECUTABLE (a program)"
-                                .to_owned()
-                        }
+                        None => "ACTION execute needs NAME (a built-in stage) or EXECUTABLE (a program)".to_owned(),
                     };
                     problem("NAME", msg);
                     None
@@ -324,36 +269,21 @@ fn resolve(config: &Config, s: &RawSection, problems: &mut Vec<ConfigProblem>) -
 
 fn builtin(k: registry::Known, problem: &mut impl FnMut(&str, String)) -> Option<Target> {
     match k.def {
-        Some(def) => Some(Target::Stage {
-            def,
-            program: find_program(def.name),
-        }),
+        Some(def) => Some(Target::Stage { def, program: find_program(def.name) }),
         None => {
-            problem(
-                "NAME",
-                format!("stage '{}' is not available in this build", k.name),
-            );
+            problem("NAME", format!("stage '{}' is not available in this build", k.name));
             None
         }
     }
 }
 
-fn external(
-    config: &Config,
-    s: &RawSection,
-    exe: &str,
-    problem: &mut impl FnMut(&str, String),
-) -> Option<Target> {
+fn external(config: &Config, s: &RawSection, exe: &str, problem: &mut impl FnMut(&str, String)) -> Option<Target> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if Path::new(exe).is_absolute() {
         candidates.push(PathBuf::from(exe));
     } else {
         let name = s.stage_name.as_deref().unwrap_or("");
-        let mut bases: Vec<PathBuf> = config
-            .general("HOME_FOLDER")
-            .map(PathBuf::from)
-            .into_iter()
-            .collect();
+        let mut bases: Vec<PathBuf> = config.general("HOME_FOLDER").map(PathBuf::from).into_iter().collect();
         bases.push(config.dir().to_path_buf());
         for b in bases {
             if !name.is_empty() {
@@ -364,13 +294,7 @@ fn external(
     }
     let Some(program) = candidates.iter().find(|c| c.is_file()).cloned() else {
         let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-        problem(
-            "EXECUTABLE",
-            format!(
-                "program '{exe}' not found (looked for {})",
-                tried.join(", ")
-            ),
-        );
+        problem("EXECUTABLE", format!("program '{exe}' not found (looked for {})", tried.join(", ")));
         return None;
     };
     let interpreter = match s.execute_with.as_deref() {
@@ -378,18 +302,12 @@ fn external(
         Some(w) => match find_interpreter(w) {
             Some(i) => Some(i),
             None => {
-                problem(
-                    "EXECUTE_WITH",
-                    format!("interpreter '{w}' not found on PATH"),
-                );
+                problem("EXECUTE_WITH", format!("interpreter '{w}' not found on PATH"));
                 return None;
             }
         },
     };
-    Some(Target::External {
-        program,
-        interpreter,
-    })
+    Some(Target::External { program, interpreter })
 }
 
 /// `python` falls back to `python3` on systems that ship only the latter.
@@ -400,18 +318,12 @@ fn find_interpreter(w: &str) -> Option<String> {
     if which(w).is_some() {
         return Some(w.to_owned());
     }
-    (w == "python")
-        .then(|| which("python3").map(|_| "python3".to_owned()))
-        .flatten()
+    (w == "python").then(|| which("python3").map(|_| "python3".to_owned())).flatten()
 }
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .collect::<Vec<_>>()
-        })
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
         .find(|p| p.is_file())
@@ -419,9 +331,7 @@ fn which(name: &str) -> Option<PathBuf> {
 
 /// A stage binary: beside backup-runner first, then on PATH.
 pub fn find_program(name: &str) -> Option<PathBuf> {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join(name)));
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(name)));
     beside.filter(|p| p.is_file()).or_else(|| which(name))
 }
 
@@ -434,12 +344,7 @@ pub fn mask_url_password(v: &str) -> String {
     let auth_end = rest.find('/').unwrap_or(rest.len());
     match rest[..auth_end].rfind('@') {
         Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:****{}",
-                &v[..scheme_end + 3],
-                &rest[..colon],
-                &rest[at..]
-            ),
+            Some(colon) => format!("{}{}:****{}", &v[..scheme_end + 3], &rest[..colon], &rest[at..]),
             None => v.to_owned(),
         },
         None => v.to_owned(),
@@ -448,11 +353,7 @@ pub fn mask_url_password(v: &str) -> String {
 
 /// The command line of a step as a shell would take it, secrets masked.
 pub fn display(step: &Step) -> String {
-    let mut parts: Vec<String> = step
-        .secret_env()
-        .iter()
-        .map(|(k, _)| format!("{k}=****"))
-        .collect();
+    let mut parts: Vec<String> = step.secret_env().iter().map(|(k, _)| format!("{k}=****")).collect();
     match step.argv() {
         Some((prog, args)) => {
             parts.push(shell_quote(&prog.display().to_string()));
@@ -464,21 +365,14 @@ pub fn display(step: &Step) -> String {
                 _ => step.target_name(),
             };
             parts.push(format!("(in-process {label})"));
-            parts.extend(
-                step.flags()
-                    .iter()
-                    .map(|a| shell_quote(&mask_url_password(a))),
-            );
+            parts.extend(step.flags().iter().map(|a| shell_quote(&mask_url_password(a))));
         }
     }
     parts.join(" ")
 }
 
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
         s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))

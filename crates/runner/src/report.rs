@@ -52,12 +52,7 @@ pub struct RunReport {
 impl RunReport {
     pub fn tally(&mut self) {
         self.artifacts = self.sections.iter().map(|s| s.artifacts.len()).sum();
-        self.bytes = self
-            .sections
-            .iter()
-            .flat_map(|s| &s.artifacts)
-            .map(|a| a.bytes)
-            .sum();
+        self.bytes = self.sections.iter().flat_map(|s| &s.artifacts).map(|a| a.bytes).sum();
         self.warnings = self.sections.iter().map(|s| s.warnings.len()).sum();
         let failed = |st: Status| self.sections.iter().any(|s| s.status == st);
         self.status = if failed(Status::Interrupted) {
@@ -71,9 +66,6 @@ impl RunReport {
 
     /// The sections that did not succeed, for the closing message.
     pub fn failures(&self) -> Vec<&SectionReport> {
-        self.sections
-            .iter()
-            .filter(|s| !matches!(s.status, Status::Ok | Status::Skipped))
-            .collect()
+        self.sections.iter().filter(|s| !matches!(s.status, Status::Ok | Status::Skipped)).collect()
     }
 }

@@ -53,14 +53,7 @@ pub fn run_all(
             report.sections.push(skipped(step));
             continue;
         }
-        log::info!(
-            "[{}] section {}/{}: {} {}",
-            step.section,
-            i + 1,
-            steps.len(),
-            step.action(),
-            step.target_name()
-        );
+        log::info!("[{}] section {}/{}: {} {}", step.section, i + 1, steps.len(), step.action(), step.target_name());
         let ctx = StageCtx::new(general.clone(), run_id.to_owned(), step.section.clone());
         let s = run_step(step, &ctx, config, signal);
         log_outcome(&s);
@@ -72,19 +65,12 @@ pub fn run_all(
         }
     }
     let sig = signal.load(Ordering::SeqCst);
-    if sig != 0
-        && report
-            .sections
-            .iter()
-            .all(|s| s.status != Status::Interrupted)
-    {
+    if sig != 0 && report.sections.iter().all(|s| s.status != Status::Interrupted) {
         // The signal came between sections or during an in-process one: record it.
         let name = sys::signal_name(i32::try_from(sig).unwrap_or(sys::SIGTERM));
         report.sections.push(SectionReport {
             status: Status::Interrupted,
-            error: Some(format!(
-                "interrupted by {name}; the following sections were not run"
-            )),
+            error: Some(format!("interrupted by {name}; the following sections were not run")),
             ..skipped_named("(run)")
         });
     }
@@ -114,11 +100,7 @@ fn skipped_named(name: &str) -> SectionReport {
 }
 
 fn skipped(step: &Step) -> SectionReport {
-    SectionReport {
-        action: step.action().into(),
-        target: step.target_name(),
-        ..skipped_named(&step.section)
-    }
+    SectionReport { action: step.action().into(), target: step.target_name(), ..skipped_named(&step.section) }
 }
 
 fn log_outcome(s: &SectionReport) {
@@ -133,21 +115,11 @@ fn log_outcome(s: &SectionReport) {
                 s.warnings.len()
             );
         }
-        _ => log::error!(
-            "[{}] {:?} after {secs:.1}s: {}",
-            s.name,
-            s.status,
-            s.error.as_deref().unwrap_or("")
-        ),
+        _ => log::error!("[{}] {:?} after {secs:.1}s: {}", s.name, s.status, s.error.as_deref().unwrap_or("")),
     }
 }
 
-fn run_step(
-    step: &Step,
-    ctx: &StageCtx,
-    config: &Config,
-    signal: &Arc<AtomicUsize>,
-) -> SectionReport {
+fn run_step(step: &Step, ctx: &StageCtx, config: &Config, signal: &Arc<AtomicUsize>) -> SectionReport {
     let clock = Instant::now();
     let mut s = skipped(step);
     match &step.target {
@@ -157,20 +129,14 @@ fn run_step(
             match result {
                 Ok(Ok(r)) => fill(&mut s, r),
                 Ok(Err(e)) => fail(&mut s, Status::Failed, error_chain(&e)),
-                Err(_) => fail(
-                    &mut s,
-                    Status::Failed,
-                    format!("stage {} panicked (a bug: please report it)", def.name),
-                ),
+                Err(_) => {
+                    fail(&mut s, Status::Failed, format!("stage {} panicked (a bug: please report it)", def.name))
+                }
             }
         }
         Target::Stage { .. } | Target::External { .. } => {
             let Some((program, args)) = step.argv() else {
-                fail(
-                    &mut s,
-                    Status::Failed,
-                    format!("stage binary '{}' not found", step.target_name()),
-                );
+                fail(&mut s, Status::Failed, format!("stage binary '{}' not found", step.target_name()));
                 return s;
             };
             let mut envs = vec![
@@ -181,19 +147,11 @@ fn run_step(
             ];
             envs.extend(step.secret_env());
             match exec::run(&step.section, &program, &args, &envs, step.timeout, signal) {
-                Err(e) => fail(
-                    &mut s,
-                    Status::Failed,
-                    format!("cannot start {}: {e}", program.display()),
-                ),
+                Err(e) => fail(&mut s, Status::Failed, format!("cannot start {}: {e}", program.display())),
                 Ok(out) => {
                     let tail = out.stderr_tail.join("\n");
                     let with_tail = |m: String| {
-                        if tail.is_empty() {
-                            m
-                        } else {
-                            format!("{m}:\n{tail}")
-                        }
+                        if tail.is_empty() { m } else { format!("{m}:\n{tail}") }
                     };
                     match out.end {
                         End::Exited(0) => match (out.report, &step.target) {
@@ -202,11 +160,9 @@ fn run_step(
                                 s.status = Status::Ok;
                                 s.exit_code = Some(0);
                             }
-                            (None, _) => fail(
-                                &mut s,
-                                Status::Failed,
-                                "stage exited 0 without its report on stdout".into(),
-                            ),
+                            (None, _) => {
+                                fail(&mut s, Status::Failed, "stage exited 0 without its report on stdout".into())
+                            }
                         },
                         End::Exited(c) => {
                             s.exit_code = Some(c);
@@ -219,27 +175,19 @@ fn run_step(
                         End::Signalled(sig) => fail(
                             &mut s,
                             Status::Failed,
-                            with_tail(format!(
-                                "{} was killed by {}",
-                                step.target_name(),
-                                sys::signal_name(sig)
-                            )),
+                            with_tail(format!("{} was killed by {}", step.target_name(), sys::signal_name(sig))),
                         ),
                         End::TimedOut => {
                             let t = step.timeout.map_or(0, |t| t.as_secs());
                             fail(
                                 &mut s,
                                 Status::Timeout,
-                                format!(
-                                    "TIMEOUT of {t}s reached: the stage and its process group were killed"
-                                ),
+                                format!("TIMEOUT of {t}s reached: the stage and its process group were killed"),
                             );
                         }
-                        End::Interrupted(sig) => fail(
-                            &mut s,
-                            Status::Interrupted,
-                            format!("interrupted by {}", sys::signal_name(sig)),
-                        ),
+                        End::Interrupted(sig) => {
+                            fail(&mut s, Status::Interrupted, format!("interrupted by {}", sys::signal_name(sig)))
+                        }
                     }
                 }
             }

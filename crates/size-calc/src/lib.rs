@@ -38,16 +38,8 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         all.files += t.files;
         all.dirs += t.dirs;
         all.bytes += t.bytes;
-        per.insert(
-            obj.display().to_string(),
-            serde_json::json!({"files": t.files, "bytes": t.bytes}),
-        );
-        log::info!(
-            "{}: {} files, {}",
-            obj.display(),
-            t.files,
-            human_bytes(t.bytes)
-        );
+        per.insert(obj.display().to_string(), serde_json::json!({"files": t.files, "bytes": t.bytes}));
+        log::info!("{}: {} files, {}", obj.display(), t.files, human_bytes(t.bytes));
     }
     report.set("files", all.files);
     report.set("dirs", all.dirs);
@@ -100,11 +92,7 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 #[cfg(test)]
@@ -120,17 +108,8 @@ mod tests {
         std::os::unix::fs::symlink("/usr", d.path().join("a/link")).unwrap();
         let mut r = StageReport::new("t");
         let t = measure(&d.path().join("a"), &mut r).unwrap();
-        let link_len = std::fs::symlink_metadata(d.path().join("a/link"))
-            .unwrap()
-            .len();
-        assert_eq!(
-            t,
-            Totals {
-                files: 3,
-                dirs: 2,
-                bytes: 1005 + link_len
-            }
-        );
+        let link_len = std::fs::symlink_metadata(d.path().join("a/link")).unwrap().len();
+        assert_eq!(t, Totals { files: 3, dirs: 2, bytes: 1005 + link_len });
     }
 
     #[test]
