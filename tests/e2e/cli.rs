@@ -3,9 +3,10 @@
 use nc_backup_e2e::{bin, cmd, run};
 
 /// Every binary of the workspace.
-pub const BINARIES: &[&str] = &["backup-runner", "size-calc", "filesbackup", "compression", "encryption"];
+pub const BINARIES: &[&str] =
+    &["backup-runner", "size-calc", "filesbackup", "compression", "encryption", "mysql-dump", "pg-dump"];
 /// The stage binaries.
-pub const STAGES: &[&str] = &["size-calc", "filesbackup", "compression", "encryption"];
+pub const STAGES: &[&str] = &["size-calc", "filesbackup", "compression", "encryption", "mysql-dump", "pg-dump"];
 
 #[test]
 fn every_binary_has_help_and_version() {
