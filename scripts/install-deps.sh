@@ -13,6 +13,16 @@ have gpg      || need+=(gnupg)
 have openssl  || need+=(openssl)
 have runuser  || need+=(util-linux)
 have python3  || need+=(python3)
+# Test servers and clients (scripts/servers.sh): MariaDB, PostgreSQL, OpenSSH, podman.
+have mariadbd    || need+=(mariadb-server)
+have mysqldump   || need+=(mariadb-client)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+have ssh         || need+=(openssh-client)
+have podman      || need+=(podman)
+have runc        || need+=(runc)
+have bc          || need+=(bc)
+[ -x /usr/bin/time ] || need+=(time)
 
 if ((${#need[@]})); then
   echo "install-deps: installing ${need[*]}" >&2

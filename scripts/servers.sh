@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Test servers on 127.0.0.1, started once for the whole suite:
-#   MariaDB (port 33306, binary log on), PostgreSQL 15 (port 55432), OpenSSH (port 22222).
+#   MariaDB (port 33306, binary log on), PostgreSQL 15 (port 55432), OpenSSH (port 22222),
+#   and a podman container `ncb-dbtools` holding the database clients (host network).
 #   scripts/servers.sh start    fresh data, users and keys under $NCB_SERVERS_DIR
 #   scripts/servers.sh stop
 # Connection facts and the test passwords go to $NCB_SERVERS_DIR/env (mode 0600), which the
@@ -29,6 +30,7 @@ stop() {
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$S/pg/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
   if [ -f "$S/sshd/sshd.pid" ]; then kill "$(cat "$S/sshd/sshd.pid")" 2>/dev/null || true; fi
+  if command -v podman >/dev/null; then podman rm -f ncb-dbtools >/dev/null 2>&1 || true; fi
   log "stopped"
 }
 
@@ -111,6 +113,33 @@ CONF
   log "sshd on 127.0.0.1:$SSH_PORT"
 }
 
+# A container holding the database clients (no registry here: imported from a tarball of the
+# host's binaries and the libraries they need), running with host networking so it reaches
+# the servers on 127.0.0.1. The runtime is runc: crun fails on this machine kind.
+start_container() {
+  local R=$S/rootfs
+  mkdir -p "$R/usr/bin" "$R/bin" "$R/tmp" "$R/etc" "$R/dev" "$R/proc"
+  local bins=(/bin/sh /bin/sleep /bin/cat "$(command -v mysqldump)" "$(command -v mysql)" \
+    "$PGBIN/pg_dump" "$PGBIN/psql" "$PGBIN/pg_dumpall")
+  for b in "${bins[@]}"; do
+    local name; name=$(basename "$b")
+    b=$(readlink -f "$b")
+    cp "$b" "$R/usr/bin/$name"
+    ldd "$b" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
+      [ -n "$lib" ] && [ -e "$lib" ] && mkdir -p "$R$(dirname "$lib")" && cp -n "$(readlink -f "$lib")" "$R$lib"
+    done
+  done
+  ln -sf /usr/bin/sh "$R/bin/sh"
+  printf 'root:x:0:0:root:/root:/bin/sh\n' > "$R/etc/passwd"
+  printf 'root:x:0:\n' > "$R/etc/group"
+  podman rm -f ncb-dbtools >/dev/null 2>&1 || true
+  tar -C "$R" -c . | podman import - localhost/ncb-dbtools:test >/dev/null
+  podman --runtime runc run -d --name ncb-dbtools --network host \
+    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 localhost/ncb-dbtools:test /usr/bin/sleep infinity >/dev/null
+  podman exec ncb-dbtools mysqldump --version >/dev/null
+  log "container ncb-dbtools (podman, runc) with mysqldump and pg_dump"
+}
+
 start() {
   [ -n "$PGBIN" ] || { log "PostgreSQL is not installed (scripts/install-deps.sh)"; exit 1; }
   stop >/dev/null 2>&1 || true
@@ -122,6 +151,7 @@ start() {
   start_mariadb
   start_postgres
   start_sshd
+  start_container
   umask 077
   cat > "$S/env" <<ENV
 NCB_MYSQL_PORT=$MY_PORT
@@ -135,6 +165,7 @@ NCB_PG_PASSWORD=$PG_PASS
 NCB_PG_BIN=$PGBIN
 NCB_SSH_PORT=$SSH_PORT
 NCB_SSH_KEY=$S/sshd/client_key
+NCB_CONTAINER=ncb-dbtools
 ENV
   log "ready: $S/env"
 }

@@ -16,6 +16,12 @@ echo "== build" >&2
 # The end-to-end tests run the built binaries: build them all first.
 cargo build --workspace --bins --locked
 
+echo "== servers" >&2
+# MariaDB, PostgreSQL, sshd and a podman container on 127.0.0.1, once for the whole suite.
+export NCB_SERVERS_DIR=${NCB_SERVERS_DIR:-/var/tmp/ncb-servers}
+trap 'scripts/servers.sh stop' EXIT
+scripts/servers.sh start
+
 echo "== test" >&2
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"

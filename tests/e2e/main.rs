@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod crypto;
+mod db;
 mod files;
 mod pipeline;
 mod runner;

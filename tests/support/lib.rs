@@ -147,3 +147,33 @@ pub fn alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// The test servers started by scripts/servers.sh (MariaDB, PostgreSQL, sshd, a podman
+/// container). A test that needs them fails when they are not running: it never skips.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    vars: std::collections::HashMap<String, String>,
+}
+
+impl Servers {
+    pub fn get() -> Self {
+        let dir = std::env::var("NCB_SERVERS_DIR").unwrap_or_else(|_| "/var/tmp/ncb-servers".into());
+        let text = std::fs::read_to_string(Path::new(&dir).join("env")).unwrap_or_else(|e| {
+            panic!("test servers are not running ({dir}/env: {e}): start them with scripts/servers.sh start, or run scripts/test.sh")
+        });
+        let vars = text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        Servers { vars }
+    }
+    pub fn var(&self, k: &str) -> String {
+        self.vars.get(k).cloned().unwrap_or_else(|| panic!("{k} missing from the servers' env file"))
+    }
+}
+
+/// A name unique to this test process and call, for databases and containers.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), nanos % 100_000)
+}

@@ -192,7 +192,9 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
             dump_server(ctx, p, &server, &dest, &suffix, settings, &mut report)?;
         }
         if let Some(binlogs) = p.path("BINLOG_PATH") {
-            copy_binlogs(p, &binlogs, &dest, &base, ctx, &client_bin, &mut report)?;
+            let mut creds = base.clone();
+            creds.port = ports.first().copied().flatten();
+            copy_binlogs(p, &binlogs, &dest, &creds, ctx, &client_bin, &mut report)?;
         }
         Ok(())
     })();
