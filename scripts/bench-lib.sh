@@ -1,5 +1,7 @@
 # Shared by the benchmarks: `measure LABEL CMD...` runs CMD once under GNU time and records
-# wall seconds, CPU seconds and peak RSS; `table` prints them with ratios to the first row.
+# wall seconds, CPU seconds and peak RSS (LABEL must not contain ';'); appending a size to
+# the last row (BENCH_ROWS[-1]+=BYTES) adds it to the table; `table` prints the rows with
+# ratios to the first one.
 BENCH_ROWS=()
 measure() {
   local label=$1; shift
@@ -9,14 +11,14 @@ measure() {
   fi
   read -r wall user sys rss < <(tail -n1 "$t")
   rm -f "$t" "$t.err"
-  BENCH_ROWS+=("$label|$wall|$(echo "$user + $sys" | bc)|$rss|${BENCH_OUT_SIZE:-}")
+  BENCH_ROWS+=("$label;$wall;$(echo "$user + $sys" | bc);$rss;")
 }
 # table: the first row is ours; ratios are other/ours for time (>1: we are faster).
 table() {
   local first=1 ours_wall ours_size
   printf '%-34s %9s %9s %10s %14s %10s %10s\n' tool wall_s cpu_s rss_MiB out_bytes speedup size_vs_us
   for row in "${BENCH_ROWS[@]}"; do
-    IFS='|' read -r label wall cpu rss size <<<"$row"
+    IFS=';' read -r label wall cpu rss size <<<"$row"
     if ((first)); then ours_wall=$wall; ours_size=${size:-0}; first=0; fi
     local speed size_ratio="-"
     speed=$(echo "scale=2; $wall / $ours_wall" | bc)
