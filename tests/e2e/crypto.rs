@@ -327,3 +327,27 @@ fn the_documented_format_is_what_we_write() {
         assert!(out.stdout == plain, "size {size}: reference decryptor disagrees");
     }
 }
+
+#[test]
+fn an_earlier_encryption_is_never_overwritten() {
+    let sb = Sandbox::new();
+    let input = sb.write("in/db.tar.gz", &data(3 * SEG, 9));
+    let dest = sb.join("enc");
+    encrypt(&sb, &input, &dest, Some(1)).expect(0);
+    let before: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dest)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    let out = encrypt(&sb, &input, &dest, Some(1)).expect(1);
+    assert!(out.stderr.contains("earlier encryption"), "{}", out.stderr);
+    let mut after: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dest)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert!(before == after, "the earlier encryption changed");
+}

@@ -404,3 +404,21 @@ fn failures_exit_1_name_the_database_or_host_and_leave_no_file() {
     my_admin(&s, &format!("DROP DATABASE {mydb}"));
     pg_admin(&s, "postgres", &format!("DROP DATABASE {pgdb};"));
 }
+
+/// A database name is data, not options or a connection string.
+#[test]
+fn hostile_database_names_are_only_names() {
+    let s = Servers::get();
+    let sb = Sandbox::new();
+    // Were the name taken as a connection string, pg_dump would go to 127.0.0.2, where
+    // nothing listens, and fail.
+    let name = format!("{} host=127.0.0.2 x'y", unique("ncbweird"));
+    pg_admin(&s, "postgres", &format!("CREATE DATABASE \"{name}\";"));
+    let list = serde_json::to_string(&[&name]).unwrap();
+    let out =
+        run(pg_dump_cmd(&s, &sb, "ncbadmin", "weird").args(["--DATABASES", &list, "--FORMAT", "plain"])).expect(0);
+    let file = out.json()["artifacts"][0]["path"].as_str().unwrap().to_owned();
+    let stem = std::path::Path::new(&file).file_name().unwrap().to_string_lossy().into_owned();
+    assert!(!stem.contains(' ') && !stem.contains('\''), "unsafe file name {stem}");
+    pg_admin(&s, "postgres", &format!("DROP DATABASE \"{name}\";"));
+}

@@ -43,6 +43,9 @@ fn make_tree(root: &Path) {
     std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink("dir/small.txt", root.join("rel-link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    // Targets kept byte for byte, not normalised.
+    std::os::unix::fs::symlink("./dir//small.txt", root.join("odd-link")).unwrap();
+    std::os::unix::fs::symlink("dir/.", root.join("dot-link")).unwrap();
     std::fs::hard_link(root.join("dir/small.txt"), root.join("hard")).unwrap();
     let long = root.join("l".repeat(120)).join("m".repeat(120)).join("n".repeat(100));
     std::fs::create_dir_all(&long).unwrap();
@@ -411,4 +414,53 @@ fn compression_makes_one_archive_per_objective_and_removes_inputs_after() {
         .arg(sb.join("work/c")))
     .expect(2);
     assert!(out.stderr.contains("inside objective"), "{}", out.stderr);
+}
+
+#[test]
+fn follow_symlinks_survives_a_loop() {
+    let sb = Sandbox::new();
+    sb.write("src/a/file", b"x");
+    std::os::unix::fs::symlink("..", sb.join("src/a/up")).unwrap();
+    std::os::unix::fs::symlink("../a", sb.join("src/a/again")).unwrap();
+    let dest = sb.join("out");
+    let out = filesbackup(&[
+        OsStr::new("--FILESET_INCLUDE"),
+        sb.join("src").as_os_str(),
+        OsStr::new("--DESTINATION"),
+        dest.as_os_str(),
+        OsStr::new("--FOLLOW_SYMLINKS"),
+        OsStr::new("True"),
+    ])
+    .expect(0);
+    assert!(out.json()["warnings"].to_string().contains("file system loop"), "{}", out.stdout);
+    let o = Command::new("tar").arg("-tzf").arg(only_archive(&dest)).output().unwrap();
+    let names = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(names.lines().filter(|l| l.ends_with("/file")).count(), 1, "{names}");
+}
+
+#[test]
+fn a_backup_never_replaces_an_earlier_one() {
+    // An earlier archive under the very name this run will use (same host, section, second).
+    let sb = Sandbox::new();
+    sb.write("src/f", b"new");
+    let dest = sb.join("out");
+    std::fs::create_dir(&dest).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    for t in now..now + 5 {
+        let stamp = sh_out(&format!("date -u -d @{t} +%Y%m%dT%H%M%SZ"));
+        std::fs::write(dest.join(format!("testhost_filesbackup_{}.tar.gz", stamp.trim())), b"earlier backup").unwrap();
+    }
+    let src = sb.join("src");
+    let out =
+        filesbackup(&[OsStr::new("--FILESET_INCLUDE"), src.as_os_str(), OsStr::new("--DESTINATION"), dest.as_os_str()])
+            .expect(1);
+    assert!(out.stderr.contains("File exists"), "{}", out.stderr);
+    for e in std::fs::read_dir(&dest).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(std::fs::read(e.path()).unwrap(), b"earlier backup", "{:?} was replaced or added", e.file_name());
+    }
+}
+
+fn sh_out(script: &str) -> String {
+    String::from_utf8(Command::new("sh").arg("-c").arg(script).output().unwrap().stdout).unwrap()
 }

@@ -94,6 +94,9 @@ pub struct Options {
     /// A root that does not exist is a warning instead of an error.
     pub ignore_missing: bool,
     pub compression: Settings,
+    /// Replace an existing file at the destination (else the archive fails: it is never
+    /// written over an earlier backup).
+    pub replace_existing: bool,
 }
 
 /// What went into an archive.
@@ -117,6 +120,8 @@ struct Writer<'a> {
     stats: Stats,
     /// The output's own temporary file, never archived.
     own: (u64, u64),
+    /// Folders already archived (FOLLOW_SYMLINKS only): a link back to one is a loop.
+    visited: std::collections::HashSet<(u64, u64)>,
     root_dev: u64,
 }
 
@@ -141,6 +146,7 @@ pub fn write_archive(
         stats: Stats::default(),
         own,
         root_dev: 0,
+        visited: Default::default(),
     };
     for root in roots {
         w.root(root)?;
@@ -148,7 +154,7 @@ pub fn write_archive(
     let comp = w.tar.into_inner().at("cannot write", dest)?;
     let sink = comp.finish().at("cannot write", dest)?;
     let (out, bytes, sha256) = sink.finish();
-    let path = out.commit()?;
+    let path = if opts.replace_existing { out.commit()? } else { out.commit_new()? };
     Ok((Artifact { path, bytes, sha256 }, w.stats))
 }
 
@@ -221,7 +227,14 @@ impl Writer<'_> {
         if self.excluded(path) {
             return Ok(());
         }
-        if self.opts.extensions.is_empty() {
+        if self.opts.follow_symlinks && !self.visited.insert((meta.dev(), meta.ino())) {
+            self.report
+                .warn(format!("{}: file system loop (a link to a folder already archived): skipped", path.display()));
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        // The root `/` itself has no name in the archive; its children do.
+        if self.opts.extensions.is_empty() && !name.as_os_str().is_empty() {
             let mut h = self.header(meta);
             h.set_entry_type(EntryType::Directory);
             h.set_size(0);
@@ -235,7 +248,13 @@ impl Writer<'_> {
             Ok(e) => e,
             Err(e) => return self.trouble(path, &e, "folder vanished before it was read"),
         };
-        let mut children: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        let mut children = Vec::new();
+        for e in entries {
+            match e {
+                Ok(e) => children.push(e.file_name()),
+                Err(err) => return self.trouble(path, &err, "folder vanished while it was read"),
+            }
+        }
         children.sort();
         // Reversed onto the stack, so entries are written in name order.
         for child in children.into_iter().rev() {
@@ -284,7 +303,7 @@ impl Writer<'_> {
                 Err(e) => return self.trouble(path, &e, "vanished before it was read"),
             };
             h.set_entry_type(EntryType::Symlink);
-            self.tar.append_link(&mut h, name, &target).at("cannot write archive entry", name)?;
+            self.link_entry(&mut h, name, &target)?;
             self.stats.symlinks += 1;
         } else if ft.is_socket() {
             self.report.warn(format!("{}: socket ignored", path.display()));
@@ -303,6 +322,18 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// A symlink or hard-link entry whose target is stored byte for byte (tar's own
+    /// `append_link` rewrites short targets such as `./x` or `a//b`).
+    fn link_entry(&mut self, h: &mut Header, name: &Path, target: &Path) -> Result<()> {
+        let bytes = target.as_os_str().as_bytes();
+        if bytes.len() < 100 {
+            h.set_link_name_literal(bytes).at("cannot write archive entry", name)?;
+            self.tar.append_data(h, name, io::empty()).at("cannot write archive entry", name)
+        } else {
+            self.tar.append_link(h, name, target).at("cannot write archive entry", name)
+        }
+    }
+
     fn file(&mut self, path: &Path, name: &Path, meta: &Metadata) -> Result<()> {
         let key = (meta.dev(), meta.ino());
         if meta.nlink() > 1 {
@@ -311,11 +342,10 @@ impl Writer<'_> {
                 let mut h = self.header(meta);
                 h.set_entry_type(EntryType::Link);
                 h.set_size(0);
-                self.tar.append_link(&mut h, name, &first).at("cannot write archive entry", name)?;
+                self.link_entry(&mut h, name, &first)?;
                 self.stats.hardlinks += 1;
                 return Ok(());
             }
-            self.links.insert(key, name.to_path_buf());
         }
         let file = match File::open(path) {
             Ok(f) => f,
@@ -326,6 +356,10 @@ impl Writer<'_> {
         let mut exact = ExactReader { file: &file, left: meta.len(), short: 0, error: None };
         let reader = BufReader::with_capacity(256 << 10, &mut exact);
         self.tar.append_data(&mut h, name, reader).at("cannot write archive entry", name)?;
+        if meta.nlink() > 1 {
+            // Only now is the first name in the archive, for later hard links to point at.
+            self.links.insert(key, name.to_path_buf());
+        }
         self.stats.files += 1;
         self.stats.bytes += meta.len();
         let problem = if let Some(e) = exact.error {
@@ -386,7 +420,9 @@ impl Read for ExactReader<'_> {
         };
         let n = if n == 0 {
             if self.error.is_none() {
-                self.short = self.left;
+                if self.short == 0 {
+                    self.short = self.left;
+                }
             }
             buf[..want].fill(0);
             want

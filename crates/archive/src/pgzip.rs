@@ -19,7 +19,8 @@ use flate2::write::GzEncoder;
 pub const DEFAULT_BLOCK: usize = 1 << 20;
 
 type Job = (u64, Vec<u8>);
-type Done = (u64, Vec<u8>, Vec<u8>);
+/// (sequence, the gzip member or why it could not be made, the input buffer to recycle)
+type Done = (u64, Result<Vec<u8>, String>, Vec<u8>);
 
 #[derive(Debug)]
 pub struct ParallelGzWriter<W: Write + Send + 'static> {
@@ -143,22 +144,25 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: Compression) 
             Err(_) => return,
         };
         let Ok((seq, input)) = job else { return };
-        let mut enc = GzEncoder::new(Vec::with_capacity(input.len() / 2 + 64), level);
-        // Writing into a Vec cannot fail.
-        let out = enc.write_all(&input).and_then(|()| enc.finish()).unwrap_or_default();
-        if tx.send((seq, out, input)).is_err() {
+        // A failure (or a panic) becomes an error for the writer, never a silent hole.
+        let member = std::panic::catch_unwind(|| {
+            let mut enc = GzEncoder::new(Vec::with_capacity(input.len() / 2 + 64), level);
+            enc.write_all(&input).and_then(|()| enc.finish()).map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|_| Err("a compression thread panicked".to_owned()));
+        if tx.send((seq, member, input)).is_err() {
             return;
         }
     }
 }
 
 fn write_in_order<W: Write>(mut out: W, rx: &Receiver<Done>, tokens: &SyncSender<Vec<u8>>) -> io::Result<W> {
-    let mut pending: BTreeMap<u64, (Vec<u8>, Vec<u8>)> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, (Result<Vec<u8>, String>, Vec<u8>)> = BTreeMap::new();
     let mut next = 0u64;
     for (seq, member, input) in rx {
         pending.insert(seq, (member, input));
         while let Some((member, input)) = pending.remove(&next) {
-            out.write_all(&member)?;
+            out.write_all(&member.map_err(|e| io::Error::other(format!("gzip: {e}")))?)?;
             next += 1;
             let _ = tokens.send(input);
         }

@@ -78,8 +78,12 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         strict: false,
         ignore_missing: false,
         compression: Settings::from_params(p)?,
+        replace_existing: true,
     };
     let remove = p.flag("REMOVE_OBJECTIVES", false)?;
+    // Inputs about to be deleted must be archived whole: an unreadable, vanished or changing
+    // file is then fatal, not a warning.
+    let opts = Options { strict: remove, ..opts };
     if let Some((_, first)) = jobs.first() {
         ncb_core::atomic::ensure_dir(first.parent().unwrap_or(Path::new(".")), 0o700)?;
     }

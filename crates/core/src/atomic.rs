@@ -43,15 +43,25 @@ impl AtomicFile {
             .file_name()
             .ok_or_else(|| Error::runtime(format!("output path {} has no file name", dest.display())))?;
         let dir = parent_dir(dest);
-        let tmp = dir.join(format!(".{}{}{}", name.to_string_lossy(), PARTIAL_MARK, std::process::id()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .at("cannot create output in", dir)?;
-        Ok(AtomicFile { dest: dest.to_path_buf(), tmp, file: Some(file), written: 0, issued: 0 })
+        // A fresh name, created exclusively and never through a symlink: a file or link
+        // planted in a shared folder is never opened, truncated or followed.
+        let mut attempt = 0;
+        loop {
+            let tmp = dir.join(format!(
+                ".{}{}{}-{}",
+                name.to_string_lossy(),
+                PARTIAL_MARK,
+                std::process::id(),
+                unique_suffix()
+            ));
+            match OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(libc::O_NOFOLLOW).open(&tmp) {
+                Ok(file) => {
+                    return Ok(AtomicFile { dest: dest.to_path_buf(), tmp, file: Some(file), written: 0, issued: 0 });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+                Err(e) => return Err(Error::path("cannot create output in", dir, e)),
+            }
+        }
     }
 
     pub fn dest(&self) -> &Path {
@@ -70,15 +80,39 @@ impl AtomicFile {
         }
     }
 
-    /// Makes the output durable and visible under its final name.
-    pub fn commit(mut self) -> Result<PathBuf> {
-        let mut file = self.file.take().expect("AtomicFile committed twice");
-        file.flush().at("cannot write", &self.tmp)?;
-        file.sync_all().at("cannot sync", &self.tmp)?;
+    /// Makes the output durable and visible under its final name, replacing a file there.
+    pub fn commit(self) -> Result<PathBuf> {
+        self.finish(true)
+    }
+
+    /// As [`commit`](Self::commit), but fails (and keeps nothing) when `dest` already exists:
+    /// for outputs that must never overwrite an earlier backup.
+    pub fn commit_new(self) -> Result<PathBuf> {
+        self.finish(false)
+    }
+
+    fn finish(mut self, replace: bool) -> Result<PathBuf> {
+        let Some(mut file) = self.file.take() else {
+            return Err(Error::runtime("output committed twice"));
+        };
+        let tmp = std::mem::take(&mut self.tmp);
+        let dest = std::mem::take(&mut self.dest);
+        let durable = file.flush().and_then(|()| file.sync_all()).at("cannot write", &tmp);
         drop(file);
-        fs::rename(&self.tmp, &self.dest).at("cannot rename into place", &self.dest)?;
-        sync_dir(parent_dir(&self.dest))?;
-        Ok(std::mem::take(&mut self.dest))
+        let renamed = durable.and_then(|()| {
+            if replace { fs::rename(&tmp, &dest) } else { crate::sys::rename_noreplace(&tmp, &dest) }
+                .at("cannot rename into place", &dest)
+        });
+        if let Err(e) = renamed {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = sync_dir(parent_dir(&dest)) {
+            // Not durable: it must not stay behind looking complete.
+            let _ = fs::remove_file(&dest);
+            return Err(e);
+        }
+        Ok(dest)
     }
 }
 
@@ -107,6 +141,14 @@ impl Drop for AtomicFile {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{:x}{:x}", N.fetch_add(1, Ordering::Relaxed), nanos)
 }
 
 fn parent_dir(p: &Path) -> &Path {
@@ -143,6 +185,13 @@ pub fn write_file(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.commit().map(|_| ())
 }
 
+/// Writes a small file atomically, failing if `dest` exists.
+pub fn write_new_file(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = AtomicFile::create_mode(dest, mode)?;
+    f.write_all(bytes).at("cannot write", dest)?;
+    f.commit_new().map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +210,28 @@ mod tests {
         f.commit().unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"whole");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn commit_new_never_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("backup.tar.gz");
+        write_file(&dest, b"first", 0o600).unwrap();
+        let e = write_new_file(&dest, b"second", 0o600).unwrap_err();
+        assert!(e.to_string().contains("cannot rename into place"), "{e}");
+        assert_eq!(fs::read(&dest).unwrap(), b"first");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1, "temporary left behind");
+    }
+
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let f = AtomicFile::create(&d.path().join("out")).unwrap();
+        // Whatever name a temporary gets, it is created exclusively: the victim is untouched.
+        drop(f);
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
     }
 
     #[test]

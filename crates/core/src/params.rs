@@ -89,7 +89,7 @@ pub fn looks_secret(key: &str) -> bool {
     if file_like {
         return false;
     }
-    ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "ACCESS_KEY", "PRIVATE_KEY", "API_KEY", "CREDENTIAL"]
+    ["PASSWORD", "PASSWD", "PASSPHRASE", "PWD", "SECRET", "TOKEN", "ACCESS_KEY", "PRIVATE_KEY", "API_KEY", "CREDENTIAL"]
         .iter()
         .any(|w| k.contains(w))
         || k == "PASS"
@@ -421,6 +421,7 @@ mod tests {
     #[test]
     fn secrets_by_name() {
         assert!(looks_secret("DB_PASSWORD"));
+        assert!(looks_secret("GPG_PASSPHRASE") && looks_secret("DB_PWD"));
         assert!(looks_secret("AWS_SECRET_ACCESS_KEY"));
         assert!(!looks_secret("KEY_FILE"));
         assert!(!looks_secret("CREDENTIAL_PATH"));

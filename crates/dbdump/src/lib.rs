@@ -169,6 +169,28 @@ impl Drop for SecretFile {
     }
 }
 
+/// A password that would break out of an option file, a pgpass line or a `read` line.
+pub fn check_password(pw: &str) -> Result<()> {
+    if pw.contains(['\n', '\r', '\0']) {
+        return Err(Error::usage("the password contains a line break or NUL, which cannot be passed safely"));
+    }
+    Ok(())
+}
+
+/// A file name for a database: the name itself when it is safe in a file name, else its safe
+/// form plus a short hash, so that two databases never share a dump file.
+pub fn file_stem(db: &str) -> String {
+    let safe = ncb_core::context::safe_name(db);
+    if safe == db {
+        return safe;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in db.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{safe}-{:08x}", h >> 32)
+}
+
 /// Refuses a credentials file that group or others may access.
 pub fn check_private(path: &Path, what: &str) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -241,7 +263,14 @@ pub fn capture(mut cmd: Command, stdin: Vec<u8>, what: &str) -> Result<String> {
     let errs = collect_stderr(&mut child);
     let mut out = String::new();
     if let Some(mut o) = child.stdout.take() {
-        o.read_to_string(&mut out).map_err(|e| Error::io(format!("{what}: cannot read output"), e))?;
+        let mut raw = Vec::new();
+        let read = o.read_to_end(&mut raw);
+        out = String::from_utf8_lossy(&raw).into_owned();
+        if let Err(e) = read {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::io(format!("{what}: cannot read output"), e));
+        }
     }
     let status = child.wait().map_err(|e| Error::io(what, e))?;
     if let Some(f) = feeder {
@@ -274,15 +303,19 @@ pub fn dump_to_file(
         Some(mut o) => copy_counting(&mut o, &mut comp, &mut raw),
         None => Ok(()),
     };
+    if copied.is_err() {
+        // Our side failed (disk full...): stop the child, whose SIGPIPE would hide the cause.
+        let _ = child.kill();
+    }
     let status = child.wait().map_err(|e| Error::io(what, e))?;
     if let Some(f) = feeder {
         let _ = f.join();
     }
     let stderr = errs.and_then(|h| h.join().ok()).unwrap_or_default();
+    copied.map_err(|e| Error::io(format!("{what}: cannot write {}", dest.display()), e))?;
     if !status.success() {
         return Err(failure(what, status, &stderr));
     }
-    copied.map_err(|e| Error::io(format!("{what}: cannot write {}", dest.display()), e))?;
     if !stderr.is_empty() {
         for l in stderr.lines().filter(|l| !l.trim().is_empty()).take(20) {
             log::info!("{what}: {l}");
@@ -290,7 +323,7 @@ pub fn dump_to_file(
     }
     let sink = comp.finish().map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
     let (file, bytes, sha256) = sink.finish();
-    let path = file.commit()?;
+    let path = file.commit_new()?;
     Ok((Artifact { path, bytes, sha256 }, raw))
 }
 

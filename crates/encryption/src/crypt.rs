@@ -96,6 +96,19 @@ pub fn encrypt_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| Error::usage(format!("{} has no file name", input.display())))?;
+    // Never write over (or, on failure, delete) an earlier encryption of the same name.
+    let earlier = format!("{base}.enc");
+    if let Ok(entries) = std::fs::read_dir(dest_dir) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n == earlier || n.starts_with(&format!("{earlier}.")) {
+                return Err(Error::runtime(format!(
+                    "{} already holds {n} from an earlier encryption of {base}: move it away, or give each run its own DESTINATION (e.g. with {{RUN_ID}})",
+                    dest_dir.display()
+                )));
+            }
+        }
+    }
     let file = File::open(input).at("cannot open", input)?;
     let size = file.metadata().at("cannot stat", input)?.len();
     let header = Header::new(segment, random()?, random()?, master.bytes());
@@ -120,8 +133,8 @@ pub fn encrypt_file(
         let (k, h) = (&keys, &header);
         let sealer = s.spawn(move || {
             for mut seg in plain_rx {
-                k.seal(h, &aad, seg.index, seg.last, &mut seg.buf);
-                if sealed_tx.send(seg).is_err() {
+                // On failure the sealer stops: the writer then sees the stream end early.
+                if k.seal(h, &aad, seg.index, seg.last, &mut seg.buf).is_err() || sealed_tx.send(seg).is_err() {
                     return;
                 }
             }
@@ -169,7 +182,7 @@ pub fn encrypt_file(
     };
     let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::runtime(format!("manifest: {e}")))?;
     let mpath = dest_dir.join(format!("{base}.enc{}", manifest::SUFFIX));
-    if let Err(e) = ncb_core::atomic::write_file(&mpath, &json, 0o600) {
+    if let Err(e) = ncb_core::atomic::write_new_file(&mpath, &json, 0o600) {
         out.abandon();
         return Err(e);
     }
@@ -274,7 +287,7 @@ impl PartWriter {
     fn close(&mut self) -> Result<()> {
         if let Some(cur) = self.current.take() {
             let (file, bytes, sha256) = cur.finish();
-            let path = file.commit()?;
+            let path = file.commit_new()?;
             self.done.push(Artifact { path, bytes, sha256 });
         }
         Ok(())

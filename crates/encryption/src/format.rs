@@ -193,11 +193,19 @@ impl Keys {
     }
 
     /// Encrypts `buf` in place and appends the tag.
-    pub fn seal(&self, h: &Header, aad: &[u8], index: u32, last: bool, buf: &mut Vec<u8>) {
+    /// Fails only past AES-GCM's 64 GiB per-message limit (segments are at most 16 MiB);
+    /// the buffer is then cleared, so plaintext can never be written as if sealed.
+    pub fn seal(&self, h: &Header, aad: &[u8], index: u32, last: bool, buf: &mut Vec<u8>) -> Result<(), ()> {
         let nonce = Nonce::assume_unique_for_key(Self::nonce(&h.nonce_prefix, index, last));
-        // Fails only past AES-GCM's 64 GiB per-message limit; segments are at most 16 MiB.
-        if let Ok(tag) = self.cipher.seal_in_place_separate_tag(nonce, Aad::from(aad), buf) {
-            buf.extend_from_slice(tag.as_ref());
+        match self.cipher.seal_in_place_separate_tag(nonce, Aad::from(aad), buf) {
+            Ok(tag) => {
+                buf.extend_from_slice(tag.as_ref());
+                Ok(())
+            }
+            Err(_) => {
+                buf.clear();
+                Err(())
+            }
         }
     }
 
@@ -248,7 +256,7 @@ mod tests {
         let k = Keys::open(&[5; 32], &h).unwrap();
         let aad = h.prefix();
         let mut buf = b"segment".to_vec();
-        k.seal(&h, &aad, 3, false, &mut buf);
+        k.seal(&h, &aad, 3, false, &mut buf).unwrap();
         for (i, last) in [(2, false), (3, true), (4, false)] {
             let mut c = buf.clone();
             assert!(!k.open_segment(&h, &aad, i, last, &mut c));

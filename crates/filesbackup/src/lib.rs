@@ -86,6 +86,7 @@ pub fn options(p: &Params) -> Result<Options> {
         strict: p.flag("STRICT", false)?,
         ignore_missing: p.flag("IGNORE_MISSING", false)?,
         compression: Settings::from_params(p)?,
+        replace_existing: false,
     })
 }
 

@@ -50,7 +50,7 @@ impl Creds {
             return Ok(c);
         }
         let mut section = String::new();
-        for l in lines {
+        for (n, l) in lines.into_iter().enumerate() {
             if let Some(s) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
                 section = s.trim().to_ascii_lowercase();
                 continue;
@@ -58,9 +58,8 @@ impl Creds {
             if !(section.is_empty() || section == "client" || section == "mysqldump" || section == "mysql") {
                 continue;
             }
-            let (k, v) = l
-                .split_once('=')
-                .ok_or_else(|| format!("line '{}' is not key=value", l.split('=').next().unwrap_or("")))?;
+            // Never quote the line: it may hold a password.
+            let (k, v) = l.split_once('=').ok_or_else(|| format!("entry {} is not key=value", n + 1))?;
             let v = unquote(v.trim());
             match k.trim().to_ascii_lowercase().replace('-', "_").as_str() {
                 "user" => c.user = Some(v),

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use ncb_archive::Settings;
 use ncb_archive::encoder::{FORMAT_PARAM, LEVEL_PARAM};
-use ncb_core::context::safe_name;
 use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Artifact, Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use ncb_dbdump::{SecretFile, Transport};
@@ -146,6 +145,9 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         None => Creds::default(),
     };
     base.override_with(p)?;
+    if let Some(pw) = &base.password {
+        ncb_dbdump::check_password(pw)?;
+    }
     let ports: Vec<Option<u64>> = match (base.port, p.list("MY_INSTANCES")?) {
         (None, list) if !list.is_empty() => list
             .iter()
@@ -232,7 +234,7 @@ fn dump_server(
     let ext = format!(".sql{}", settings.format.suffix());
     let mut dumped = Vec::new();
     for db in &databases {
-        let file = dest.join(format!("{}{suffix}_{stamp}{ext}", safe_name(db)));
+        let file = dest.join(format!("{}{suffix}_{stamp}{ext}", ncb_dbdump::file_stem(db)));
         let args = vec![
             s.defaults_arg(),
             "--single-transaction".into(),
@@ -242,6 +244,7 @@ fn dump_server(
             "--hex-blob".into(),
             "--quick".into(),
             "--default-character-set=utf8mb4".into(),
+            "--".into(),
             db.clone(),
         ];
         let what = format!("dump of database {db} on {}", s.label);

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use ncb_archive::encoder::{FORMAT_PARAM, LEVEL_PARAM};
 use ncb_archive::{Format, Settings};
-use ncb_core::context::safe_name;
 use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Artifact, IoContext, Result, StageCtx, StageDef, StageReport};
 use ncb_dbdump::{SecretFile, Transport};
@@ -115,9 +114,18 @@ impl Conn<'_> {
     }
 }
 
-/// A pgpass line matching any host, port, database and user, escaped.
-fn pgpass_line(password: &str) -> String {
-    format!("*:*:*:*:{}\n", password.replace('\\', "\\\\").replace(':', "\\:"))
+/// A pgpass line for this server (any database and user), escaped.
+fn pgpass_line(host: Option<&str>, port: Option<u64>, password: &str) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    let host = host.map_or("*".to_owned(), esc);
+    let port = port.map_or("*".to_owned(), |p| p.to_string());
+    format!("{host}:{port}:*:*:{}\n", esc(password))
+}
+
+/// `--dbname=` as a connection string holding only the database name, quoted: a database
+/// named like `host=elsewhere` or `postgresql://…` cannot redirect the dump.
+fn dbname_arg(db: &str) -> String {
+    format!("--dbname=dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
@@ -136,9 +144,13 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         common.push(format!("--username={u}"));
     }
     let password = p.get("PASSWORD").map(str::to_owned);
+    if let Some(pw) = &password {
+        ncb_dbdump::check_password(pw)?;
+    }
     let (passfile, own) = match (&password, p.path("PASSFILE"), transport.is_local()) {
         (Some(pw), _, true) => {
-            let f = SecretFile::create(&ctx.general.work_dir(), "pg-dump-pgpass", pgpass_line(pw).as_bytes())?;
+            let line = pgpass_line(p.str("HOST"), p.u64("PORT")?, pw);
+            let f = SecretFile::create(&ctx.general.work_dir(), "pg-dump-pgpass", line.as_bytes())?;
             (Some(f.path().to_path_buf()), Some(f))
         }
         (None, Some(file), true) => (Some(file), None),
@@ -161,6 +173,10 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     if let Err(e) = result {
         for a in report.artifacts.drain(..) {
             let _ = std::fs::remove_file(&a.path);
+            // A directory-format dump goes whole.
+            if let Some(dir) = a.path.parent().filter(|d| d.extension().is_some_and(|x| x == "dir")) {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
         return Err(e);
     }
@@ -194,7 +210,7 @@ fn dump_all(
     let mut dumped = Vec::new();
     for db in &databases {
         let what = format!("dump of database {db} on {}", c.label);
-        let stem = format!("{}_{stamp}", safe_name(db));
+        let stem = format!("{}_{stamp}", ncb_dbdump::file_stem(db));
         if format == "directory" {
             let dir = dest.join(format!("{stem}.dir"));
             report.artifacts.extend(dump_directory(c, pg_dump, db, &dir, &what)?);
@@ -205,7 +221,7 @@ fn dump_all(
             "plain" => ("--format=plain", dest.join(format!("{stem}.sql{}", settings.format.suffix())), settings),
             _ => ("--format=custom", dest.join(format!("{stem}.dump")), Settings { format: Format::None, ..settings }),
         };
-        let args = vec![flag.to_owned(), format!("--dbname={db}")];
+        let args = vec![flag.to_owned(), dbname_arg(db)];
         let (artifact, raw) = ncb_dbdump::dump_to_file(c.command(pg_dump, &args), c.stdin(), s, &file, &what)?;
         log::info!("{db}: {raw} bytes from pg_dump -> {} ({} bytes)", artifact.path.display(), artifact.bytes);
         dumped.push(serde_json::json!({"database": db, "dump_bytes": raw, "file": artifact.path}));
@@ -232,7 +248,7 @@ fn dump_all(
 fn dump_directory(c: &Conn, pg_dump: &str, db: &str, dir: &Path, what: &str) -> Result<Vec<Artifact>> {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.with_file_name(format!(".{name}{}{}", ncb_core::atomic::PARTIAL_MARK, std::process::id()));
-    let args = vec!["--format=directory".to_owned(), format!("--file={}", tmp.display()), format!("--dbname={db}")];
+    let args = vec!["--format=directory".to_owned(), format!("--file={}", tmp.display()), dbname_arg(db)];
     if let Err(e) = ncb_dbdump::capture(c.command(pg_dump, &args), c.stdin(), what) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -259,6 +275,8 @@ mod tests {
 
     #[test]
     fn pgpass_escaping() {
-        assert_eq!(pgpass_line(r"a:b\c"), "*:*:*:*:a\\:b\\\\c\n");
+        assert_eq!(pgpass_line(None, None, r"a:b\c"), "*:*:*:*:a\\:b\\\\c\n");
+        assert_eq!(pgpass_line(Some("db:1"), Some(5432), "p"), "db\\:1:5432:*:*:p\n");
+        assert_eq!(dbname_arg("x' host=evil"), "--dbname=dbname='x\\' host=evil'");
     }
 }

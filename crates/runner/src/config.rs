@@ -307,7 +307,7 @@ pub fn parse_duration(v: &Value) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         let n: u64 = num.parse().map_err(|_| bad())?;
-        total += n * unit;
+        total = n.checked_mul(unit).and_then(|x| x.checked_add(total)).ok_or_else(bad)?;
         num.clear();
     }
     if !num.is_empty() || total == 0 {
@@ -327,6 +327,8 @@ mod tests {
         assert_eq!(parse_duration(&json!("1h30m")).unwrap(), Duration::from_secs(5400));
         assert!(parse_duration(&json!("soon")).is_err());
         assert!(parse_duration(&json!(0)).is_err());
+        assert!(parse_duration(&json!("99999999999999999999h")).is_err());
+        assert!(parse_duration(&json!("9999999999999999d")).is_err());
     }
 
     #[test]

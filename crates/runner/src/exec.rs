@@ -122,7 +122,8 @@ fn spawn_reader<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<Line>, wrap: fn
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
+            // Lines are cut at 64 KiB: a child printing without newlines cannot grow memory.
+            match (&mut reader).take(64 << 10).read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     let line = String::from_utf8_lossy(&buf).trim_end().to_owned();

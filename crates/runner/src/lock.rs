@@ -32,6 +32,7 @@ pub fn acquire(work: &Path, config: &Path, run_id: &str) -> Result<RunLock> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .at("cannot open lock file", &path)?;
     match file.try_lock() {

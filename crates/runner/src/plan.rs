@@ -51,7 +51,7 @@ impl Step {
 
     fn is_secret(&self, key: &str) -> bool {
         let spec_secret = match &self.target {
-            Target::Stage { def, .. } | Target::Load { def, .. } => def.is_secret(key),
+            Target::Stage { def, .. } | Target::Load { def, .. } => def.is_secret(&params::canonical_key(key)),
             Target::External { .. } => false,
         };
         spec_secret || looks_secret(key)
