@@ -336,16 +336,16 @@ impl Writer<'_> {
 
     fn file(&mut self, path: &Path, name: &Path, meta: &Metadata) -> Result<()> {
         let key = (meta.dev(), meta.ino());
-        if meta.nlink() > 1 {
-            if let Some(first) = self.links.get(&key) {
-                let first = first.clone();
-                let mut h = self.header(meta);
-                h.set_entry_type(EntryType::Link);
-                h.set_size(0);
-                self.link_entry(&mut h, name, &first)?;
-                self.stats.hardlinks += 1;
-                return Ok(());
-            }
+        if meta.nlink() > 1
+            && let Some(first) = self.links.get(&key)
+        {
+            let first = first.clone();
+            let mut h = self.header(meta);
+            h.set_entry_type(EntryType::Link);
+            h.set_size(0);
+            self.link_entry(&mut h, name, &first)?;
+            self.stats.hardlinks += 1;
+            return Ok(());
         }
         let file = match File::open(path) {
             Ok(f) => f,
@@ -419,10 +419,8 @@ impl Read for ExactReader<'_> {
             }
         };
         let n = if n == 0 {
-            if self.error.is_none() {
-                if self.short == 0 {
-                    self.short = self.left;
-                }
+            if self.error.is_none() && self.short == 0 {
+                self.short = self.left;
             }
             buf[..want].fill(0);
             want

@@ -20,7 +20,8 @@ pub const DEFAULT_BLOCK: usize = 1 << 20;
 
 type Job = (u64, Vec<u8>);
 /// (sequence, the gzip member or why it could not be made, the input buffer to recycle)
-type Done = (u64, Result<Vec<u8>, String>, Vec<u8>);
+type Done = (u64, Member, Vec<u8>);
+type Member = Result<Vec<u8>, String>;
 
 #[derive(Debug)]
 pub struct ParallelGzWriter<W: Write + Send + 'static> {
@@ -157,7 +158,7 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: Compression) 
 }
 
 fn write_in_order<W: Write>(mut out: W, rx: &Receiver<Done>, tokens: &SyncSender<Vec<u8>>) -> io::Result<W> {
-    let mut pending: BTreeMap<u64, (Result<Vec<u8>, String>, Vec<u8>)> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, (Member, Vec<u8>)> = BTreeMap::new();
     let mut next = 0u64;
     for (seq, member, input) in rx {
         pending.insert(seq, (member, input));

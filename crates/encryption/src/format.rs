@@ -144,6 +144,10 @@ impl Header {
     }
 }
 
+/// AES-GCM refused to seal a segment (only possible past its per-message size limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealError;
+
 /// The per-file keys.
 pub struct Keys {
     cipher: LessSafeKey,
@@ -195,7 +199,7 @@ impl Keys {
     /// Encrypts `buf` in place and appends the tag.
     /// Fails only past AES-GCM's 64 GiB per-message limit (segments are at most 16 MiB);
     /// the buffer is then cleared, so plaintext can never be written as if sealed.
-    pub fn seal(&self, h: &Header, aad: &[u8], index: u32, last: bool, buf: &mut Vec<u8>) -> Result<(), ()> {
+    pub fn seal(&self, h: &Header, aad: &[u8], index: u32, last: bool, buf: &mut Vec<u8>) -> Result<(), SealError> {
         let nonce = Nonce::assume_unique_for_key(Self::nonce(&h.nonce_prefix, index, last));
         match self.cipher.seal_in_place_separate_tag(nonce, Aad::from(aad), buf) {
             Ok(tag) => {
@@ -204,7 +208,7 @@ impl Keys {
             }
             Err(_) => {
                 buf.clear();
-                Err(())
+                Err(SealError)
             }
         }
     }
