@@ -8,9 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 W=${1:-/var/tmp/ncb-bench}
-command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
-command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
-scripts/install-deps.sh
+bench_setup
 cargo build --release --locked -p encryption >&2
 ENC=$PWD/target/release/encryption
 big=$(ensure_big_file "$W")

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 ROWS=${1:-1000000}
-scripts/install-deps.sh
+bench_setup
 export NCB_SERVERS_DIR=${NCB_SERVERS_DIR:-/var/tmp/ncb-servers}
 if ! [ -f "$NCB_SERVERS_DIR/env" ] || ! mariadb-admin --defaults-file="$NCB_SERVERS_DIR/mariadb/my.cnf" ping >/dev/null 2>&1; then
   scripts/servers.sh start

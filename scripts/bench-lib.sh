@@ -43,3 +43,10 @@ ensure_big_file() {
   fi
   echo "$big"
 }
+
+# bench_setup: the tools every benchmark needs (GNU time, bc, the test dependencies).
+bench_setup() {
+  command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
+  command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
+  scripts/install-deps.sh
+}

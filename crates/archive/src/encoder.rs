@@ -60,6 +60,13 @@ pub const LEVEL_PARAM: ncb_core::ParamSpec =
     ncb_core::ParamSpec::new("COMPRESSION_LEVEL", ncb_core::Kind::Int, "gzip 1-9 (default 6), zstd 1-19 (default 3)");
 
 impl Settings {
+    /// The problem with COMPRESSION_FORMAT / COMPRESSION_LEVEL, for a stage's `validate`.
+    pub fn check(p: &Params) -> Option<ncb_core::Problem> {
+        Self::from_params(p)
+            .err()
+            .map(|e| ncb_core::Problem { key: "COMPRESSION_LEVEL".into(), message: e.to_string() })
+    }
+
     pub fn from_params(p: &Params) -> Result<Self> {
         let format = match p.choice("COMPRESSION_FORMAT", FORMATS, "gzip")?.as_str() {
             "zstd" => Format::Zstd,

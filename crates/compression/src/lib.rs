@@ -29,9 +29,7 @@ pub static STAGE: StageDef = StageDef {
 
 fn validate(p: &Params) -> Vec<Problem> {
     let mut problems = Vec::new();
-    if let Err(e) = Settings::from_params(p) {
-        problems.push(Problem { key: "COMPRESSION_LEVEL".into(), message: e.to_string() });
-    }
+    problems.extend(Settings::check(p));
     if let Err(e) = plan(p) {
         problems.push(Problem { key: "OBJECTIVES".into(), message: e.to_string() });
     }
@@ -109,9 +107,7 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
             }
             Err(e) => {
                 // A failed run leaves no archive that could pass for its output.
-                for a in &report.artifacts {
-                    let _ = std::fs::remove_file(&a.path);
-                }
+                report.discard_artifacts();
                 return Err(e);
             }
         }

@@ -315,6 +315,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// POSIX shell single-quoting: the word as it is when it is safe, else in single quotes.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// Values usable as `{NAME}` placeholders.
 pub type Vars<'a> = [(&'a str, &'a str)];
 
@@ -390,6 +399,14 @@ mod tests {
         p.push("fileset-include", "/a /b");
         p.push("FILESET_INCLUDE", r#"["/c d"]"#);
         assert_eq!(p.list("FILESET_INCLUDE").unwrap(), ["/a", "/b", "/c d"]);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/a/b"), "/a/b");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
     }
 
     #[test]

@@ -51,6 +51,13 @@ impl StageReport {
     pub fn set(&mut self, key: &str, value: impl Into<serde_json::Value>) {
         self.data.insert(key.to_owned(), value.into());
     }
+    /// Removes every artifact this stage made: a failed stage leaves no output behind.
+    pub fn discard_artifacts(&mut self) {
+        for a in self.artifacts.drain(..) {
+            let _ = std::fs::remove_file(&a.path);
+        }
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.artifacts.iter().map(|a| a.bytes).sum()
     }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use ncb_archive::{Compressor, Settings};
 use ncb_core::atomic::AtomicFile;
 use ncb_core::hash::HashWriter;
-use ncb_core::params::{Kind, ParamSpec, Params};
+use ncb_core::params::{Kind, ParamSpec, Params, shell_quote};
 use ncb_core::{Artifact, Error, IoContext, Result};
 
 /// The transport parameters both database stages accept.
@@ -115,21 +115,23 @@ impl Transport {
 fn remote_line(program: &str, args: &[String], prelude: &str) -> String {
     let mut s = String::from(prelude);
     s.push_str("exec ");
-    s.push_str(&quote(program));
+    s.push_str(&shell_quote(program));
     for a in args {
         s.push(' ');
-        s.push_str(&quote(a));
+        s.push_str(&shell_quote(a));
     }
     s
 }
 
-/// POSIX shell single-quoting.
-pub fn quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+/// DESTINATION (default WORK_FOLDER) / PREFIX_FOLDER, created 0700.
+pub fn dump_folder(p: &Params, ctx: &ncb_core::StageCtx) -> Result<PathBuf> {
+    let dest = p.path("DESTINATION").unwrap_or_else(|| ctx.general.work_dir());
+    let dest = match p.str("PREFIX_FOLDER") {
+        Some(sub) => dest.join(sub),
+        None => dest,
+    };
+    ncb_core::atomic::ensure_dir(&dest, 0o700)?;
+    Ok(dest)
 }
 
 /// A 0600 file holding a secret, removed when dropped (also on errors and panics).
@@ -348,7 +350,6 @@ mod tests {
     #[test]
     fn remote_lines_are_quoted() {
         assert_eq!(remote_line("mysqldump", &["--x=a b".into(), "db".into()], ""), "exec mysqldump '--x=a b' db");
-        assert_eq!(quote("it's"), r"'it'\''s'");
     }
 
     #[test]

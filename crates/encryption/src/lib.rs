@@ -155,10 +155,7 @@ fn encrypt(p: &Params, master: &key::MasterKey, report: &mut StageReport) -> Res
                 report.artifacts.push(e.manifest);
             }
             Err(err) => {
-                for a in &report.artifacts {
-                    let _ = std::fs::remove_file(&a.path);
-                }
-                report.artifacts.clear();
+                report.discard_artifacts();
                 return Err(err);
             }
         }

@@ -50,9 +50,7 @@ pub static STAGE: StageDef = StageDef {
 
 fn validate(p: &Params) -> Vec<Problem> {
     let mut problems = Vec::new();
-    if let Err(e) = Settings::from_params(p) {
-        problems.push(Problem { key: "COMPRESSION_LEVEL".into(), message: e.to_string() });
-    }
+    problems.extend(Settings::check(p));
     if !p.flag("IGNORE_MISSING", false).unwrap_or(false) {
         let missing: Vec<String> = p
             .paths("FILESET_INCLUDE")

@@ -72,9 +72,7 @@ fn validate(p: &Params) -> Vec<Problem> {
     if let Err(e) = Transport::from_params(p) {
         problems.push(Problem { key: "SSH_HOST".into(), message: e.to_string() });
     }
-    if let Err(e) = Settings::from_params(p) {
-        problems.push(Problem { key: "COMPRESSION_LEVEL".into(), message: e.to_string() });
-    }
+    problems.extend(Settings::check(p));
     if p.has("BINLOG_PATH") && (p.has("SSH_HOST") || p.has("DOCKER_CONTAINER")) {
         problems.push(Problem {
             key: "BINLOG_PATH".into(),
@@ -157,12 +155,7 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
             .collect::<Result<_>>()?,
         (port, _) => vec![port],
     };
-    let dest = p.path("DESTINATION").unwrap_or_else(|| ctx.general.work_dir());
-    let dest = match p.str("PREFIX_FOLDER") {
-        Some(sub) => dest.join(sub),
-        None => dest,
-    };
-    ncb_core::atomic::ensure_dir(&dest, 0o700)?;
+    let dest = ncb_dbdump::dump_folder(p, ctx)?;
     let dump_bin = dump_binary(p, &mut report);
     let client_bin = p.str("MYSQL_BINARY").unwrap_or("mysql").to_owned();
     let result = (|| -> Result<()> {
@@ -202,9 +195,7 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     })();
     if let Err(e) = result {
         // Never half-succeed: the dumps of this run go with the failure.
-        for a in report.artifacts.drain(..) {
-            let _ = std::fs::remove_file(&a.path);
-        }
+        report.discard_artifacts();
         return Err(e);
     }
     Ok(report)

@@ -163,20 +163,20 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     );
     let label = if transport.is_local() { label } else { format!("{label} via {}", transport.place()) };
     let conn = Conn { transport: &transport, common, password, passfile, _own: own, label };
-    let dest = p.path("DESTINATION").unwrap_or_else(|| ctx.general.work_dir());
-    let dest = match p.str("PREFIX_FOLDER") {
-        Some(sub) => dest.join(sub),
-        None => dest,
-    };
-    ncb_core::atomic::ensure_dir(&dest, 0o700)?;
+    let dest = ncb_dbdump::dump_folder(p, ctx)?;
     let result = dump_all(ctx, p, &conn, &dest, &format, settings, &mut report);
     if let Err(e) = result {
-        for a in report.artifacts.drain(..) {
-            let _ = std::fs::remove_file(&a.path);
-            // A directory-format dump goes whole.
-            if let Some(dir) = a.path.parent().filter(|d| d.extension().is_some_and(|x| x == "dir")) {
-                let _ = std::fs::remove_dir(dir);
-            }
+        // A directory-format dump goes whole, its folder too.
+        let dirs: Vec<PathBuf> = report
+            .artifacts
+            .iter()
+            .filter_map(|a| {
+                a.path.parent().filter(|d| d.extension().is_some_and(|x| x == "dir")).map(Path::to_path_buf)
+            })
+            .collect();
+        report.discard_artifacts();
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
         }
         return Err(e);
     }

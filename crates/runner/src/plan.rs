@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ncb_core::StageDef;
 use ncb_core::context::{GENERAL_PARAMS, General, env, placeholder_vars};
-use ncb_core::params::{self, Params, looks_secret};
+use ncb_core::params::{self, Params, looks_secret, shell_quote};
 
 use crate::config::{Action, Config, ConfigProblem, OnFailure, RawSection};
 use crate::registry;
@@ -371,14 +371,6 @@ pub fn display(step: &Step) -> String {
     parts.join(" ")
 }
 
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,12 +380,5 @@ mod tests {
         assert_eq!(mask_url_password("https://u:p@h/x"), "https://u:****@h/x");
         assert_eq!(mask_url_password("https://h/x@y"), "https://h/x@y");
         assert_eq!(mask_url_password("/plain"), "/plain");
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(shell_quote("/a/b"), "/a/b");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }
