@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A real backup and its restore on a fresh machine, with no servers: builds nc-backup, makes
 # sample data and a key under /tmp/nc-backup-demo, runs conf/demo.json (files -> compression
-# -> encryption into split parts), then restores with `encryption -d` and GNU tar and
-# compares the restored files with the originals.
+# -> encryption into split parts -> local storage with retention), then fetches the run back
+# with `storage --download`, decrypts with `encryption -d`, unpacks with GNU tar and compares
+# the restored files with the originals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=/tmp/nc-backup-demo
@@ -24,12 +25,12 @@ echo "== checking conf/demo.json"
 echo "== running the backup"
 "$BIN/backup-runner" -r -v -c conf/demo.json --json > "$DEMO/report.json"
 run_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$DEMO/report.json")
-echo "== backup of run $run_id:"
-ls -l "$DEMO/backups/$run_id"
+echo "== stored run $run_id:"
+ls -l "$DEMO/backups/demo-host/$run_id"
 
-echo "== restoring: encryption -d, then tar"
-mkdir -p "$DEMO/restore"
-"$BIN/encryption" -d --KEY_FILE "$DEMO/key_file" --OBJECTIVES "$DEMO/backups/$run_id/files.tar.gz" --DESTINATION "$DEMO/restore/files.tar.gz"
+echo "== restoring: storage --download, encryption -d, then tar"
+"$BIN/storage" --download --PATH "$DEMO/backups" --PREFIX demo-host --RUN latest --DESTINATION "$DEMO/restore/fetched"
+"$BIN/encryption" -d --KEY_FILE "$DEMO/key_file" --OBJECTIVES "$DEMO/restore/fetched/files.tar.gz" --DESTINATION "$DEMO/restore/files.tar.gz"
 tar -xzf "$DEMO/restore/files.tar.gz" -C "$DEMO/restore"            # files/<host>_FILESET_<time>.tar.gz
 tar -xzf "$DEMO/restore"/files/*.tar.gz -C "$DEMO/restore"           # tmp/nc-backup-demo/data/...
 diff -r --exclude='*.tmp' --exclude=cache "$DEMO/data" "$DEMO/restore$DEMO/data"

@@ -4,9 +4,10 @@ use nc_backup_e2e::{bin, cmd, run};
 
 /// Every binary of the workspace.
 pub const BINARIES: &[&str] =
-    &["backup-runner", "size-calc", "filesbackup", "compression", "encryption", "mysql-dump", "pg-dump"];
+    &["backup-runner", "size-calc", "filesbackup", "compression", "encryption", "mysql-dump", "pg-dump", "storage"];
 /// The stage binaries.
-pub const STAGES: &[&str] = &["size-calc", "filesbackup", "compression", "encryption", "mysql-dump", "pg-dump"];
+pub const STAGES: &[&str] =
+    &["size-calc", "filesbackup", "compression", "encryption", "mysql-dump", "pg-dump", "storage"];
 
 #[test]
 fn every_binary_has_help_and_version() {

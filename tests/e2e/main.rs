@@ -8,3 +8,4 @@ mod db;
 mod files;
 mod pipeline;
 mod runner;
+mod storage;

@@ -21,20 +21,28 @@ fn files_compression_encryption_then_restore_by_hand() {
     let run_id = report["run_id"].as_str().unwrap();
     let statuses: Vec<&str> =
         report["sections"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["ok", "ok", "ok", "ok"]);
-    let backups = sb.join(format!("backups/{run_id}"));
-    assert!(backups.join("files.tar.gz.enc.manifest.json").is_file());
-    assert!(!sb.join("work/files").exists() && !sb.join("work/compressed").exists(), "REMOVE_OBJECTIVES left inputs");
-    assert_eq!(report["sections"][3]["data"]["files"], std::fs::read_dir(&backups).unwrap().count());
+    assert_eq!(statuses, ["ok", "ok", "ok", "ok", "ok"]);
+    let stored = sb.join(format!("backups/demo-host/{run_id}"));
+    assert!(stored.join("files.tar.gz.enc.manifest.json").is_file() && stored.join("RUN-MANIFEST.json").is_file());
+    for gone in ["work/files", "work/compressed", "work/encrypted"] {
+        assert!(!sb.join(gone).exists(), "REMOVE_OBJECTIVES left {gone}");
+    }
+    assert_eq!(report["sections"][4]["data"]["files"], std::fs::read_dir(&stored).unwrap().count());
 
     let restore = sb.join("restore");
-    std::fs::create_dir(&restore).unwrap();
+    run(cmd(&bin("storage"))
+        .args(["--download", "--PREFIX", "demo-host"])
+        .arg("--PATH")
+        .arg(sb.join("backups"))
+        .arg("--DESTINATION")
+        .arg(restore.join("fetched")))
+    .expect(0);
     run(cmd(&bin("encryption"))
         .arg("-d")
         .arg("--KEY_FILE")
         .arg(sb.join("key_file"))
         .arg("--OBJECTIVES")
-        .arg(backups.join("files"))
+        .arg(restore.join("fetched/files"))
         .arg("--DESTINATION")
         .arg(&restore))
     .expect(0);

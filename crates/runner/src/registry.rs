@@ -14,13 +14,14 @@ pub struct Known {
 /// Every stage of nc-backup. `def: None` marks a stage not available in this build, so that
 /// a config naming it gets a precise error rather than "unknown".
 pub fn stages() -> Vec<Known> {
-    let built: [&'static StageDef; 6] = [
+    let built: [&'static StageDef; 7] = [
         &size_calc::STAGE,
         &filesbackup::STAGE,
         &compression::STAGE,
         &encryption::STAGE,
         &mysql_dump::STAGE,
         &pg_dump::STAGE,
+        &storage::STAGE,
     ];
     let planned: [(&str, &[&str]); 7] = [
         ("filesbackup", &["files", "files_backup", "files-backup"]),

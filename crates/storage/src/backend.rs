@@ -1,0 +1,175 @@
+//! Where runs are stored. Layout, the same for every backend:
+//!
+//! ```text
+//! <PREFIX><RUN_ID>/<file>            every file of the run, by its path relative to its objective
+//! <PREFIX><RUN_ID>/RUN-MANIFEST.json written last: a run without it is incomplete
+//! ```
+//! PREFIX defaults to `<HOSTNAME>/`. A backend stores and fetches whole files, verified by
+//! size and SHA-256.
+
+use std::path::{Path, PathBuf};
+
+use ncb_core::atomic::AtomicFile;
+use ncb_core::hash::{HashWriter, sha256_file};
+use ncb_core::{Artifact, Error, IoContext, Result};
+use serde::{Deserialize, Serialize};
+
+pub const RUN_MANIFEST: &str = "RUN-MANIFEST.json";
+
+/// Size and SHA-256 of a stored file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The manifest of one run in one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunManifest {
+    pub format: String,
+    pub version: u8,
+    pub run_id: String,
+    pub host: String,
+    pub created: String,
+    pub files: Vec<FileInfo>,
+}
+
+impl RunManifest {
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let m: RunManifest = serde_json::from_slice(bytes).map_err(|e| format!("not a run manifest: {e}"))?;
+        if m.format != "ncb-run" || m.version != 1 {
+            return Err(format!("unsupported run manifest {} v{}", m.format, m.version));
+        }
+        if let Some(f) = m.files.iter().find(|f| !safe_relative(&f.name)) {
+            return Err(format!("file name '{}' is not a plain relative path", f.name));
+        }
+        Ok(m)
+    }
+}
+
+/// A relative path without `..`, root or empty components.
+pub fn safe_relative(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('/') && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// What every destination does.
+pub trait Backend {
+    /// For messages: "local /backups".
+    fn describe(&self) -> String;
+    /// Size and SHA-256 of a stored file, when it is there.
+    fn stat(&self, key: &str) -> Result<Option<(u64, String)>>;
+    /// Stores `local` under `key`; the stored bytes must hash to `info.sha256`.
+    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()>;
+    /// Small files (manifests).
+    fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()>;
+    fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Fetches `key` into `dest`, checking size and SHA-256.
+    fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact>;
+    /// The run ids under `prefix` (complete or not).
+    fn runs(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Deletes a whole run.
+    fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()>;
+}
+
+/// A folder on this machine (or a mounted one).
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub root: PathBuf,
+}
+
+impl Local {
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+impl Backend for Local {
+    fn describe(&self) -> String {
+        format!("local {}", self.root.display())
+    }
+
+    fn stat(&self, key: &str) -> Result<Option<(u64, String)>> {
+        let p = self.path(key);
+        if !p.is_file() {
+            return Ok(None);
+        }
+        sha256_file(&p).map(Some)
+    }
+
+    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
+        let dest = self.path(key);
+        ncb_core::atomic::ensure_dir(dest.parent().unwrap_or(&self.root), 0o700)?;
+        let mut src = std::fs::File::open(local).at("cannot open", local)?;
+        let mut out = HashWriter::new(AtomicFile::create(&dest)?);
+        std::io::copy(&mut src, &mut out).at("cannot copy", local)?;
+        let (file, bytes, sha) = out.finish();
+        if bytes != info.size || sha != info.sha256 {
+            return Err(Error::runtime(format!(
+                "{} changed while it was stored ({bytes} bytes, sha256 {sha}; expected {} bytes, {})",
+                local.display(),
+                info.size,
+                info.sha256
+            )));
+        }
+        file.commit()?;
+        Ok(())
+    }
+
+    fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let dest = self.path(key);
+        ncb_core::atomic::ensure_dir(dest.parent().unwrap_or(&self.root), 0o700)?;
+        ncb_core::atomic::write_file(&dest, bytes, 0o600)
+    }
+
+    fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.path(key);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::path("cannot read", &p, e)),
+        }
+    }
+
+    fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
+        let src = self.path(key);
+        let mut input = std::fs::File::open(&src).at("cannot open", &src)?;
+        let mut out = HashWriter::new(AtomicFile::create(dest)?);
+        std::io::copy(&mut input, &mut out).at("cannot copy", &src)?;
+        let (file, bytes, sha256) = out.finish();
+        if bytes != info.size || sha256 != info.sha256 {
+            return Err(Error::runtime(format!(
+                "{}: {bytes} bytes with sha256 {sha256}, the run manifest says {} bytes with {} (damaged or replaced)",
+                src.display(),
+                info.size,
+                info.sha256
+            )));
+        }
+        Ok(Artifact { path: file.commit()?, bytes, sha256 })
+    }
+
+    fn runs(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.path(prefix);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::path("cannot list", &dir, e)),
+        };
+        let mut runs: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| crate::retention::run_time(n).is_some())
+            .collect();
+        runs.sort();
+        Ok(runs)
+    }
+
+    fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()> {
+        let dir = self.path(&format!("{prefix}{run_id}"));
+        // The manifest goes first: a half-deleted run is then visibly incomplete.
+        let _ = std::fs::remove_file(dir.join(RUN_MANIFEST));
+        std::fs::remove_dir_all(&dir).at("cannot delete", &dir)
+    }
+}

@@ -1,0 +1,338 @@
+//! storage: puts a run's files into each destination under `<PREFIX><RUN_ID>/`, skipping files
+//! already there with the same size and SHA-256, and writes the run manifest last, so a run
+//! without it is visibly incomplete; fetches a run back (`--download`), checking every file;
+//! applies retention (KEEP_LAST/DAILY/WEEKLY/MONTHLY, restic semantics).
+//!
+//! This build stores into local folders (DESTINATION local, and GENERAL LOCAL_BACKUP);
+//! S3 and rclone destinations are not available yet and are refused by `--check`.
+
+pub mod backend;
+pub mod retention;
+
+use std::path::{Path, PathBuf};
+
+use ncb_core::context::safe_name;
+use ncb_core::hash::sha256_file;
+use ncb_core::params::{Kind, ParamSpec, Params, Problem};
+use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
+
+use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
+use retention::Policy;
+
+pub static PARAMS: [ParamSpec; 17] = [
+    ParamSpec::new(
+        "DESTINATION",
+        Kind::List,
+        "Where to store: local (more to come: s3, rclone); with --download, the folder to fetch into",
+    ),
+    ParamSpec::new("PATH", Kind::Path, "DESTINATION local: the folder runs are stored in"),
+    ParamSpec::new("PREFIX", Kind::Str, "Folder of this host's runs in each destination (default <HOSTNAME>/)"),
+    ParamSpec::new("OBJECTIVES", Kind::Paths, "Files, or folders whose files (all levels) to store"),
+    ParamSpec::new(
+        "REMOVE_OBJECTIVES",
+        Kind::Bool,
+        "Delete the inputs once every destination holds them and its run manifest",
+    ),
+    ParamSpec::new("MAX_UPLOAD_FILES", Kind::Int, "Refuse a run of more files than this"),
+    ParamSpec::new("UPLOAD_COMMAND", Kind::Ignored, "nc-backup-py: the aws cli command"),
+    ParamSpec::new("KEEP_LAST", Kind::Int, "Retention: keep the N most recent runs"),
+    ParamSpec::new("KEEP_DAILY", Kind::Int, "Retention: keep the newest run of each of the last N days with runs"),
+    ParamSpec::new("KEEP_WEEKLY", Kind::Int, "Retention: likewise for ISO weeks"),
+    ParamSpec::new("KEEP_MONTHLY", Kind::Int, "Retention: likewise for months"),
+    ParamSpec::new("DRY_RUN", Kind::Bool, "Retention: list what would be deleted, delete nothing"),
+    ParamSpec::new("DOWNLOAD", Kind::Switch, "Fetch a run back instead of storing"),
+    ParamSpec::new(
+        "SOURCE",
+        Kind::Choice(&["local"]),
+        "--download: the destination kind to fetch from (default local)",
+    ),
+    ParamSpec::new("RUN", Kind::Str, "--download: a run id, or latest (default): the newest complete run"),
+    ParamSpec::new("MAX_DOWNLOAD_FILES", Kind::Int, "--download: refuse a run of more files than this"),
+    ParamSpec::new("BUCKET_NAME", Kind::Str, "DESTINATION s3 (not available in this build yet)"),
+];
+
+pub static STAGE: StageDef = StageDef {
+    name: "storage",
+    aliases: &["store", "upload"],
+    legacy_executables: &["storage.py"],
+    about: "Store a run's files in destinations, fetch them back, apply retention",
+    params: &PARAMS,
+    validate,
+    run,
+};
+
+const KINDS: [&str; 3] = ["local", "s3", "rclone"];
+
+fn validate(p: &Params) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut bad = |key: &str, m: String| problems.push(Problem { key: key.into(), message: m });
+    if p.flag("DOWNLOAD", false).unwrap_or(false) {
+        if p.str("DESTINATION").is_none() {
+            bad("DESTINATION", "--download needs the folder to fetch into".into());
+        }
+        if p.str("PATH").is_none() {
+            bad("PATH", "--download from local needs the folder runs are stored in".into());
+        }
+        return problems;
+    }
+    let kinds = p.list("DESTINATION").unwrap_or_default();
+    if kinds.is_empty() {
+        bad("DESTINATION", "missing required parameter (local)".into());
+    }
+    for k in &kinds {
+        match k.to_ascii_lowercase().as_str() {
+            "local" if p.str("PATH").is_none() => {
+                bad("PATH", "DESTINATION local needs PATH, the folder to store runs in".into())
+            }
+            "local" => {}
+            "s3" | "rclone" => bad("DESTINATION", format!("destination {k} is not available in this build yet")),
+            other => bad("DESTINATION", format!("unknown destination '{other}' (known: {})", KINDS.join(", "))),
+        }
+    }
+    if let Some(prefix) = p.str("PREFIX")
+        && !prefix.trim_end_matches('/').split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    {
+        bad("PREFIX", format!("'{prefix}' is not a plain relative folder"));
+    }
+    problems
+}
+
+fn prefix(p: &Params, ctx: &StageCtx) -> String {
+    let raw = p.str("PREFIX").map(str::to_owned).unwrap_or_else(|| safe_name(&ctx.general.hostname));
+    let t = raw.trim_matches('/');
+    if t.is_empty() { String::new() } else { format!("{t}/") }
+}
+
+fn policy(p: &Params) -> Result<Policy> {
+    let n = |k: &str| -> Result<usize> { Ok(usize::try_from(p.u64(k)?.unwrap_or(0)).unwrap_or(usize::MAX)) };
+    Ok(Policy {
+        last: n("KEEP_LAST")?,
+        daily: n("KEEP_DAILY")?,
+        weekly: n("KEEP_WEEKLY")?,
+        monthly: n("KEEP_MONTHLY")?,
+    })
+}
+
+fn backends(p: &Params, ctx: &StageCtx) -> Result<Vec<Box<dyn Backend>>> {
+    let mut out: Vec<Box<dyn Backend>> = Vec::new();
+    for k in p.list("DESTINATION")? {
+        match k.to_ascii_lowercase().as_str() {
+            "local" => out.push(Box::new(Local { root: p.required_path("PATH")? })),
+            other => return Err(Error::usage(format!("destination {other} is not available in this build yet"))),
+        }
+    }
+    if let Some(lb) = &ctx.general.local_backup {
+        out.push(Box::new(Local { root: lb.clone() }));
+    }
+    Ok(out)
+}
+
+fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
+    let mut report = StageReport::new(STAGE.name);
+    if p.has("UPLOAD_COMMAND") {
+        log::info!("UPLOAD_COMMAND is ignored: files are stored in-process");
+    }
+    let prefix = prefix(p, ctx);
+    if p.flag("DOWNLOAD", false)? {
+        let src = Local { root: p.required_path("PATH")? };
+        download(p, &src, &prefix, &mut report)?;
+        return Ok(report);
+    }
+    let dests = backends(p, ctx)?;
+    let files = collect(p)?;
+    if let Some(max) = p.u64("MAX_UPLOAD_FILES")?
+        && files.len() as u64 > max
+    {
+        return Err(Error::runtime(format!("{} files to store exceed MAX_UPLOAD_FILES {max}", files.len())));
+    }
+    // Each source is hashed once, then copied into every destination.
+    let infos: Vec<(PathBuf, FileInfo)> = files
+        .into_iter()
+        .map(|(path, name)| sha256_file(&path).map(|(size, sha256)| (path, FileInfo { name, size, sha256 })))
+        .collect::<Result<_>>()?;
+    for d in &dests {
+        store_run(d.as_ref(), ctx, &prefix, &infos, &mut report)?;
+    }
+    if p.flag("REMOVE_OBJECTIVES", false)? && !infos.is_empty() {
+        for obj in p.paths("OBJECTIVES")? {
+            ncb_core::atomic::remove_input(&obj)?;
+        }
+    }
+    let pol = policy(p)?;
+    if !pol.is_empty() {
+        for d in &dests {
+            apply_retention(d.as_ref(), &prefix, pol, &ctx.run_id, p.flag("DRY_RUN", false)?, &mut report)?;
+        }
+    }
+    report.set("files", infos.len());
+    report.set("bytes", infos.iter().map(|(_, i)| i.size).sum::<u64>());
+    Ok(report)
+}
+
+/// Every regular file of the objectives, with its name in the run (relative to the objective's
+/// parent for folders, its own name for files). Unfinished `.partial-` files are left out.
+fn collect(p: &Params) -> Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for obj in p.paths("OBJECTIVES")? {
+        let meta = std::fs::metadata(&obj).at("objective", &obj)?;
+        if meta.is_file() {
+            out.push((obj.clone(), file_name(&obj)));
+            continue;
+        }
+        let mut stack = vec![(obj.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)
+                .at("cannot list", &dir)?
+                .collect::<std::io::Result<_>>()
+                .at("cannot list", &dir)?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if ncb_core::atomic::is_partial(&e.file_name()) {
+                    continue;
+                }
+                let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let t = e.file_type().at("cannot stat", &e.path())?;
+                if t.is_dir() {
+                    stack.push((e.path(), r));
+                } else if t.is_file() {
+                    out.push((e.path(), r));
+                }
+            }
+        }
+    }
+    let mut names: Vec<&str> = out.iter().map(|(_, n)| n.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::usage(format!("two objectives hold a file named {}", w[0])));
+    }
+    if let Some((_, n)) = out.iter().find(|(_, n)| n == RUN_MANIFEST) {
+        return Err(Error::usage(format!("{n} is reserved for the run manifest")));
+    }
+    Ok(out)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn store_run(
+    d: &dyn Backend,
+    ctx: &StageCtx,
+    prefix: &str,
+    infos: &[(PathBuf, FileInfo)],
+    report: &mut StageReport,
+) -> Result<()> {
+    let run = format!("{prefix}{}/", ctx.run_id);
+    let (mut stored, mut skipped) = (0, 0);
+    for (path, info) in infos {
+        let key = format!("{run}{}", info.name);
+        if d.stat(&key)?.is_some_and(|(size, sha)| size == info.size && sha == info.sha256) {
+            skipped += 1;
+            continue;
+        }
+        d.put(path, &key, info)
+            .map_err(|e| Error::runtime(format!("{}: {}", d.describe(), ncb_core::stage::error_chain(&e))))?;
+        stored += 1;
+    }
+    let manifest = RunManifest {
+        format: "ncb-run".into(),
+        version: 1,
+        run_id: ctx.run_id.clone(),
+        host: ctx.general.hostname.clone(),
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        files: infos.iter().map(|(_, i)| i.clone()).collect(),
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::runtime(format!("run manifest: {e}")))?;
+    d.put_bytes(&format!("{run}{RUN_MANIFEST}"), &json)?;
+    log::info!(
+        "{}: run {} stored ({stored} files written, {skipped} already there), manifest last",
+        d.describe(),
+        ctx.run_id
+    );
+    report.set("stored", stored);
+    report.set("skipped", skipped);
+    Ok(())
+}
+
+fn manifest_of(d: &dyn Backend, prefix: &str, run: &str) -> Result<Option<RunManifest>> {
+    match d.get_bytes(&format!("{prefix}{run}/{RUN_MANIFEST}"))? {
+        None => Ok(None),
+        Some(b) => {
+            RunManifest::parse(&b).map(Some).map_err(|e| Error::runtime(format!("{}: run {run}: {e}", d.describe())))
+        }
+    }
+}
+
+fn download(p: &Params, d: &dyn Backend, prefix: &str, report: &mut StageReport) -> Result<()> {
+    let dest = p.required_path("DESTINATION")?;
+    let wanted = p.str("RUN").unwrap_or("latest");
+    let runs = d.runs(prefix)?;
+    let (run, manifest) = if wanted == "latest" {
+        let mut found = None;
+        for r in runs.iter().rev() {
+            if let Some(m) = manifest_of(d, prefix, r)? {
+                found = Some((r.clone(), m));
+                break;
+            }
+        }
+        found.ok_or_else(|| Error::runtime(format!("{}: no complete run under {prefix}", d.describe())))?
+    } else {
+        let m = manifest_of(d, prefix, wanted)?.ok_or_else(|| {
+            let why =
+                if runs.iter().any(|r| r == wanted) { "is incomplete (no run manifest)" } else { "does not exist" };
+            Error::runtime(format!("{}: run {wanted} {why}", d.describe()))
+        })?;
+        (wanted.to_owned(), m)
+    };
+    if let Some(max) = p.u64("MAX_DOWNLOAD_FILES")?
+        && manifest.files.len() as u64 > max
+    {
+        return Err(Error::runtime(format!(
+            "run {run} has {} files, over MAX_DOWNLOAD_FILES {max}",
+            manifest.files.len()
+        )));
+    }
+    for f in &manifest.files {
+        let target = dest.join(&f.name);
+        ncb_core::atomic::ensure_dir(target.parent().unwrap_or(&dest), 0o700)?;
+        let a = d.get(&format!("{prefix}{run}/{}", f.name), &target, f)?;
+        report.artifacts.push(a);
+    }
+    log::info!("{}: fetched run {run} ({} files) into {}", d.describe(), manifest.files.len(), dest.display());
+    report.set("run", run);
+    Ok(())
+}
+
+fn apply_retention(
+    d: &dyn Backend,
+    prefix: &str,
+    pol: Policy,
+    current: &str,
+    dry: bool,
+    report: &mut StageReport,
+) -> Result<()> {
+    let runs = d.runs(prefix)?;
+    let mut complete = Vec::new();
+    for r in &runs {
+        if manifest_of(d, prefix, r)?.is_some() {
+            complete.push(r.clone());
+        } else if r != current {
+            report
+                .warn(format!("{}: run {r} is incomplete (no run manifest); retention leaves it alone", d.describe()));
+        }
+    }
+    let decisions = retention::decide(&complete, pol, Some(current));
+    let mut removed = Vec::new();
+    for dec in decisions.iter().filter(|d| !d.keep) {
+        if dry {
+            log::info!("{}: would delete run {} (DRY_RUN)", d.describe(), dec.run_id);
+        } else {
+            d.delete_run(prefix, &dec.run_id)?;
+            log::info!("{}: deleted run {}", d.describe(), dec.run_id);
+        }
+        removed.push(dec.run_id.clone());
+    }
+    report.set(if dry { "would_delete" } else { "deleted" }, removed);
+    Ok(())
+}
