@@ -22,6 +22,7 @@ have ssh         || need+=(openssh-client)
 have podman      || need+=(podman)
 have runc        || need+=(runc)
 have bc          || need+=(bc)
+have crontab     || need+=(cron)
 [ -x /usr/bin/time ] || need+=(time)
 
 if ((${#need[@]})); then

@@ -114,6 +114,12 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             vec!["section SIZE, key PARAMETERS.OBJECTIVES", "unknown placeholder {HOST}"],
         ),
         (
+            "bad SCHEDULE",
+            r#"{"GENERAL": {"HOSTNAME": "h", "WORK_FOLDER": "/w", "LOG_FOLDER": "/l", "SCHEDULE": "0 25 * * *"}}"#
+                .into(),
+            vec!["section GENERAL, key SCHEDULE", "hour '25'"],
+        ),
+        (
             "bad TIMEOUT",
             format!(
                 r#"{{{G}, "S": {{"ACTION": "execute", "NAME": "size-calc", "TIMEOUT": "soon", "PARAMETERS": {{"OBJECTIVES": "/etc"}}}}}}"#

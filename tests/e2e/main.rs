@@ -8,4 +8,5 @@ mod db;
 mod files;
 mod pipeline;
 mod runner;
+mod schedule;
 mod storage;

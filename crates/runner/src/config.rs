@@ -172,7 +172,14 @@ fn parse_general(g: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> V
             continue;
         }
         match ncb_core::params::json_to_arg(v) {
-            Ok(s) => out.push((k.clone(), s)),
+            Ok(s) => {
+                if k == "SCHEDULE"
+                    && let Err(e) = crate::schedule::parse_list(&s)
+                {
+                    problems.push(ConfigProblem::new(Some("GENERAL"), Some(k), e));
+                }
+                out.push((k.clone(), s));
+            }
             Err(e) => problems.push(ConfigProblem::new(Some("GENERAL"), Some(k), e)),
         }
     }

@@ -7,6 +7,7 @@ mod plan;
 mod registry;
 mod report;
 mod run;
+mod schedule;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -23,13 +24,28 @@ fn cli() -> Command {
         .version(env!("CARGO_PKG_VERSION"))
         .about("Run the sections of an nc-backup conf.json in order")
         .after_help("Exit codes: 0 success, 1 runtime failure, 2 usage or config error.")
-        .arg(
-            Arg::new("config")
-                .short('c')
-                .long("config")
-                .value_name("CONF.JSON")
-                .help("The config file")
-                .required_unless_present_any(["generate-man", "generate-completion"]),
+        .arg(Arg::new("config").short('c').long("config").value_name("CONF.JSON").help("The config file").global(true))
+        .subcommand(
+            Command::new("schedule")
+                .about("Install, list or remove the crontab entries of GENERAL SCHEDULE, or print systemd units")
+                .arg(
+                    Arg::new("action")
+                        .value_parser(["install", "list", "remove"])
+                        .help("What to do with this config's crontab entries"),
+                )
+                .arg(
+                    Arg::new("user")
+                        .long("user")
+                        .short('u')
+                        .value_name("USER")
+                        .help("Whose crontab (default: the current user's)"),
+                )
+                .arg(
+                    Arg::new("systemd")
+                        .long("systemd")
+                        .action(ArgAction::SetTrue)
+                        .help("Print a systemd service and timer pair instead"),
+                ),
         )
         .arg(Arg::new("run").short('r').long("run").action(ArgAction::SetTrue).help("Run every section in order"))
         .arg(
@@ -78,6 +94,15 @@ fn main() -> ExitCode {
     if let Some(shell) = m.get_one::<String>("generate-completion") {
         return status(completion(cmd, shell)).into();
     }
+    if let Some(sm) = m.subcommand_matches("schedule") {
+        return match schedule_main(&m, sm) {
+            Ok(()) => ExitStatus::Success.into(),
+            Err(e) => {
+                eprintln!("backup-runner: error: {}", ncb_core::stage::error_chain(&e));
+                e.exit_status().into()
+            }
+        };
+    }
     match real_main(&m) {
         Ok(s) => s.into(),
         Err(e) => {
@@ -116,8 +141,54 @@ fn report_problems(path: &Path, problems: &[ConfigProblem]) -> ExitStatus {
     ExitStatus::Usage
 }
 
+fn config_path(m: &ArgMatches) -> Result<PathBuf, Error> {
+    m.get_one::<String>("config").map(PathBuf::from).ok_or_else(|| Error::usage("missing -c CONF.JSON"))
+}
+
+fn schedule_main(m: &ArgMatches, sm: &ArgMatches) -> Result<(), Error> {
+    let path = config_path(m)?;
+    let config = match config::load(&path) {
+        Ok((c, problems)) if problems.is_empty() => c,
+        Ok((_, problems)) | Err(problems) => {
+            report_problems(&path, &problems);
+            return Err(Error::config(format!("{}: fix the config first", path.display())));
+        }
+    };
+    let raw = config
+        .general("SCHEDULE")
+        .ok_or_else(|| Error::config(format!("{}: GENERAL has no SCHEDULE", path.display())))?;
+    let schedules = schedule::parse_list(raw).map_err(|e| Error::config(format!("GENERAL.SCHEDULE: {e}")))?;
+    let conf = path.canonicalize().at("cannot resolve", &path)?;
+    let runner =
+        std::env::current_exe().and_then(|e| e.canonicalize()).ctx(|| "cannot find backup-runner's own path".into())?;
+    let user = sm.get_one::<String>("user").map(String::as_str);
+    let mut out = std::io::stdout().lock();
+    if sm.get_flag("systemd") {
+        let _ = write!(out, "{}", schedule::systemd_units(&schedules, &runner, &conf, user));
+        return Ok(());
+    }
+    match sm.get_one::<String>("action").map(String::as_str) {
+        Some("install") => {
+            for l in schedule::install(user, &schedule::cron_lines(&schedules, &runner, &conf), &conf)? {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        Some("list") => {
+            for l in schedule::list(user, &conf)? {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        Some("remove") => {
+            let n = schedule::remove(user, &conf)?;
+            let _ = writeln!(out, "removed {n} crontab entr{} of {}", if n == 1 { "y" } else { "ies" }, conf.display());
+        }
+        _ => return Err(Error::usage("schedule needs install, list or remove (or --systemd)")),
+    }
+    Ok(())
+}
+
 fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
-    let path = PathBuf::from(m.get_one::<String>("config").map(String::as_str).unwrap_or_default());
+    let path = config_path(m)?;
     let (run, check, dry) = (m.get_flag("run"), m.get_flag("check"), m.get_flag("dry-run"));
     if !(run || check || dry) {
         return Err(Error::usage(

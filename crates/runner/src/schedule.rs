@@ -1,0 +1,266 @@
+//! GENERAL SCHEDULE: cron expressions, validated, installed into a crontab under lines tagged
+//! with the config's path (as Backopper tags its lines), or printed as a systemd service and
+//! timer pair.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ncb_core::{Error, Result};
+
+const SPECIALS: [&str; 8] =
+    ["@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
+const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+/// The schedules of a GENERAL SCHEDULE value: one expression, several separated by `;`, or
+/// a JSON array.
+pub fn parse_list(raw: &str) -> std::result::Result<Vec<String>, String> {
+    let items: Vec<String> = if raw.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<String>>(raw).map_err(|e| format!("not a JSON array of strings: {e}"))?
+    } else {
+        raw.split(';').map(str::to_owned).collect()
+    };
+    let items: Vec<String> =
+        items.iter().map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|s| !s.is_empty()).collect();
+    if items.is_empty() {
+        return Err("no schedule given".into());
+    }
+    for s in &items {
+        validate(s)?;
+    }
+    Ok(items)
+}
+
+/// Checks one cron expression: a `@special` or five fields.
+pub fn validate(expr: &str) -> std::result::Result<(), String> {
+    if expr.starts_with('@') {
+        return if SPECIALS.contains(&expr) {
+            Ok(())
+        } else {
+            Err(format!("'{expr}' is not one of {}", SPECIALS.join(" ")))
+        };
+    }
+    let fields: Vec<&str> = expr.split(' ').collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "'{expr}' has {} fields; a schedule has 5 (minute hour day-of-month month day-of-week) or is one of {}",
+            fields.len(),
+            SPECIALS.join(" ")
+        ));
+    }
+    let specs: [(&str, u32, u32, &[&str]); 5] = [
+        ("minute", 0, 59, &[]),
+        ("hour", 0, 23, &[]),
+        ("day of month", 1, 31, &[]),
+        ("month", 1, 12, &MONTHS),
+        ("day of week", 0, 7, &DAYS),
+    ];
+    for (f, (what, lo, hi, names)) in fields.iter().zip(specs) {
+        field(f, lo, hi, names).map_err(|e| format!("'{expr}': {what} '{f}': {e}"))?;
+    }
+    Ok(())
+}
+
+fn field(f: &str, lo: u32, hi: u32, names: &[&str]) -> std::result::Result<(), String> {
+    for part in f.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (part, None),
+        };
+        if let Some(s) = step {
+            match s.parse::<u32>() {
+                Ok(n) if n >= 1 && n <= hi => {}
+                _ => return Err(format!("step '{s}' is not between 1 and {hi}")),
+            }
+        }
+        if range == "*" {
+            continue;
+        }
+        let value = |v: &str| -> std::result::Result<u32, String> {
+            let idx = names.iter().position(|n| n.eq_ignore_ascii_case(v));
+            let n = match idx {
+                Some(i) => u32::try_from(i).unwrap_or(0) + if names.len() == 12 { 1 } else { 0 },
+                None => v.parse::<u32>().map_err(|_| format!("'{v}' is not a number"))?,
+            };
+            if n < lo || n > hi { Err(format!("{n} is out of range {lo}-{hi}")) } else { Ok(n) }
+        };
+        match range.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (value(a)?, value(b)?);
+                if a > b {
+                    return Err(format!("range {a}-{b} runs backwards"));
+                }
+            }
+            None => {
+                value(range)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The marker that tags this config's lines.
+/// Cron turns every bare `%` of a line, comments included, into a newline: it is escaped.
+pub fn tag(config: &Path) -> String {
+    format!("# nc-backup: {}", config.display()).replace('%', "\\%")
+}
+
+/// Crontab lines for the schedules: `%` escaped (cron turns a bare `%` into a newline).
+pub fn cron_lines(schedules: &[String], runner: &Path, config: &Path) -> Vec<String> {
+    let q = |p: &Path| ncb_core::params::shell_quote(&p.display().to_string()).replace('%', "\\%");
+    schedules.iter().map(|s| format!("{s} {} -r -c {} {}", q(runner), q(config), tag(config))).collect()
+}
+
+fn crontab(user: Option<&str>, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut c = Command::new("crontab");
+    if let Some(u) = user {
+        c.args(["-u", u]);
+    }
+    c.args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child =
+        c.spawn().map_err(|e| Error::runtime(format!("cannot run crontab: {e} (install Debian's cron package)")))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(|e| Error::io("crontab", e))?;
+    }
+    let out = child.wait_with_output().map_err(|e| Error::io("crontab", e))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if !out.status.success() {
+        if args == ["-l"] && stderr.contains("no crontab for") {
+            return Ok(String::new());
+        }
+        return Err(Error::runtime(format!("crontab {}: {stderr}", args.join(" "))));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The current crontab without this config's lines, and those lines.
+fn split(current: &str, config: &Path) -> (Vec<String>, Vec<String>) {
+    let t = tag(config);
+    current.lines().map(str::to_owned).partition(|l| !l.ends_with(&t))
+}
+
+/// Installs (replacing this config's earlier lines; others stay) and returns the new lines.
+pub fn install(user: Option<&str>, lines: &[String], config: &Path) -> Result<Vec<String>> {
+    let (mut keep, _) = split(&crontab(user, &["-l"], None)?, config);
+    keep.extend(lines.iter().cloned());
+    crontab(user, &["-"], Some(&(keep.join("\n") + "\n")))?;
+    Ok(lines.to_vec())
+}
+
+pub fn list(user: Option<&str>, config: &Path) -> Result<Vec<String>> {
+    Ok(split(&crontab(user, &["-l"], None)?, config).1)
+}
+
+/// Removes this config's lines; returns how many went.
+pub fn remove(user: Option<&str>, config: &Path) -> Result<usize> {
+    let (keep, mine) = split(&crontab(user, &["-l"], None)?, config);
+    if !mine.is_empty() {
+        crontab(user, &["-"], Some(&(keep.join("\n") + "\n")))?;
+    }
+    Ok(mine.len())
+}
+
+/// systemd's OnCalendar= for a cron expression.
+pub fn on_calendar(expr: &str) -> String {
+    match expr {
+        "@yearly" | "@annually" => return "yearly".into(),
+        "@monthly" => return "monthly".into(),
+        "@weekly" => return "weekly".into(),
+        "@daily" | "@midnight" => return "daily".into(),
+        "@hourly" => return "hourly".into(),
+        _ => {}
+    }
+    let f: Vec<&str> = expr.split(' ').collect();
+    if f.len() != 5 {
+        return expr.to_owned();
+    }
+    let conv = |s: &str| -> String {
+        s.split(',')
+            .map(|p| match p.split_once('/') {
+                Some(("*", step)) => format!("0/{step}"),
+                Some((r, step)) => format!("{}/{step}", r.split('-').next().unwrap_or("0")),
+                None => p.replace('-', ".."),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let dow = if f[4] == "*" {
+        String::new()
+    } else {
+        let day = |d: &str| -> String {
+            let names = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+            d.parse::<usize>().ok().and_then(|n| names.get(n).map(|s| (*s).to_owned())).unwrap_or_else(|| {
+                let mut c = d.chars();
+                c.next()
+                    .map(|h| h.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase())
+                    .unwrap_or_default()
+            })
+        };
+        let v: Vec<String> = f[4].split(',').map(|p| p.split('-').map(day).collect::<Vec<_>>().join("..")).collect();
+        format!("{} ", v.join(","))
+    };
+    format!("{dow}*-{}-{} {}:{}:00", conv(f[3]), conv(f[2]), conv(f[1]), conv(f[0]))
+}
+
+/// A service and timer pair running this config on its schedules.
+pub fn systemd_units(schedules: &[String], runner: &Path, config: &Path, user: Option<&str>) -> String {
+    let name = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "conf".into());
+    let mut s = format!(
+        "# /etc/systemd/system/nc-backup-{name}.service\n[Unit]\nDescription=nc-backup run of {c}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nType=oneshot\nExecStart={r} -r -c {c}\n",
+        c = config.display(),
+        r = runner.display()
+    );
+    if let Some(u) = user {
+        s.push_str(&format!("User={u}\n"));
+    }
+    s.push_str(&format!("Nice=10\nIOSchedulingClass=idle\n\n# /etc/systemd/system/nc-backup-{name}.timer\n[Unit]\nDescription=nc-backup schedule of {}\n\n[Timer]\n", config.display()));
+    for e in schedules.iter().filter(|e| *e != "@reboot") {
+        s.push_str(&format!("OnCalendar={}\n", on_calendar(e)));
+    }
+    if schedules.iter().any(|e| e == "@reboot") {
+        s.push_str("OnBootSec=5min\n");
+    }
+    s.push_str(&format!("Persistent=true\n\n[Install]\nWantedBy=timers.target\n# enable with: systemctl enable --now nc-backup-{name}.timer\n"));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_expressions() {
+        for ok in ["0 3 * * *", "*/15 * * * *", "30 2 1-15 jan,jul mon-fri", "0 0 * * 7", "@daily", "5,35 */2 * * 1-5"]
+        {
+            assert!(validate(ok).is_ok(), "{ok}: {:?}", validate(ok));
+        }
+        for bad in
+            ["61 * * * *", "* * *", "@sometimes", "0 24 * * *", "0 0 0 * *", "*/0 * * * *", "5-1 * * * *", "x * * * *"]
+        {
+            assert!(validate(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(parse_list("0 3 * * *; @hourly").unwrap(), ["0 3 * * *", "@hourly"]);
+        assert_eq!(parse_list(r#"["0 3 * * *"]"#).unwrap(), ["0 3 * * *"]);
+    }
+
+    #[test]
+    fn lines_are_tagged_and_percent_escaped() {
+        let l =
+            cron_lines(&["0 3 * * *".into()], Path::new("/usr/local/bin/backup-runner"), Path::new("/etc/nc/50%.json"));
+        assert_eq!(
+            l,
+            ["0 3 * * * /usr/local/bin/backup-runner -r -c /etc/nc/50\\%.json # nc-backup: /etc/nc/50\\%.json"]
+        );
+    }
+
+    #[test]
+    fn systemd_calendar() {
+        assert_eq!(on_calendar("0 3 * * *"), "*-*-* 3:0:00");
+        assert_eq!(on_calendar("*/15 * * * 1-5"), "Mon..Fri *-*-* *:0/15:00");
+        assert_eq!(on_calendar("@weekly"), "weekly");
+    }
+}
