@@ -120,6 +120,11 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             vec!["section GENERAL, key SCHEDULE", "hour '25'"],
         ),
         (
+            "bad NOTIFY",
+            format!(r#"{{{G}, "NOTIFY": {{"WEBHOOK_URL": "ftp://example.invalid/x", "RETRY": 1}}}}"#),
+            vec!["section NOTIFY, key WEBHOOK_URL", "http", "section NOTIFY, key RETRY", "unknown key"],
+        ),
+        (
             "bad TIMEOUT",
             format!(
                 r#"{{{G}, "S": {{"ACTION": "execute", "NAME": "size-calc", "TIMEOUT": "soon", "PARAMETERS": {{"OBJECTIVES": "/etc"}}}}}}"#

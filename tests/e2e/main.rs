@@ -6,6 +6,7 @@ mod cli;
 mod crypto;
 mod db;
 mod files;
+mod notify;
 mod pipeline;
 mod runner;
 mod schedule;

@@ -68,6 +68,8 @@ pub struct Config {
     /// GENERAL keys (strings) in file order.
     pub general: Vec<(String, String)>,
     pub sections: Vec<RawSection>,
+    /// The NOTIFY section (reserved name, like GENERAL).
+    pub notify: crate::notify::Notify,
 }
 
 /// Keys of GENERAL: (key, required).
@@ -135,8 +137,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<ConfigProblem>> {
         }
     };
     let mut sections = Vec::new();
+    let mut notify = crate::notify::Notify::default();
     for (name, value) in root.iter().filter(|(k, _)| k.as_str() != "GENERAL") {
         if is_comment(name) {
+            continue;
+        }
+        if name == crate::notify::SECTION {
+            match value {
+                Value::Object(body) => notify = crate::notify::parse(body, &mut problems),
+                _ => problems.push(ConfigProblem::new(Some(name), None, "must be an object")),
+            }
             continue;
         }
         match value {
@@ -148,7 +158,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<ConfigProblem>> {
             _ => problems.push(ConfigProblem::new(Some(name), None, "a section must be an object")),
         }
     }
-    Ok((Config { path: path.to_path_buf(), general, sections }, problems))
+    Ok((Config { path: path.to_path_buf(), general, sections, notify }, problems))
 }
 
 /// Keys starting with `_` or named COMMENT/DESCRIPTION are notes for people.

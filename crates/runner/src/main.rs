@@ -3,6 +3,7 @@
 mod config;
 mod exec;
 mod lock;
+mod notify;
 mod plan;
 mod registry;
 mod report;
@@ -243,14 +244,18 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     let signal = run::watch_signals().ctx(|| "cannot install signal handlers".into())?;
     log::info!("run {run_id} of {} on {}: {} section(s)", path.display(), general.hostname, steps.len());
 
+    config.notify.started();
     let report = run::run_all(&config, &steps, &run_id, started, &signal);
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    let mut report_path = None;
     if let Some(dir) = general.log_dir() {
         let dest = dir.join(format!("run-{run_id}.json"));
-        if let Err(e) = ncb_core::atomic::write_file(&dest, json.as_bytes(), 0o640) {
-            log::error!("cannot write the run report: {}", ncb_core::stage::error_chain(&e));
+        match ncb_core::atomic::write_file(&dest, json.as_bytes(), 0o640) {
+            Ok(()) => report_path = Some(dest),
+            Err(e) => log::error!("cannot write the run report: {}", ncb_core::stage::error_chain(&e)),
         }
     }
+    config.notify.finished(report.failures().is_empty(), &run_id, &json, report_path.as_deref());
     if m.get_flag("json") {
         let _ = writeln!(std::io::stdout().lock(), "{json}");
     }
