@@ -23,6 +23,7 @@ have podman      || need+=(podman)
 have runc        || need+=(runc)
 have bc          || need+=(bc)
 have crontab     || need+=(cron)
+have aws         || need+=(awscli)
 [ -x /usr/bin/time ] || need+=(time)
 
 if ((${#need[@]})); then
@@ -37,6 +38,13 @@ fi
 if ! python3 -c 'import cryptography' 2>/dev/null; then
   echo "install-deps: installing python cryptography" >&2
   python3 -m pip install -q cryptography || { apt-get install -y -qq python3-cryptography >/dev/null; }
+fi
+
+# Garage, the S3 store of the storage tests: a crates.io package (about 22 minutes to build on
+# 2 cores, once per machine).
+if ! have garage; then
+  echo "install-deps: building garage 2.5.0 (cargo install, ~22 min on 2 cores)" >&2
+  cargo install garage --version 2.5.0 --locked >&2
 fi
 
 if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then

@@ -9,7 +9,7 @@
 # by the mysql and postgres users).
 set -euo pipefail
 S=${NCB_SERVERS_DIR:-/var/tmp/ncb-servers}
-MY_PORT=33306 PG_PORT=55432 SSH_PORT=22222
+MY_PORT=33306 PG_PORT=55432 SSH_PORT=22222 S3_PORT=39000 S3_RPC=39001
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 
 log() { echo "servers: $*" >&2; }
@@ -31,6 +31,7 @@ stop() {
   fi
   if [ -f "$S/sshd/sshd.pid" ]; then kill "$(cat "$S/sshd/sshd.pid")" 2>/dev/null || true; fi
   if command -v podman >/dev/null; then podman rm -f ncb-dbtools >/dev/null 2>&1 || true; fi
+  if [ -f "$S/garage/garage.pid" ]; then kill "$(cat "$S/garage/garage.pid")" 2>/dev/null || true; fi
   log "stopped"
 }
 
@@ -140,6 +141,42 @@ start_container() {
   log "container ncb-dbtools (podman, runc) with mysqldump and pg_dump"
 }
 
+# Garage (a real S3 store: it checks signatures and keeps data across restarts), single node.
+start_garage() {
+  local G=$S/garage
+  mkdir -p "$G/meta" "$G/data"
+  cat > "$G/garage.toml" <<CONF
+metadata_dir = "$G/meta"
+data_dir = "$G/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$S3_RPC"
+rpc_public_addr = "127.0.0.1:$S3_RPC"
+rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$S3_PORT"
+root_domain = ".s3.garage.localhost"
+CONF
+  S3_KEY="GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  S3_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  printf 'GARAGE_DEFAULT_ACCESS_KEY=%s\nGARAGE_DEFAULT_SECRET_KEY=%s\nGARAGE_DEFAULT_BUCKET=ncb-test\n' "$S3_KEY" "$S3_SECRET" > "$G/keys.env"
+  chmod 600 "$G/keys.env"
+  garage_up
+  log "Garage S3 on 127.0.0.1:$S3_PORT (bucket ncb-test)"
+}
+
+# Starts (or restarts, for the persistence tests) the Garage of $S/garage.
+garage_up() {
+  local G=$S/garage
+  ( set -a; . "$G/keys.env"; set +a
+    exec garage -c "$G/garage.toml" server --single-node --default-bucket >>"$G/garage.log" 2>&1 ) &
+  echo $! > "$G/garage.pid"
+  wait_for 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$S3_PORT" || { tail -20 "$G/garage.log" >&2; return 1; }
+  sleep 0.5
+}
+
 start() {
   [ -n "$PGBIN" ] || { log "PostgreSQL is not installed (scripts/install-deps.sh)"; exit 1; }
   stop >/dev/null 2>&1 || true
@@ -152,6 +189,7 @@ start() {
   start_postgres
   start_sshd
   start_container
+  start_garage
   umask 077
   cat > "$S/env" <<ENV
 NCB_MYSQL_PORT=$MY_PORT
@@ -166,12 +204,20 @@ NCB_PG_BIN=$PGBIN
 NCB_SSH_PORT=$SSH_PORT
 NCB_SSH_KEY=$S/sshd/client_key
 NCB_CONTAINER=ncb-dbtools
+NCB_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+NCB_S3_REGION=garage
+NCB_S3_BUCKET=ncb-test
+NCB_S3_ACCESS_KEY=$S3_KEY
+NCB_S3_SECRET_KEY=$S3_SECRET
+NCB_GARAGE_DIR=$S/garage
 ENV
   log "ready: $S/env"
 }
 
 case "${1:-}" in
   start) start ;;
+  garage-stop) kill "$(cat "$S/garage/garage.pid")"; sleep 0.5 ;;
+  garage-start) garage_up ;;
   stop) stop ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac

@@ -9,5 +9,6 @@ mod files;
 mod notify;
 mod pipeline;
 mod runner;
+mod s3;
 mod schedule;
 mod storage;

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod retention;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 
@@ -19,11 +20,11 @@ use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
 use retention::Policy;
 
-pub static PARAMS: [ParamSpec; 17] = [
+pub static PARAMS: [ParamSpec; 24] = [
     ParamSpec::new(
         "DESTINATION",
         Kind::List,
-        "Where to store: local (more to come: s3, rclone); with --download, the folder to fetch into",
+        "Where to store: local, s3 (several allowed); with --download, the folder to fetch into",
     ),
     ParamSpec::new("PATH", Kind::Path, "DESTINATION local: the folder runs are stored in"),
     ParamSpec::new("PREFIX", Kind::Str, "Folder of this host's runs in each destination (default <HOSTNAME>/)"),
@@ -43,12 +44,39 @@ pub static PARAMS: [ParamSpec; 17] = [
     ParamSpec::new("DOWNLOAD", Kind::Switch, "Fetch a run back instead of storing"),
     ParamSpec::new(
         "SOURCE",
-        Kind::Choice(&["local"]),
+        Kind::Choice(&["local", "s3"]),
         "--download: the destination kind to fetch from (default local)",
     ),
     ParamSpec::new("RUN", Kind::Str, "--download: a run id, or latest (default): the newest complete run"),
     ParamSpec::new("MAX_DOWNLOAD_FILES", Kind::Int, "--download: refuse a run of more files than this"),
-    ParamSpec::new("BUCKET_NAME", Kind::Str, "DESTINATION s3 (not available in this build yet)"),
+    ParamSpec::new("BUCKET_NAME", Kind::Str, "s3: the bucket"),
+    ParamSpec::new("REGION", Kind::Str, "s3: the region (default us-east-1)"),
+    ParamSpec::new(
+        "ENDPOINT_URL",
+        Kind::Str,
+        "s3: endpoint of an S3-compatible store (Garage, MinIO, Ceph, R2, Wasabi, Aliyun OSS)",
+    ),
+    ParamSpec::new(
+        "FORCE_PATH_STYLE",
+        Kind::Bool,
+        "s3: bucket in the path, not the host name (default True with ENDPOINT_URL)",
+    ),
+    ParamSpec::new(
+        "STORAGE_CLASS",
+        Kind::Choice(s3::STORAGE_CLASSES),
+        "s3: storage class of every object (default: the bucket's)",
+    ),
+    ParamSpec::new(
+        "REQUEST_CHECKSUM_CALCULATION",
+        Kind::Choice(&["when_required", "when_supported"]),
+        "s3: when_required (default): our SHA-256 sent up front; when_supported: the SDK's streamed trailer checksums too (AWS; Garage 2.5 rejects them)",
+    ),
+    ParamSpec::new("PART_SIZE_MB", Kind::Int, "s3: multipart part size, 5-512 (default 8); larger files go multipart"),
+    ParamSpec::new(
+        "UPLOAD_CONCURRENCY",
+        Kind::Int,
+        "s3: parts in flight per file, 1-16 (default 4; memory: this many parts)",
+    ),
 ];
 
 pub static STAGE: StageDef = StageDef {
@@ -70,7 +98,7 @@ fn validate(p: &Params) -> Vec<Problem> {
         if p.str("DESTINATION").is_none() {
             bad("DESTINATION", "--download needs the folder to fetch into".into());
         }
-        if p.str("PATH").is_none() {
+        if p.str("PATH").is_none() && !p.str("SOURCE").is_some_and(|s| s.eq_ignore_ascii_case("s3")) {
             bad("PATH", "--download from local needs the folder runs are stored in".into());
         }
         return problems;
@@ -85,7 +113,9 @@ fn validate(p: &Params) -> Vec<Problem> {
                 bad("PATH", "DESTINATION local needs PATH, the folder to store runs in".into())
             }
             "local" => {}
-            "s3" | "rclone" => bad("DESTINATION", format!("destination {k} is not available in this build yet")),
+            "s3" if p.str("BUCKET_NAME").is_none() => bad("BUCKET_NAME", "DESTINATION s3 needs BUCKET_NAME".into()),
+            "s3" => {}
+            "rclone" => bad("DESTINATION", format!("destination {k} is not available in this build yet")),
             other => bad("DESTINATION", format!("unknown destination '{other}' (known: {})", KINDS.join(", "))),
         }
     }
@@ -118,6 +148,11 @@ fn backends(p: &Params, ctx: &StageCtx) -> Result<Vec<Box<dyn Backend>>> {
     for k in p.list("DESTINATION")? {
         match k.to_ascii_lowercase().as_str() {
             "local" => out.push(Box::new(Local { root: p.required_path("PATH")? })),
+            "s3" => {
+                let s3 = s3::S3::from_params(p)?;
+                s3.abort_stale(&prefix(p, ctx))?;
+                out.push(Box::new(s3));
+            }
             other => return Err(Error::usage(format!("destination {other} is not available in this build yet"))),
         }
     }
@@ -134,8 +169,11 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     }
     let prefix = prefix(p, ctx);
     if p.flag("DOWNLOAD", false)? {
-        let src = Local { root: p.required_path("PATH")? };
-        download(p, &src, &prefix, &mut report)?;
+        if p.choice("SOURCE", &["local", "s3"], "local")? == "s3" {
+            download(p, &s3::S3::from_params(p)?, &prefix, &mut report)?;
+        } else {
+            download(p, &Local { root: p.required_path("PATH")? }, &prefix, &mut report)?;
+        }
         return Ok(report);
     }
     let dests = backends(p, ctx)?;

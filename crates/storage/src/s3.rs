@@ -1,0 +1,412 @@
+//! S3 and S3-compatible stores (Garage, MinIO, Ceph, R2, Wasabi, Aliyun OSS…) through
+//! aws-sdk-s3. Credentials come from the standard AWS chain (environment, profile, instance
+//! role). Every object carries its SHA-256: as the `x-amz-checksum-sha256` the server verifies
+//! on upload (per part for multipart uploads) and as `sha256` metadata, which makes re-runs
+//! idempotent. A failed multipart upload is aborted; uploads left by a run that died are
+//! aborted by the next one.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, StorageClass,
+};
+use base64::Engine;
+use ncb_core::atomic::AtomicFile;
+use ncb_core::hash::HashWriter;
+use ncb_core::params::Params;
+use ncb_core::{Artifact, Error, IoContext, Result};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Backend, FileInfo, RUN_MANIFEST};
+
+/// What an upload task gives back: (part number, ETag, checksum), or why it failed.
+type PartResult = std::result::Result<
+    std::result::Result<
+        (i32, Option<String>, String),
+        aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::upload_part::UploadPartError>,
+    >,
+    tokio::task::JoinError,
+>;
+
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "GLACIER_IR",
+    "DEEP_ARCHIVE",
+    "REDUCED_REDUNDANCY",
+];
+
+#[derive(Debug)]
+pub struct S3 {
+    client: Client,
+    bucket: String,
+    class: Option<StorageClass>,
+    part_size: usize,
+    concurrency: usize,
+    rt: tokio::runtime::Runtime,
+}
+
+fn b64(digest: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+/// The server's error code and message when there is one (AccessDenied: Invalid signature),
+/// else the whole cause chain (connection refused, timeout…).
+/// A local or transport error (no server answer to quote).
+fn io_err(what: &str, e: impl std::error::Error) -> Error {
+    Error::runtime(format!("{what}: {}", DisplayErrorContext(e)))
+}
+
+fn err<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error>(what: &str, e: E) -> Error {
+    match (e.code(), e.message()) {
+        (Some(code), Some(msg)) => Error::runtime(format!("{what}: {code}: {msg}")),
+        (Some(code), None) => Error::runtime(format!("{what}: {code}")),
+        _ => Error::runtime(format!("{what}: {}", DisplayErrorContext(e))),
+    }
+}
+
+impl S3 {
+    pub fn from_params(p: &Params) -> Result<Self> {
+        let bucket = p.required_str("BUCKET_NAME")?.to_owned();
+        let region = p.str("REGION").unwrap_or("us-east-1").to_owned();
+        let endpoint = p.str("ENDPOINT_URL").map(str::to_owned);
+        let path_style = p.flag("FORCE_PATH_STYLE", endpoint.is_some())?;
+        let streamed_checksums =
+            p.choice("REQUEST_CHECKSUM_CALCULATION", &["when_required", "when_supported"], "when_required")?
+                == "when_supported";
+        let class = p.str("STORAGE_CLASS").map(|c| StorageClass::from(c.to_ascii_uppercase().as_str()));
+        let part_mb = p.u64("PART_SIZE_MB")?.unwrap_or(8).clamp(5, 512);
+        let concurrency = usize::try_from(p.u64("UPLOAD_CONCURRENCY")?.unwrap_or(4).clamp(1, 16)).unwrap_or(4);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("cannot start the S3 runtime", e))?;
+        let client = rt.block_on(async {
+            use aws_config::retry::RetryConfig;
+            use aws_config::timeout::TimeoutConfig;
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new(region))
+                .retry_config(RetryConfig::standard().with_max_attempts(5))
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(10))
+                        .operation_attempt_timeout(Duration::from_secs(300))
+                        .build(),
+                );
+            if let Some(ep) = &endpoint {
+                loader = loader.endpoint_url(ep);
+            }
+            if !streamed_checksums {
+                // We send every checksum ourselves, up front; some stores (Garage 2.5) reject
+                // the SDK's streamed trailer checksums.
+                loader = loader
+                    .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+                    .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+            }
+            let sdk = loader.load().await;
+            Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style).build())
+        });
+        Ok(S3 { client, bucket, class, part_size: usize::try_from(part_mb << 20).unwrap_or(8 << 20), concurrency, rt })
+    }
+
+    /// Aborts multipart uploads under `prefix` left by a run that died.
+    pub fn abort_stale(&self, prefix: &str) -> Result<usize> {
+        self.rt.block_on(async {
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .send()
+                .await
+                .map_err(|e| err(&format!("s3://{}: cannot list multipart uploads", self.bucket), e))?;
+            let mut n = 0;
+            for u in out.uploads() {
+                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                    self.client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(k)
+                        .upload_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| err("cannot abort an old multipart upload", e))?;
+                    log::warn!("aborted an unfinished multipart upload of {k} left by an earlier run");
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    async fn put_single(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
+        let body =
+            ByteStream::from_path(local).await.map_err(|e| io_err(&format!("cannot read {}", local.display()), e))?;
+        let digest = hex::decode(&info.sha256).map_err(|e| Error::runtime(format!("bad sha256: {e}")))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body)
+            .content_length(i64::try_from(info.size).unwrap_or(i64::MAX))
+            .checksum_sha256(b64(&digest))
+            .metadata("sha256", &info.sha256)
+            .set_storage_class(self.class.clone())
+            .send()
+            .await
+            .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
+        Ok(())
+    }
+
+    async fn put_multipart(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .metadata("sha256", &info.sha256)
+            .set_storage_class(self.class.clone())
+            .send()
+            .await
+            .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
+        let id = created.upload_id().unwrap_or_default().to_owned();
+        match self.upload_parts(local, key, &id, info).await {
+            Ok(parts) => {
+                let done = self
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&id)
+                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .send()
+                    .await;
+                if let Err(e) = done {
+                    self.abort(key, &id).await;
+                    return Err(err(&format!("upload of {key}"), e));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.abort(key, &id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&self, key: &str, id: &str) {
+        if let Err(e) = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id).send().await {
+            log::warn!("could not abort the multipart upload of {key} (the next run will): {}", DisplayErrorContext(e));
+        }
+    }
+
+    /// Parts of `part_size`, at most `concurrency` in flight (memory: their buffers only).
+    async fn upload_parts(&self, local: &Path, key: &str, id: &str, info: &FileInfo) -> Result<Vec<CompletedPart>> {
+        let mut file = std::fs::File::open(local).at("cannot open", local)?;
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut parts = Vec::new();
+        let mut number = 0i32;
+        let mut sent = 0u64;
+        loop {
+            let mut buf = Vec::with_capacity(self.part_size);
+            (&mut file).take(self.part_size as u64).read_to_end(&mut buf).at("cannot read", local)?;
+            if buf.is_empty() && number > 0 {
+                break;
+            }
+            sent += buf.len() as u64;
+            number += 1;
+            let checksum = b64(&Sha256::digest(&buf));
+            let req = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .part_number(number)
+                .checksum_sha256(checksum.clone())
+                .body(ByteStream::from(buf));
+            let n = number;
+            tasks.spawn(async move { req.send().await.map(|o| (n, o.e_tag().map(str::to_owned), checksum)) });
+            while tasks.len() >= self.concurrency {
+                parts.push(self.joined(tasks.join_next().await, key).await?);
+            }
+            if sent >= info.size {
+                break;
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            parts.push(self.joined(Some(r), key).await?);
+        }
+        if sent != info.size {
+            return Err(Error::runtime(format!("{} changed size while it was uploaded", local.display())));
+        }
+        parts.sort_by_key(|p| p.part_number());
+        Ok(parts)
+    }
+
+    async fn joined(&self, r: Option<PartResult>, key: &str) -> Result<CompletedPart> {
+        match r {
+            Some(Ok(Ok((n, etag, sum)))) => {
+                Ok(CompletedPart::builder().part_number(n).set_e_tag(etag).checksum_sha256(sum).build())
+            }
+            Some(Ok(Err(e))) => Err(err(&format!("upload of a part of {key}"), e)),
+            Some(Err(e)) => Err(Error::runtime(format!("upload of {key}: {e}"))),
+            None => Err(Error::runtime(format!("upload of {key}: no part finished"))),
+        }
+    }
+
+    async fn keys(&self, prefix: &str, delimiter: bool) -> Result<(Vec<String>, Vec<String>)> {
+        let (mut keys, mut prefixes) = (Vec::new(), Vec::new());
+        let mut token: Option<String> = None;
+        loop {
+            let mut req =
+                self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).set_continuation_token(token.clone());
+            if delimiter {
+                req = req.delimiter("/");
+            }
+            let out = req.send().await.map_err(|e| err(&format!("cannot list s3://{}/{prefix}", self.bucket), e))?;
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            prefixes.extend(out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_owned)));
+            token = out.next_continuation_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok((keys, prefixes));
+            }
+        }
+    }
+}
+
+impl Backend for S3 {
+    fn describe(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+
+    fn stat(&self, key: &str) -> Result<Option<(u64, String)>> {
+        self.rt.block_on(async {
+            match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+                Ok(o) => {
+                    let size = u64::try_from(o.content_length().unwrap_or(0)).unwrap_or(0);
+                    let sha = o.metadata().and_then(|m| m.get("sha256").cloned()).unwrap_or_default();
+                    Ok(Some((size, sha)))
+                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                Err(e) => Err(err(&format!("cannot check s3://{}/{key}", self.bucket), e)),
+            }
+        })
+    }
+
+    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
+        self.rt.block_on(async {
+            if info.size as usize <= self.part_size {
+                self.put_single(local, key, info).await
+            } else {
+                self.put_multipart(local, key, info).await
+            }
+        })
+    }
+
+    fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let sum = b64(&Sha256::digest(bytes));
+        self.rt.block_on(async {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(ByteStream::from(bytes.to_vec()))
+                .checksum_sha256(sum)
+                .metadata("sha256", hex::encode(Sha256::digest(bytes)))
+                .set_storage_class(self.class.clone())
+                .send()
+                .await
+                .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
+            Ok(())
+        })
+    }
+
+    fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.rt.block_on(async {
+            match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+                Ok(o) => o
+                    .body
+                    .collect()
+                    .await
+                    .map(|b| Some(b.to_vec()))
+                    .map_err(|e| io_err(&format!("cannot read {key}"), e)),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+                Err(e) => Err(err(&format!("cannot read s3://{}/{key}", self.bucket), e)),
+            }
+        })
+    }
+
+    fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
+        self.rt.block_on(async {
+            let o = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| err(&format!("cannot download s3://{}/{key}", self.bucket), e))?;
+            let mut out = HashWriter::new(AtomicFile::create(dest)?);
+            let mut body = o.body;
+            while let Some(chunk) = body.try_next().await.map_err(|e| io_err(&format!("download of {key}"), e))? {
+                std::io::Write::write_all(&mut out, &chunk).at("cannot write", dest)?;
+            }
+            let (file, bytes, sha256) = out.finish();
+            if bytes != info.size || sha256 != info.sha256 {
+                return Err(Error::runtime(format!(
+                    "s3://{}/{key}: {bytes} bytes with sha256 {sha256}, the run manifest says {} bytes with {} (damaged or replaced)",
+                    self.bucket, info.size, info.sha256
+                )));
+            }
+            Ok(Artifact { path: file.commit()?, bytes, sha256 })
+        })
+    }
+
+    fn runs(&self, prefix: &str) -> Result<Vec<String>> {
+        let (_, prefixes) = self.rt.block_on(self.keys(prefix, true))?;
+        let mut runs: Vec<String> = prefixes
+            .iter()
+            .filter_map(|p| p.strip_prefix(prefix).map(|r| r.trim_end_matches('/').to_owned()))
+            .filter(|r| crate::retention::run_time(r).is_some())
+            .collect();
+        runs.sort();
+        Ok(runs)
+    }
+
+    fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()> {
+        let run = format!("{prefix}{run_id}/");
+        self.rt.block_on(async {
+            // The manifest first: a half-deleted run is then visibly incomplete.
+            let manifest = format!("{run}{RUN_MANIFEST}");
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&manifest)
+                .send()
+                .await
+                .map_err(|e| err(&format!("cannot delete {manifest}"), e))?;
+            let (keys, _) = self.keys(&run, false).await?;
+            for chunk in keys.chunks(1000) {
+                let ids: Vec<ObjectIdentifier> =
+                    chunk.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
+                let delete = Delete::builder()
+                    .set_objects(Some(ids))
+                    .quiet(true)
+                    .build()
+                    .map_err(|e| Error::runtime(format!("delete request: {e}")))?;
+                self.client
+                    .delete_objects()
+                    .bucket(&self.bucket)
+                    .delete(delete)
+                    .send()
+                    .await
+                    .map_err(|e| err(&format!("cannot delete run {run_id}"), e))?;
+            }
+            Ok(())
+        })
+    }
+}
