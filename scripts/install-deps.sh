@@ -47,6 +47,15 @@ if ! have garage; then
   cargo install garage --version 2.5.0 --locked >&2
 fi
 
+# moto in server mode: an S3 that keeps and reports storage classes (it checks no signatures,
+# so it is never the only S3 server a test uses).
+MOTO=${NCB_MOTO_VENV:-/var/tmp/ncb-moto}
+if [ ! -x "$MOTO/bin/moto_server" ]; then
+  echo "install-deps: installing moto into $MOTO" >&2
+  python3 -m venv "$MOTO"
+  "$MOTO/bin/pip" install -q 'moto[s3]==5.2.5' flask flask-cors
+fi
+
 if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
   echo "install-deps: cargo-nextest not found; tests will run with cargo test" >&2
 fi

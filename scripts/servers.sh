@@ -9,7 +9,8 @@
 # by the mysql and postgres users).
 set -euo pipefail
 S=${NCB_SERVERS_DIR:-/var/tmp/ncb-servers}
-MY_PORT=33306 PG_PORT=55432 SSH_PORT=22222 S3_PORT=39000 S3_RPC=39001
+MY_PORT=33306 PG_PORT=55432 SSH_PORT=22222 S3_PORT=39000 S3_RPC=39001 MOTO_PORT=39100
+MOTO=${NCB_MOTO_VENV:-/var/tmp/ncb-moto}
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 
 log() { echo "servers: $*" >&2; }
@@ -32,6 +33,7 @@ stop() {
   if [ -f "$S/sshd/sshd.pid" ]; then kill "$(cat "$S/sshd/sshd.pid")" 2>/dev/null || true; fi
   if command -v podman >/dev/null; then podman rm -f ncb-dbtools >/dev/null 2>&1 || true; fi
   if [ -f "$S/garage/garage.pid" ]; then kill "$(cat "$S/garage/garage.pid")" 2>/dev/null || true; fi
+  if [ -f "$S/moto/moto.pid" ]; then kill "$(cat "$S/moto/moto.pid")" 2>/dev/null || true; fi
   log "stopped"
 }
 
@@ -177,6 +179,14 @@ garage_up() {
   sleep 0.5
 }
 
+start_moto() {
+  mkdir -p "$S/moto"
+  "$MOTO/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$S/moto/moto.log" 2>&1 &
+  echo $! > "$S/moto/moto.pid"
+  wait_for 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MOTO_PORT" || { tail -20 "$S/moto/moto.log" >&2; return 1; }
+  log "moto S3 on 127.0.0.1:$MOTO_PORT"
+}
+
 start() {
   [ -n "$PGBIN" ] || { log "PostgreSQL is not installed (scripts/install-deps.sh)"; exit 1; }
   stop >/dev/null 2>&1 || true
@@ -190,6 +200,7 @@ start() {
   start_sshd
   start_container
   start_garage
+  start_moto
   umask 077
   cat > "$S/env" <<ENV
 NCB_MYSQL_PORT=$MY_PORT
@@ -210,6 +221,7 @@ NCB_S3_BUCKET=ncb-test
 NCB_S3_ACCESS_KEY=$S3_KEY
 NCB_S3_SECRET_KEY=$S3_SECRET
 NCB_GARAGE_DIR=$S/garage
+NCB_MOTO_ENDPOINT=http://127.0.0.1:$MOTO_PORT
 ENV
   log "ready: $S/env"
 }

@@ -188,3 +188,65 @@ fn s3_store_multipart_readback_idempotence_download_retention_and_faults() {
         env.keys().iter().filter_map(|k| k.split('/').nth(1).map(str::to_owned)).collect();
     assert_eq!(runs.into_iter().collect::<Vec<_>>(), ["20261122T010000Z-cccc"]);
 }
+
+/// Garage ignores storage classes; moto keeps them: STORAGE_CLASS reaches the server, read
+/// back by the aws CLI.
+#[test]
+fn storage_class_reaches_the_server() {
+    let s = Servers::get();
+    let endpoint = s.var("NCB_MOTO_ENDPOINT");
+    let aws = |args: &[&str]| -> String {
+        let out = Command::new("aws")
+            .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "moto")
+            .env("AWS_SECRET_ACCESS_KEY", "moto")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let bucket = unique("ncbclass").replace('_', "-");
+    aws(&["s3api", "create-bucket", "--bucket", &bucket]);
+    let sb = Sandbox::new();
+    sb.write("enc/small.bin", b"small");
+    sb.write("enc/big.bin", &big(11 << 20, 9));
+    let run_id = "20261122T010000Z-dddd";
+    let mut c = cmd(&bin("storage"));
+    c.env("NCB_RUN_ID", run_id)
+        .env("AWS_ACCESS_KEY_ID", "moto")
+        .env("AWS_SECRET_ACCESS_KEY", "moto")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c.args([
+        "--HOSTNAME",
+        "web1",
+        "--DESTINATION",
+        "s3",
+        "--BUCKET_NAME",
+        &bucket,
+        "--ENDPOINT_URL",
+        &endpoint,
+        "--STORAGE_CLASS",
+        "STANDARD_IA",
+        "--PART_SIZE_MB",
+        "5",
+    ]);
+    c.arg("--OBJECTIVES").arg(sb.join("enc"));
+    run(&mut c).expect(0);
+    for key in ["small.bin", "big.bin", "RUN-MANIFEST.json"] {
+        let class = aws(&[
+            "s3api",
+            "head-object",
+            "--bucket",
+            &bucket,
+            "--key",
+            &format!("web1/{run_id}/{key}"),
+            "--query",
+            "StorageClass",
+            "--output",
+            "text",
+        ]);
+        assert_eq!(class.trim(), "STANDARD_IA", "{key}");
+    }
+}
