@@ -62,6 +62,12 @@ pub trait Backend {
     fn stat(&self, key: &str) -> Result<Option<(u64, String)>>;
     /// Stores `local` under `key`; the stored bytes must hash to `info.sha256`.
     fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()>;
+    /// Stores many files; backends that can, do it concurrently.
+    fn put_all(&self, items: &[(PathBuf, String, FileInfo)]) -> Result<()> {
+        items.iter().try_for_each(|(path, key, info)| self.put(path, key, info))
+    }
+    /// Sizes of the files stored under `prefix`, by key.
+    fn sizes(&self, prefix: &str) -> Result<std::collections::HashMap<String, u64>>;
     /// Small files (manifests).
     fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()>;
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>>;
@@ -147,6 +153,27 @@ impl Backend for Local {
             )));
         }
         Ok(Artifact { path: file.commit()?, bytes, sha256 })
+    }
+
+    fn sizes(&self, prefix: &str) -> Result<std::collections::HashMap<String, u64>> {
+        let mut out = std::collections::HashMap::new();
+        let mut stack = vec![self.path(prefix)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let p = e.path();
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(p),
+                    Ok(m) => {
+                        if let Ok(rel) = p.strip_prefix(&self.root) {
+                            out.insert(rel.to_string_lossy().into_owned(), m.len());
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn runs(&self, prefix: &str) -> Result<Vec<String>> {

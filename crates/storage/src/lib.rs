@@ -262,17 +262,22 @@ fn store_run(
     report: &mut StageReport,
 ) -> Result<()> {
     let run = format!("{prefix}{}/", ctx.run_id);
-    let (mut stored, mut skipped) = (0, 0);
+    // One listing tells which files may already be there; only those are checked one by one.
+    let present = d.sizes(&run)?;
+    let mut todo = Vec::new();
+    let mut skipped = 0;
     for (path, info) in infos {
         let key = format!("{run}{}", info.name);
-        if d.stat(&key)?.is_some_and(|(size, sha)| size == info.size && sha == info.sha256) {
+        if present.get(&key) == Some(&info.size)
+            && d.stat(&key)?.is_some_and(|(size, sha)| size == info.size && sha == info.sha256)
+        {
             skipped += 1;
-            continue;
+        } else {
+            todo.push((path.clone(), key, info.clone()));
         }
-        d.put(path, &key, info)
-            .map_err(|e| Error::runtime(format!("{}: {}", d.describe(), ncb_core::stage::error_chain(&e))))?;
-        stored += 1;
     }
+    d.put_all(&todo).map_err(|e| Error::runtime(format!("{}: {}", d.describe(), ncb_core::stage::error_chain(&e))))?;
+    let stored = todo.len();
     let manifest = RunManifest {
         format: "ncb-run".into(),
         version: 1,

@@ -73,6 +73,33 @@ fn err<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error>(what: &st
     }
 }
 
+/// One object in one request, streamed from the file, with its SHA-256 for the server to check.
+async fn put_single(
+    client: &Client,
+    bucket: &str,
+    class: Option<StorageClass>,
+    local: &Path,
+    key: &str,
+    info: &FileInfo,
+) -> Result<()> {
+    let body =
+        ByteStream::from_path(local).await.map_err(|e| io_err(&format!("cannot read {}", local.display()), e))?;
+    let digest = hex::decode(&info.sha256).map_err(|e| Error::runtime(format!("bad sha256: {e}")))?;
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body)
+        .content_length(i64::try_from(info.size).unwrap_or(i64::MAX))
+        .checksum_sha256(b64(&digest))
+        .metadata("sha256", &info.sha256)
+        .set_storage_class(class)
+        .send()
+        .await
+        .map_err(|e| err(&format!("upload of s3://{bucket}/{key}"), e))?;
+    Ok(())
+}
+
 impl S3 {
     pub fn from_params(p: &Params) -> Result<Self> {
         let bucket = p.required_str("BUCKET_NAME")?.to_owned();
@@ -146,25 +173,6 @@ impl S3 {
             }
             Ok(n)
         })
-    }
-
-    async fn put_single(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
-        let body =
-            ByteStream::from_path(local).await.map_err(|e| io_err(&format!("cannot read {}", local.display()), e))?;
-        let digest = hex::decode(&info.sha256).map_err(|e| Error::runtime(format!("bad sha256: {e}")))?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(body)
-            .content_length(i64::try_from(info.size).unwrap_or(i64::MAX))
-            .checksum_sha256(b64(&digest))
-            .metadata("sha256", &info.sha256)
-            .set_storage_class(self.class.clone())
-            .send()
-            .await
-            .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
-        Ok(())
     }
 
     async fn put_multipart(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
@@ -307,9 +315,62 @@ impl Backend for S3 {
     fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
         self.rt.block_on(async {
             if info.size as usize <= self.part_size {
-                self.put_single(local, key, info).await
+                put_single(&self.client, &self.bucket, self.class.clone(), local, key, info).await
             } else {
                 self.put_multipart(local, key, info).await
+            }
+        })
+    }
+
+    /// Small files go up concurrently (UPLOAD_CONCURRENCY x 4 at once); large ones one after
+    /// the other, each with its parts in parallel.
+    fn put_all(&self, items: &[(std::path::PathBuf, String, FileInfo)]) -> Result<()> {
+        let (small, large): (Vec<_>, Vec<_>) = items.iter().partition(|(_, _, i)| i.size as usize <= self.part_size);
+        self.rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (path, key, info) in small {
+                let (client, bucket, class) = (self.client.clone(), self.bucket.clone(), self.class.clone());
+                let (path, key, info) = (path.clone(), key.clone(), info.clone());
+                tasks.spawn(async move { put_single(&client, &bucket, class, &path, &key, &info).await });
+                while tasks.len() >= self.concurrency * 4 {
+                    if let Some(done) = tasks.join_next().await {
+                        done.map_err(|e| Error::runtime(format!("upload task: {e}")))??;
+                    }
+                }
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.map_err(|e| Error::runtime(format!("upload task: {e}")))??;
+            }
+            for (path, key, info) in large {
+                self.put_multipart(path, key, info).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn sizes(&self, prefix: &str) -> Result<std::collections::HashMap<String, u64>> {
+        self.rt.block_on(async {
+            let mut out = std::collections::HashMap::new();
+            let mut token: Option<String> = None;
+            loop {
+                let o = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token.clone())
+                    .send()
+                    .await
+                    .map_err(|e| err(&format!("cannot list s3://{}/{prefix}", self.bucket), e))?;
+                for obj in o.contents() {
+                    if let Some(k) = obj.key() {
+                        out.insert(k.to_owned(), u64::try_from(obj.size().unwrap_or(0)).unwrap_or(0));
+                    }
+                }
+                token = o.next_continuation_token().map(str::to_owned);
+                if token.is_none() {
+                    return Ok(out);
+                }
             }
         })
     }
