@@ -24,6 +24,7 @@ have runc        || need+=(runc)
 have bc          || need+=(bc)
 have crontab     || need+=(cron)
 have aws         || need+=(awscli)
+have rclone      || need+=(rclone)
 [ -x /usr/bin/time ] || need+=(time)
 
 if ((${#need[@]})); then

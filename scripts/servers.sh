@@ -110,6 +110,7 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 StrictModes no
 LogLevel VERBOSE
+Subsystem sftp internal-sftp
 CONF
   /usr/sbin/sshd -f "$D/sshd_config" -E "$D/sshd.log"
   wait_for 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SSH_PORT"

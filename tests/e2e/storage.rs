@@ -119,3 +119,38 @@ fn retention_keeps_what_the_rules_say_and_never_the_current_run() {
     left.sort();
     assert_eq!(left, ["20261030T000000Z-0000", "20261103T200000Z-0005", current]);
 }
+
+/// DESTINATION rclone, to an SFTP remote served by the test sshd on 127.0.0.1.
+#[test]
+fn rclone_over_sftp_stores_skips_downloads_and_prunes() {
+    let s = nc_backup_e2e::Servers::get();
+    let sb = Sandbox::new();
+    sb.write("enc/a.bin", &[7u8; 300_000]);
+    sb.write("enc/sub/b.txt", b"bee");
+    let remote = format!(
+        ":sftp,host=127.0.0.1,port={},user=root,key_file={}:{}",
+        s.var("NCB_SSH_PORT"),
+        s.var("NCB_SSH_KEY"),
+        sb.join("remote").display()
+    );
+    let store = |run_id: &str, extra: &[&str]| {
+        let mut args = vec!["--DESTINATION", "rclone", "--RCLONE_REMOTE", remote.as_str()];
+        args.extend_from_slice(extra);
+        storage(run_id, &args, &[("--OBJECTIVES", &sb.join("enc"))])
+    };
+    let r1 = "20261120T000000Z-1111";
+    assert_eq!(store(r1, &[]).expect(0).json()["data"]["stored"], 2);
+    assert!(sb.join(format!("remote/web1/{r1}/RUN-MANIFEST.json")).is_file());
+    assert_eq!(std::fs::read(sb.join(format!("remote/web1/{r1}/sub/b.txt"))).unwrap(), b"bee");
+    assert_eq!(store(r1, &[]).expect(0).json()["data"]["skipped"], 2);
+    let back = sb.join("back");
+    storage("x", &["--download", "--SOURCE", "rclone", "--RCLONE_REMOTE", &remote], &[("--DESTINATION", &back)])
+        .expect(0);
+    assert_eq!(std::fs::read(back.join("a.bin")).unwrap(), vec![7u8; 300_000]);
+    store("20261121T000000Z-2222", &["--KEEP_LAST", "1"]).expect(0);
+    let left: Vec<String> = std::fs::read_dir(sb.join("remote/web1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["20261121T000000Z-2222"]);
+}

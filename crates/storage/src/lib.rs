@@ -3,10 +3,11 @@
 //! without it is visibly incomplete; fetches a run back (`--download`), checking every file;
 //! applies retention (KEEP_LAST/DAILY/WEEKLY/MONTHLY, restic semantics).
 //!
-//! This build stores into local folders (DESTINATION local, and GENERAL LOCAL_BACKUP);
-//! S3 and rclone destinations are not available yet and are refused by `--check`.
+//! Destinations: local folders (DESTINATION local, and GENERAL LOCAL_BACKUP), S3 or any
+//! S3-compatible store (DESTINATION s3), and every cloud rclone knows (DESTINATION rclone).
 
 pub mod backend;
+pub mod rclone;
 pub mod retention;
 pub mod s3;
 
@@ -20,11 +21,11 @@ use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
 use retention::Policy;
 
-pub static PARAMS: [ParamSpec; 24] = [
+pub static PARAMS: [ParamSpec; 26] = [
     ParamSpec::new(
         "DESTINATION",
         Kind::List,
-        "Where to store: local, s3 (several allowed); with --download, the folder to fetch into",
+        "Where to store: local, s3, rclone (several allowed); with --download, the folder to fetch into",
     ),
     ParamSpec::new("PATH", Kind::Path, "DESTINATION local: the folder runs are stored in"),
     ParamSpec::new("PREFIX", Kind::Str, "Folder of this host's runs in each destination (default <HOSTNAME>/)"),
@@ -44,11 +45,17 @@ pub static PARAMS: [ParamSpec; 24] = [
     ParamSpec::new("DOWNLOAD", Kind::Switch, "Fetch a run back instead of storing"),
     ParamSpec::new(
         "SOURCE",
-        Kind::Choice(&["local", "s3"]),
+        Kind::Choice(&["local", "s3", "rclone"]),
         "--download: the destination kind to fetch from (default local)",
     ),
     ParamSpec::new("RUN", Kind::Str, "--download: a run id, or latest (default): the newest complete run"),
     ParamSpec::new("MAX_DOWNLOAD_FILES", Kind::Int, "--download: refuse a run of more files than this"),
+    ParamSpec::new(
+        "RCLONE_REMOTE",
+        Kind::Str,
+        "rclone: where runs go, as rclone names it (onedrive:backups, :sftp,host=h:/backups, /mnt/x)",
+    ),
+    ParamSpec::new("RCLONE_CONFIG", Kind::Path, "rclone: its config file (default: rclone's)").must_exist(),
     ParamSpec::new("BUCKET_NAME", Kind::Str, "s3: the bucket"),
     ParamSpec::new("REGION", Kind::Str, "s3: the region (default us-east-1)"),
     ParamSpec::new(
@@ -98,7 +105,7 @@ fn validate(p: &Params) -> Vec<Problem> {
         if p.str("DESTINATION").is_none() {
             bad("DESTINATION", "--download needs the folder to fetch into".into());
         }
-        if p.str("PATH").is_none() && !p.str("SOURCE").is_some_and(|s| s.eq_ignore_ascii_case("s3")) {
+        if p.str("PATH").is_none() && !p.str("SOURCE").is_some_and(|s| !s.eq_ignore_ascii_case("local")) {
             bad("PATH", "--download from local needs the folder runs are stored in".into());
         }
         return problems;
@@ -115,7 +122,10 @@ fn validate(p: &Params) -> Vec<Problem> {
             "local" => {}
             "s3" if p.str("BUCKET_NAME").is_none() => bad("BUCKET_NAME", "DESTINATION s3 needs BUCKET_NAME".into()),
             "s3" => {}
-            "rclone" => bad("DESTINATION", format!("destination {k} is not available in this build yet")),
+            "rclone" if p.str("RCLONE_REMOTE").is_none() => {
+                bad("RCLONE_REMOTE", "DESTINATION rclone needs RCLONE_REMOTE".into())
+            }
+            "rclone" => {}
             other => bad("DESTINATION", format!("unknown destination '{other}' (known: {})", KINDS.join(", "))),
         }
     }
@@ -148,6 +158,9 @@ fn backends(p: &Params, ctx: &StageCtx) -> Result<Vec<Box<dyn Backend>>> {
     for k in p.list("DESTINATION")? {
         match k.to_ascii_lowercase().as_str() {
             "local" => out.push(Box::new(Local { root: p.required_path("PATH")? })),
+            "rclone" => {
+                out.push(Box::new(rclone::Rclone::new(p.required_str("RCLONE_REMOTE")?, p.path("RCLONE_CONFIG"))))
+            }
             "s3" => {
                 let s3 = s3::S3::from_params(p)?;
                 s3.abort_stale(&prefix(p, ctx))?;
@@ -169,8 +182,16 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     }
     let prefix = prefix(p, ctx);
     if p.flag("DOWNLOAD", false)? {
-        if p.choice("SOURCE", &["local", "s3"], "local")? == "s3" {
+        let source = p.choice("SOURCE", &["local", "s3", "rclone"], "local")?;
+        if source == "s3" {
             download(p, &s3::S3::from_params(p)?, &prefix, &mut report)?;
+        } else if source == "rclone" {
+            download(
+                p,
+                &rclone::Rclone::new(p.required_str("RCLONE_REMOTE")?, p.path("RCLONE_CONFIG")),
+                &prefix,
+                &mut report,
+            )?;
         } else {
             download(p, &Local { root: p.required_path("PATH")? }, &prefix, &mut report)?;
         }

@@ -1,0 +1,207 @@
+//! Every cloud rclone knows (OneDrive, Google Drive, Azure Blob, GCS, SFTP, …) through the
+//! `rclone` program: RCLONE_REMOTE is an rclone path such as `onedrive:backups`, a connection
+//! string (`:sftp,host=…:/backups`) or a local folder. Uploads are checked by reading the
+//! stored file's SHA-256 back (rclone hashes remotely when the backend can, else downloads),
+//! downloads by hashing what arrives.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ncb_core::atomic::AtomicFile;
+use ncb_core::hash::HashWriter;
+use ncb_core::{Artifact, Error, IoContext, Result};
+
+use crate::backend::{Backend, FileInfo, RUN_MANIFEST};
+
+#[derive(Debug, Clone)]
+pub struct Rclone {
+    remote: String,
+    config: Option<std::path::PathBuf>,
+}
+
+impl Rclone {
+    pub fn new(remote: &str, config: Option<std::path::PathBuf>) -> Self {
+        Rclone { remote: remote.trim_end_matches('/').to_owned(), config }
+    }
+
+    fn path(&self, key: &str) -> String {
+        if self.remote.ends_with(':') { format!("{}{key}", self.remote) } else { format!("{}/{key}", self.remote) }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("rclone");
+        if let Some(conf) = &self.config {
+            c.arg("--config").arg(conf);
+        }
+        c.args(["--retries", "3", "--low-level-retries", "10", "--contimeout", "15s"]).args(args);
+        c
+    }
+
+    /// Runs rclone; Ok(None) when it says the file or folder does not exist.
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+        let mut c = self.cmd(args);
+        c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .map_err(|e| Error::runtime(format!("cannot run rclone: {e} (install Debian's rclone package)")))?;
+        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(bytes).map_err(|e| Error::io("rclone", e))?;
+        }
+        let out = child.wait_with_output().map_err(|e| Error::io("rclone", e))?;
+        if out.status.success() {
+            return Ok(Some(out.stdout));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        // rclone's exit codes 3 and 4: directory or file not found.
+        if out.status.code() == Some(3) || out.status.code() == Some(4) {
+            return Ok(None);
+        }
+        let last: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
+        Err(Error::runtime(format!(
+            "rclone {} failed: {}",
+            args.first().unwrap_or(&""),
+            last.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )))
+    }
+
+    fn list(&self, key: &str, recursive: bool) -> Result<Vec<serde_json::Value>> {
+        let p = self.path(key);
+        let mut args = vec!["lsjson", p.as_str()];
+        if recursive {
+            args.push("-R");
+        }
+        match self.run(&args, None)? {
+            None => Ok(Vec::new()),
+            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::runtime(format!("rclone lsjson {p}: {e}"))),
+        }
+    }
+}
+
+impl Backend for Rclone {
+    fn describe(&self) -> String {
+        format!("rclone {}", self.remote)
+    }
+
+    fn stat(&self, key: &str) -> Result<Option<(u64, String)>> {
+        let p = self.path(key);
+        let Some(out) = self.run(&["lsjson", "--hash", "--hash-type", "sha256", &p], None)? else { return Ok(None) };
+        let items: Vec<serde_json::Value> =
+            serde_json::from_slice(&out).map_err(|e| Error::runtime(format!("rclone lsjson {p}: {e}")))?;
+        let Some(i) = items.first() else { return Ok(None) };
+        let size = i["Size"].as_u64().unwrap_or(0);
+        match i["Hashes"]["sha256"].as_str().filter(|h| !h.is_empty()) {
+            Some(sha) => Ok(Some((size, sha.to_owned()))),
+            // The backend has no SHA-256 (sftp with rclone 1.60, …): read the file back.
+            None => self.hash_remote(key).map(Some),
+        }
+    }
+
+    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
+        let p = self.path(key);
+        let src = local.display().to_string();
+        self.run(&["copyto", &src, &p], None)?
+            .ok_or_else(|| Error::runtime(format!("rclone copyto {p}: not found")))?;
+        match self.stat(key)? {
+            Some((size, sha)) if size == info.size && sha == info.sha256 => Ok(()),
+            Some((size, sha)) => Err(Error::runtime(format!("{p}: stored copy differs ({size} bytes, sha256 {sha})"))),
+            None => Err(Error::runtime(format!("{p}: missing right after the upload"))),
+        }
+    }
+
+    fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.path(key);
+        self.run(&["rcat", &p], Some(bytes))?
+            .map(|_| ())
+            .ok_or_else(|| Error::runtime(format!("rclone rcat {p}: not found")))
+    }
+
+    fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.run(&["cat", &self.path(key)], None)
+    }
+
+    fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
+        let p = self.path(key);
+        let mut child = self
+            .cmd(&["cat", &p])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::runtime(format!("cannot run rclone: {e}")))?;
+        let mut out = HashWriter::new(AtomicFile::create(dest)?);
+        if let Some(mut o) = child.stdout.take() {
+            std::io::copy(&mut o, &mut out).at("cannot write", dest)?;
+        }
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let status = child.wait().map_err(|e| Error::io("rclone", e))?;
+        if !status.success() {
+            return Err(Error::runtime(format!("rclone cat {p} failed: {}", err.trim())));
+        }
+        let (file, bytes, sha256) = out.finish();
+        if bytes != info.size || sha256 != info.sha256 {
+            return Err(Error::runtime(format!(
+                "{p}: {bytes} bytes with sha256 {sha256}, the run manifest says {} bytes with {} (damaged or replaced)",
+                info.size, info.sha256
+            )));
+        }
+        Ok(Artifact { path: file.commit()?, bytes, sha256 })
+    }
+
+    fn sizes(&self, prefix: &str) -> Result<std::collections::HashMap<String, u64>> {
+        Ok(self
+            .list(prefix, true)?
+            .iter()
+            .filter(|i| !i["IsDir"].as_bool().unwrap_or(false))
+            .filter_map(|i| Some((format!("{prefix}{}", i["Path"].as_str()?), i["Size"].as_u64()?)))
+            .collect())
+    }
+
+    fn runs(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut runs: Vec<String> = self
+            .list(prefix.trim_end_matches('/'), false)?
+            .iter()
+            .filter(|i| i["IsDir"].as_bool().unwrap_or(false))
+            .filter_map(|i| i["Name"].as_str().map(str::to_owned))
+            .filter(|n| crate::retention::run_time(n).is_some())
+            .collect();
+        runs.sort();
+        Ok(runs)
+    }
+
+    fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()> {
+        let run = format!("{prefix}{run_id}");
+        self.run(&["deletefile", &self.path(&format!("{run}/{RUN_MANIFEST}"))], None)?;
+        self.run(&["purge", &self.path(&run)], None)?;
+        Ok(())
+    }
+}
+
+impl Rclone {
+    /// Size and SHA-256 of a stored file, streamed through `rclone cat` (memory stays flat).
+    fn hash_remote(&self, key: &str) -> Result<(u64, String)> {
+        let p = self.path(key);
+        let mut child = self
+            .cmd(&["cat", &p])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::runtime(format!("cannot run rclone: {e}")))?;
+        let mut h = HashWriter::new(std::io::sink());
+        if let Some(mut o) = child.stdout.take() {
+            std::io::copy(&mut o, &mut h).map_err(|e| Error::io(format!("reading {p} back"), e))?;
+        }
+        let status = child.wait().map_err(|e| Error::io("rclone", e))?;
+        if !status.success() {
+            return Err(Error::runtime(format!("rclone cat {p} failed")));
+        }
+        let (_, n, sha) = h.finish();
+        Ok((n, sha))
+    }
+}
