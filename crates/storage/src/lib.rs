@@ -105,7 +105,7 @@ fn validate(p: &Params) -> Vec<Problem> {
         if p.str("DESTINATION").is_none() {
             bad("DESTINATION", "--download needs the folder to fetch into".into());
         }
-        if p.str("PATH").is_none() && !p.str("SOURCE").is_some_and(|s| !s.eq_ignore_ascii_case("local")) {
+        if p.str("PATH").is_none() && p.str("SOURCE").is_none_or(|s| s.eq_ignore_ascii_case("local")) {
             bad("PATH", "--download from local needs the folder runs are stored in".into());
         }
         return problems;
