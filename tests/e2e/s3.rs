@@ -161,24 +161,21 @@ fn s3_store_multipart_readback_idempotence_download_retention_and_faults() {
 
     // Garage stopped in the middle of a multipart upload: the run fails without a manifest;
     // the next run aborts the orphan upload and completes.
-    let mut child = env
-        .storage(
-            r2,
-            &["--DESTINATION", "s3", "--OBJECTIVES", &objectives, "--PART_SIZE_MB", "5", "--UPLOAD_CONCURRENCY", "1"],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(20), || env.open_uploads() > 0 || child.try_wait().unwrap().is_some()));
+    // A file large enough (160 MiB, one 5 MiB part at a time) to be caught mid-upload.
+    sb.write("slow/huge.bin", &big(160 << 20, 5));
+    let slow = sb.join("slow").display().to_string();
+    let args = ["--DESTINATION", "s3", "--OBJECTIVES", &slow, "--PART_SIZE_MB", "5", "--UPLOAD_CONCURRENCY", "1"];
+    let mut child = env.storage(r2, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(wait_for(Duration::from_secs(30), || env.open_uploads() > 0), "no multipart upload started");
     env.garage("garage-stop");
     let out = Out::from(child.wait_with_output().unwrap());
     env.garage("garage-start");
-    if out.code != 0 {
-        assert_eq!(out.code, 1, "{}", out.stderr);
-        assert!(!env.keys().contains(&format!("{p}/{r2}/RUN-MANIFEST.json")), "a failed run has a manifest");
-    }
-    store(r2, &[]).expect(0);
+    let out = out.expect(1);
+    assert!(out.stderr.contains("huge.bin"), "{}", out.stderr);
+    assert!(!env.keys().contains(&format!("{p}/{r2}/RUN-MANIFEST.json")), "a failed run has a manifest");
+    assert!(env.open_uploads() > 0, "the interrupted upload should still be open on the server");
+    // The next run aborts the orphan and completes.
+    run(&mut env.storage(r2, &["--DESTINATION", "s3", "--OBJECTIVES", &slow, "--PART_SIZE_MB", "16"])).expect(0);
     assert_eq!(env.open_uploads(), 0, "orphan multipart upload left");
     assert!(env.keys().contains(&format!("{p}/{r2}/RUN-MANIFEST.json")));
 
