@@ -165,7 +165,7 @@ fn s3_store_multipart_readback_idempotence_download_retention_and_faults() {
     sb.write("slow/huge.bin", &big(160 << 20, 5));
     let slow = sb.join("slow").display().to_string();
     let args = ["--DESTINATION", "s3", "--OBJECTIVES", &slow, "--PART_SIZE_MB", "5", "--UPLOAD_CONCURRENCY", "1"];
-    let mut child = env.storage(r2, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = env.storage(r2, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     assert!(wait_for(Duration::from_secs(30), || env.open_uploads() > 0), "no multipart upload started");
     env.garage("garage-stop");
     let out = Out::from(child.wait_with_output().unwrap());

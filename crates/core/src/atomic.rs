@@ -158,6 +158,35 @@ fn parent_dir(p: &Path) -> &Path {
     }
 }
 
+/// Commits many outputs at once: each is fsynced and renamed, then each folder is fsynced
+/// once (not once per file). On an error, the outputs not yet renamed are removed.
+pub fn commit_all(files: Vec<AtomicFile>) -> Result<Vec<PathBuf>> {
+    let mut done = Vec::with_capacity(files.len());
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for mut f in files {
+        let Some(mut file) = f.file.take() else { continue };
+        let (tmp, dest) = (std::mem::take(&mut f.tmp), std::mem::take(&mut f.dest));
+        let r = file
+            .flush()
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fs::rename(&tmp, &dest))
+            .at("cannot commit", &dest);
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let dir = parent_dir(&dest).to_path_buf();
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+        done.push(dest);
+    }
+    for d in &dirs {
+        sync_dir(d)?;
+    }
+    Ok(done)
+}
+
 /// fsync a folder, so that a rename or a new entry in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("cannot sync folder", dir)

@@ -73,6 +73,10 @@ pub trait Backend {
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Fetches `key` into `dest`, checking size and SHA-256.
     fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact>;
+    /// Fetches many files; backends that can, do it concurrently.
+    fn get_all(&self, items: &[(String, PathBuf, FileInfo)]) -> Result<Vec<Artifact>> {
+        items.iter().map(|(key, dest, info)| self.get(key, dest, info)).collect()
+    }
     /// The run ids under `prefix` (complete or not).
     fn runs(&self, prefix: &str) -> Result<Vec<String>>;
     /// Deletes a whole run.

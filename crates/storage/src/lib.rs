@@ -357,12 +357,13 @@ fn download(p: &Params, d: &dyn Backend, prefix: &str, report: &mut StageReport)
             manifest.files.len()
         )));
     }
+    let mut items = Vec::new();
     for f in &manifest.files {
         let target = dest.join(&f.name);
         ncb_core::atomic::ensure_dir(target.parent().unwrap_or(&dest), 0o700)?;
-        let a = d.get(&format!("{prefix}{run}/{}", f.name), &target, f)?;
-        report.artifacts.push(a);
+        items.push((format!("{prefix}{run}/{}", f.name), target, f.clone()));
     }
+    report.artifacts.extend(d.get_all(&items)?);
     log::info!("{}: fetched run {run} ({} files) into {}", d.describe(), manifest.files.len(), dest.display());
     report.set("run", run);
     Ok(())

@@ -100,6 +100,36 @@ async fn put_single(
     Ok(())
 }
 
+/// One object streamed and hashed into an uncommitted temporary file, checked against `info`.
+async fn fetch(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    dest: &Path,
+    info: &FileInfo,
+) -> Result<(AtomicFile, (u64, String))> {
+    let o = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| err(&format!("cannot download s3://{bucket}/{key}"), e))?;
+    let mut out = HashWriter::new(AtomicFile::create(dest)?);
+    let mut body = o.body;
+    while let Some(chunk) = body.try_next().await.map_err(|e| io_err(&format!("download of {key}"), e))? {
+        std::io::Write::write_all(&mut out, &chunk).at("cannot write", dest)?;
+    }
+    let (file, bytes, sha256) = out.finish();
+    if bytes != info.size || sha256 != info.sha256 {
+        return Err(Error::runtime(format!(
+            "s3://{bucket}/{key}: {bytes} bytes with sha256 {sha256}, the run manifest says {} bytes with {} (damaged or replaced)",
+            info.size, info.sha256
+        )));
+    }
+    Ok((file, (bytes, sha256)))
+}
+
 impl S3 {
     pub fn from_params(p: &Params) -> Result<Self> {
         let bucket = p.required_str("BUCKET_NAME")?.to_owned();
@@ -425,6 +455,32 @@ impl Backend for S3 {
             }
             Ok(Artifact { path: file.commit()?, bytes, sha256 })
         })
+    }
+
+    /// Concurrent GETs (UPLOAD_CONCURRENCY x 4 at once), each streamed and hashed into its
+    /// temporary file; all are verified, then committed together.
+    fn get_all(&self, items: &[(String, std::path::PathBuf, FileInfo)]) -> Result<Vec<Artifact>> {
+        let fetched = self.rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut out = Vec::with_capacity(items.len());
+            for (key, dest, info) in items {
+                let (client, bucket) = (self.client.clone(), self.bucket.clone());
+                let (key, dest, info) = (key.clone(), dest.clone(), info.clone());
+                tasks.spawn(async move { fetch(&client, &bucket, &key, &dest, &info).await });
+                while tasks.len() >= self.concurrency * 4 {
+                    if let Some(done) = tasks.join_next().await {
+                        out.push(done.map_err(|e| Error::runtime(format!("download task: {e}")))??);
+                    }
+                }
+            }
+            while let Some(done) = tasks.join_next().await {
+                out.push(done.map_err(|e| Error::runtime(format!("download task: {e}")))??);
+            }
+            Ok::<_, Error>(out)
+        })?;
+        let (files, arts): (Vec<AtomicFile>, Vec<(u64, String)>) = fetched.into_iter().unzip();
+        let paths = ncb_core::atomic::commit_all(files)?;
+        Ok(paths.into_iter().zip(arts).map(|(path, (bytes, sha256))| Artifact { path, bytes, sha256 }).collect())
     }
 
     fn runs(&self, prefix: &str) -> Result<Vec<String>> {
