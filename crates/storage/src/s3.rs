@@ -439,22 +439,8 @@ impl Backend for S3 {
     }
 
     fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
-        self.rt.block_on(async {
-            let o = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| err(&format!("cannot download s3://{}/{key}", self.bucket), e))?;
-            let mut out = HashWriter::new(AtomicFile::create(dest)?);
-            let mut body = o.body;
-            while let Some(chunk) = body.try_next().await.map_err(|e| io_err(&format!("download of {key}"), e))? {
-                std::io::Write::write_all(&mut out, &chunk).at("cannot write", dest)?;
-            }
-            let (file, bytes, sha256) = out.finish();
-            if bytes != info.size || sha256 != info.sha256 {
-                return Err(Error::runtime(format!(
-                    "s3://{}/{key}: {bytes} bytes with sha256 {sha256}, the run manifest says {} bytes with {} (damaged or replaced)",
-                    self.bucket, info.size, info.sha256
-                )));
-            }
-            Ok(Artifact { path: file.commit()?, bytes, sha256 })
-        })
+        let (file, (bytes, sha256)) = self.rt.block_on(fetch(&self.client, &self.bucket, key, dest, info))?;
+        Ok(Artifact { path: file.commit()?, bytes, sha256 })
     }
 
     /// Concurrent GETs (UPLOAD_CONCURRENCY x 4 at once), each streamed and hashed into its
