@@ -161,8 +161,16 @@ fn s3_store_multipart_readback_idempotence_download_retention_and_faults() {
 
     // Garage stopped in the middle of a multipart upload: the run fails without a manifest;
     // the next run aborts the orphan upload and completes.
-    // A file large enough (160 MiB, one 5 MiB part at a time) to be caught mid-upload.
-    sb.write("slow/huge.bin", &big(160 << 20, 5));
+    // A file large enough (640 MiB, one 5 MiB part at a time: seconds of upload) to be caught
+    // mid-upload for sure.
+    std::fs::create_dir_all(sb.join("slow")).unwrap();
+    let block = big(1 << 20, 5);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(sb.join("slow/huge.bin")).unwrap());
+    for i in 0..640u32 {
+        std::io::Write::write_all(&mut f, &i.to_le_bytes()).unwrap();
+        std::io::Write::write_all(&mut f, &block[4..]).unwrap();
+    }
+    drop(f);
     let slow = sb.join("slow").display().to_string();
     let args = ["--DESTINATION", "s3", "--OBJECTIVES", &slow, "--PART_SIZE_MB", "5", "--UPLOAD_CONCURRENCY", "1"];
     let child = env.storage(r2, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
