@@ -128,4 +128,5 @@ fn notification_failures_are_retried_then_logged_and_never_change_the_status() {
         notify_conf(&sb, &l, false, json!({"WEBHOOK_URL": format!("http://127.0.0.1:{closed}/hook"), "RETRIES": 1}));
     let out = run(cmd(&bin("backup-runner")).arg("-r").arg("-c").arg(&conf).env("RECORD", sb.join("rec"))).expect(0);
     assert!(out.stderr.contains("webhook") && out.stderr.contains("failed after 2 attempts"), "{}", out.stderr);
+    assert!(!out.stderr.contains("/hook"), "the URL path (often a token) reached the log: {}", out.stderr);
 }

@@ -111,7 +111,7 @@ impl Notify {
     /// `retries + 1` attempts.
     fn send(&self, what: &str, url: &str, body: Option<&[u8]>) {
         let agent = self.agent();
-        let shown = crate::plan::mask_url_password(url);
+        let shown = redact(url);
         let started = Instant::now();
         for attempt in 0..=self.retries {
             if attempt > 0 {
@@ -165,6 +165,15 @@ impl Notify {
     }
 }
 
+/// A notification URL as logs show it: scheme and host only. Ping and webhook paths are often
+/// the secret themselves (a healthchecks UUID, a Slack hook token).
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "<url>".into() };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    format!("{scheme}://{host}/…")
+}
+
 fn run_command(c: &str, ok: bool, run_id: &str, report: Option<&Path>) {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -193,5 +202,14 @@ fn run_command(c: &str, ok: bool, run_id: &str, report: Option<&Path>) {
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => return log::error!("{label} command: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_in_logs_keep_only_the_host() {
+        assert_eq!(super::redact("https://hc-ping.com/3f1a-uuid/fail"), "https://hc-ping.com/…");
+        assert_eq!(super::redact("https://user:pw@hooks.example/T0/B1/xyz?k=v"), "https://hooks.example/…");
     }
 }

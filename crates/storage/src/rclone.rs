@@ -69,27 +69,29 @@ impl Rclone {
 
     fn list(&self, key: &str, recursive: bool) -> Result<Vec<serde_json::Value>> {
         let p = self.path(key);
+        let ps = masked(&p);
         let mut args = vec!["lsjson", p.as_str()];
         if recursive {
             args.push("-R");
         }
         match self.run(&args, None)? {
             None => Ok(Vec::new()),
-            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::runtime(format!("rclone lsjson {p}: {e}"))),
+            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::runtime(format!("rclone lsjson {ps}: {e}"))),
         }
     }
 }
 
 impl Backend for Rclone {
     fn describe(&self) -> String {
-        format!("rclone {}", self.remote)
+        format!("rclone {}", masked(&self.remote))
     }
 
     fn stat(&self, key: &str) -> Result<Option<(u64, String)>> {
         let p = self.path(key);
+        let ps = masked(&p);
         let Some(out) = self.run(&["lsjson", "--hash", "--hash-type", "sha256", &p], None)? else { return Ok(None) };
         let items: Vec<serde_json::Value> =
-            serde_json::from_slice(&out).map_err(|e| Error::runtime(format!("rclone lsjson {p}: {e}")))?;
+            serde_json::from_slice(&out).map_err(|e| Error::runtime(format!("rclone lsjson {ps}: {e}")))?;
         let Some(i) = items.first() else { return Ok(None) };
         let size = i["Size"].as_u64().unwrap_or(0);
         match i["Hashes"]["sha256"].as_str().filter(|h| !h.is_empty()) {
@@ -101,21 +103,23 @@ impl Backend for Rclone {
 
     fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
         let p = self.path(key);
+        let ps = masked(&p);
         let src = local.display().to_string();
         self.run(&["copyto", &src, &p], None)?
-            .ok_or_else(|| Error::runtime(format!("rclone copyto {p}: not found")))?;
+            .ok_or_else(|| Error::runtime(format!("rclone copyto {ps}: not found")))?;
         match self.stat(key)? {
             Some((size, sha)) if size == info.size && sha == info.sha256 => Ok(()),
-            Some((size, sha)) => Err(Error::runtime(format!("{p}: stored copy differs ({size} bytes, sha256 {sha})"))),
-            None => Err(Error::runtime(format!("{p}: missing right after the upload"))),
+            Some((size, sha)) => Err(Error::runtime(format!("{ps}: stored copy differs ({size} bytes, sha256 {sha})"))),
+            None => Err(Error::runtime(format!("{ps}: missing right after the upload"))),
         }
     }
 
     fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()> {
         let p = self.path(key);
+        let ps = masked(&p);
         self.run(&["rcat", &p], Some(bytes))?
             .map(|_| ())
-            .ok_or_else(|| Error::runtime(format!("rclone rcat {p}: not found")))
+            .ok_or_else(|| Error::runtime(format!("rclone rcat {ps}: not found")))
     }
 
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -124,6 +128,7 @@ impl Backend for Rclone {
 
     fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
         let p = self.path(key);
+        let ps = masked(&p);
         let mut child = self
             .cmd(&["cat", &p])
             .stdin(Stdio::null())
@@ -141,12 +146,12 @@ impl Backend for Rclone {
         }
         let status = child.wait().map_err(|e| Error::io("rclone", e))?;
         if !status.success() {
-            return Err(Error::runtime(format!("rclone cat {p} failed: {}", err.trim())));
+            return Err(Error::runtime(format!("rclone cat {ps} failed: {}", err.trim())));
         }
         let (file, bytes, sha256) = out.finish();
         if bytes != info.size || sha256 != info.sha256 {
             return Err(Error::runtime(format!(
-                "{p}: {bytes} bytes with sha256 {sha256}, the run manifest says {} bytes with {} (damaged or replaced)",
+                "{ps}: {bytes} bytes with sha256 {sha256}, the run manifest says {} bytes with {} (damaged or replaced)",
                 info.size, info.sha256
             )));
         }
@@ -182,10 +187,27 @@ impl Backend for Rclone {
     }
 }
 
+/// A connection string as messages show it: values of secret-looking options (`pass=`,
+/// `token=`, `key=`…) masked.
+fn masked(remote: &str) -> String {
+    remote
+        .split(',')
+        .map(|opt| match opt.split_once('=') {
+            Some((k, v)) if ncb_core::params::looks_secret(k) || k.contains("pass") || k.contains("token") => {
+                let tail = v.find(':').map(|i| &v[i..]).unwrap_or("");
+                format!("{k}=****{tail}")
+            }
+            _ => opt.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Rclone {
     /// Size and SHA-256 of a stored file, streamed through `rclone cat` (memory stays flat).
     fn hash_remote(&self, key: &str) -> Result<(u64, String)> {
         let p = self.path(key);
+        let ps = masked(&p);
         let mut child = self
             .cmd(&["cat", &p])
             .stdin(Stdio::null())
@@ -195,13 +217,22 @@ impl Rclone {
             .map_err(|e| Error::runtime(format!("cannot run rclone: {e}")))?;
         let mut h = HashWriter::new(std::io::sink());
         if let Some(mut o) = child.stdout.take() {
-            std::io::copy(&mut o, &mut h).map_err(|e| Error::io(format!("reading {p} back"), e))?;
+            std::io::copy(&mut o, &mut h).map_err(|e| Error::io(format!("reading {ps} back"), e))?;
         }
         let status = child.wait().map_err(|e| Error::io("rclone", e))?;
         if !status.success() {
-            return Err(Error::runtime(format!("rclone cat {p} failed")));
+            return Err(Error::runtime(format!("rclone cat {ps} failed")));
         }
         let (_, n, sha) = h.finish();
         Ok((n, sha))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_in_connection_strings_are_masked() {
+        assert_eq!(super::masked(":sftp,host=h,user=u,pass=abc123:/srv"), ":sftp,host=h,user=u,pass=****:/srv");
+        assert_eq!(super::masked("onedrive:backups"), "onedrive:backups");
     }
 }
