@@ -3,11 +3,13 @@
 //! - [`pgzip`]: parallel, multi-member gzip that any gzip reader accepts
 //! - [`encoder`]: COMPRESSION_FORMAT gzip | zstd | none, COMPRESSION_LEVEL
 //! - [`archive`]: a streaming tar writer over the filesystem, with excludes and filters
+//! - [`extract`]: the way back: tar (plain, gzip, zstd) extracted under one folder, never outside it
 //!
 //! Everything streams: memory stays flat whatever the size of the data.
 
 pub mod archive;
 pub mod encoder;
+pub mod extract;
 pub mod glob;
 pub mod owners;
 pub mod pgzip;

@@ -23,6 +23,8 @@ pub mod env {
     pub const SECTION: &str = "NCB_SECTION";
     /// Set when the runner captures the stage's stderr into the log itself.
     pub const LOG_CAPTURED: &str = "NCB_LOG_CAPTURED";
+    /// The run's lineage so far (a JSON file in WORK_FOLDER; see [`crate::lineage`]).
+    pub const LINEAGE: &str = "NCB_LINEAGE";
     /// `NCB_PARAM_<KEY>`: a secret parameter, passed outside argv.
     pub const PARAM_PREFIX: &str = "NCB_PARAM_";
 }
@@ -109,11 +111,13 @@ pub struct StageCtx {
     /// The config section (or the stage name when run by hand).
     pub section: String,
     pub started: DateTime<Utc>,
+    /// What earlier sections of the run made (empty when run by hand).
+    pub lineage: crate::lineage::Lineage,
 }
 
 impl StageCtx {
     pub fn new(general: General, run_id: String, section: String) -> Self {
-        StageCtx { general, run_id, section, started: Utc::now() }
+        StageCtx { general, run_id, section, started: Utc::now(), lineage: Default::default() }
     }
 
     /// `HOST_SECTION_20261122T040000Z`: the stem of this stage's artifact names.

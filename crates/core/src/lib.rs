@@ -6,14 +6,18 @@
 //! - [`error`]: the error type and exit codes (0 ok, 1 runtime, 2 usage/config)
 //! - [`stage`]: `StageDef` and `stage_main`, which every stage's `main.rs` calls
 //! - [`atomic`]: outputs written under a temporary name, fsynced, renamed
+//! - [`progress`]: progress bars on a terminal, silence elsewhere
 //! - [`logging`], [`hash`], [`sys`]
 
 pub mod atomic;
 pub mod context;
 pub mod error;
 pub mod hash;
+pub mod lineage;
 pub mod logging;
 pub mod params;
+pub mod pipe;
+pub mod progress;
 pub mod report;
 pub mod stage;
 pub mod sys;

@@ -89,3 +89,48 @@ pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Res
     }
     Err(e)
 }
+
+fn c_path(p: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Sets access and modification time of `path` itself, never of what a symlink points at.
+pub fn set_times_nofollow(path: &std::path::Path, secs: u64) -> io::Result<()> {
+    let c = c_path(path)?;
+    let secs = libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX);
+    let ts = [libc::timespec { tv_sec: secs, tv_nsec: 0 }, libc::timespec { tv_sec: secs, tv_nsec: 0 }];
+    // SAFETY: c is a valid NUL-terminated path and ts two valid timespecs, both outliving the call.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The special files `mknod` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    Fifo,
+    Char,
+    Block,
+}
+
+/// Creates a fifo or device node (permission bits only from `mode`).
+pub fn mknod(path: &std::path::Path, kind: Special, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+    let c = c_path(path)?;
+    let fmt = match kind {
+        Special::Fifo => libc::S_IFIFO,
+        Special::Char => libc::S_IFCHR,
+        Special::Block => libc::S_IFBLK,
+    };
+    let dev = libc::makedev(major, minor);
+    // SAFETY: c is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mknod(c.as_ptr(), fmt | (mode & 0o777) as libc::mode_t, dev) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Sends `sig` to the process `pid`.
+pub fn kill_pid(pid: u32, sig: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill has no memory-safety preconditions; it only takes integers.
+    let r = unsafe { libc::kill(pid, sig) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

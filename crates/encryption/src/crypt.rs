@@ -378,40 +378,44 @@ pub fn locate(prefix: &Path, require_manifest: bool) -> Result<Located> {
     }
 }
 
+/// Opens part `i` of a stream for reading: a file here, or an object in a destination.
+pub type PartOpener<'a> = dyn Fn(usize) -> Result<Box<dyn Read + Send + 'a>> + Sync + 'a;
+
 /// Reads the parts as one stream, checking each part's SHA-256 against the manifest at its end.
-struct PartsReader<'a> {
-    parts: &'a [PathBuf],
+struct PartsReader<'a, 'o> {
+    names: &'a [String],
+    open: &'a PartOpener<'o>,
     expect: Option<&'a Manifest>,
     index: usize,
-    file: Option<File>,
+    file: Option<Box<dyn Read + Send + 'o>>,
     hash: Sha256,
 }
 
-impl PartsReader<'_> {
+impl PartsReader<'_, '_> {
     fn name(&self, i: usize) -> String {
-        self.parts.get(i).map(|p| file_name(p)).unwrap_or_default()
+        self.names.get(i).cloned().unwrap_or_default()
     }
 
     /// Reads up to `want` bytes across part boundaries; the range of parts it touched.
     fn read_chunk(&mut self, buf: &mut Vec<u8>, want: usize) -> Result<(usize, usize)> {
         buf.clear();
         let first = self.index;
-        while buf.len() < want && self.index < self.parts.len() {
+        while buf.len() < want && self.index < self.names.len() {
             if self.file.is_none() {
-                let p = &self.parts[self.index];
-                self.file = Some(File::open(p).at("cannot open part", p)?);
+                self.file = Some((self.open)(self.index)?);
             }
             let Some(f) = self.file.as_mut() else {
                 continue;
             };
             let before = buf.len();
-            append_up_to(f, buf, want).at("cannot read part", &self.parts[self.index])?;
+            append_up_to(f, buf, want)
+                .map_err(|e| Error::io(format!("cannot read part {}", self.names[self.index]), e))?;
             self.hash.update(&buf[before..]);
             if buf.len() < want {
                 self.end_part()?;
             }
         }
-        Ok((first, self.index.min(self.parts.len().saturating_sub(1))))
+        Ok((first, self.index.min(self.names.len().saturating_sub(1))))
     }
 
     fn end_part(&mut self) -> Result<()> {
@@ -433,18 +437,43 @@ impl PartsReader<'_> {
 
 /// Joins and decrypts the located parts into `dest`, written atomically.
 pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Artifact> {
-    let mut reader = PartsReader {
-        parts: &located.parts,
-        expect: located.manifest.as_ref(),
-        index: 0,
-        file: None,
-        hash: Sha256::new(),
+    let out = AtomicFile::create(dest)?;
+    let (file, bytes, sha256) = decrypt_into(master, located, out, dest)?;
+    let path = file.commit()?;
+    Ok(Artifact { path, bytes, sha256 })
+}
+
+/// Joins and decrypts the located parts into `sink` (`dest` names it in messages); the sink,
+/// the plaintext's size and SHA-256, checked against the manifest when there is one.
+pub fn decrypt_into<W: Write>(master: &MasterKey, located: &Located, sink: W, dest: &Path) -> Result<(W, u64, String)> {
+    let names: Vec<String> = located.parts.iter().map(|p| file_name(p)).collect();
+    let open = |i: usize| -> Result<Box<dyn Read + Send>> {
+        let p = &located.parts[i];
+        Ok(Box::new(File::open(p).at("cannot open part", p)?))
     };
+    decrypt_stream(master, &names, located.manifest.as_ref(), &open, sink, dest)
+}
+
+/// Joins and decrypts the parts `names` (in order, each opened by `open`) into `sink`; with a
+/// manifest, every part's SHA-256 and the plaintext's size and SHA-256 are checked against it.
+/// The sink, the plaintext's size and SHA-256.
+pub fn decrypt_stream<W: Write>(
+    master: &MasterKey,
+    names: &[String],
+    manifest: Option<&Manifest>,
+    open: &PartOpener<'_>,
+    sink: W,
+    dest: &Path,
+) -> Result<(W, u64, String)> {
+    if names.is_empty() {
+        return Err(Error::runtime("no part to decrypt"));
+    }
+    let mut reader = PartsReader { names, open, expect: manifest, index: 0, file: None, hash: Sha256::new() };
     let first = reader.name(0);
     let mut head = Vec::new();
     reader.read_chunk(&mut head, HEADER_LEN)?;
     let header = Header::parse(&head).map_err(|e| Error::runtime(format!("part {first}: {e}")))?;
-    if let Some(m) = &located.manifest
+    if let Some(m) = manifest
         && m.salt != hex::encode(header.salt)
     {
         return Err(Error::runtime(format!("the manifest belongs to another backup than part {first}")));
@@ -453,7 +482,7 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
         FormatError::WrongKey => Error::runtime(format!("part {first}: {e}")),
         e => Error::runtime(format!("part {first}: {e}")),
     })?;
-    let mut out = HashWriter::new(AtomicFile::create(dest)?);
+    let mut out = HashWriter::new(sink);
     let result = std::thread::scope(|s| -> Result<()> {
         let (ct_tx, ct_rx) = sync_channel::<Seg>(DEPTH);
         let (pt_tx, pt_rx) = sync_channel::<Seg>(DEPTH);
@@ -516,7 +545,7 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
     });
     result?;
     let (file, bytes, sha256) = out.finish();
-    if let Some(m) = &located.manifest
+    if let Some(m) = manifest
         && (m.plaintext_size != bytes || m.plaintext_sha256 != sha256)
     {
         return Err(Error::runtime(format!(
@@ -524,11 +553,10 @@ pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Art
             m.plaintext_size, m.plaintext_sha256
         )));
     }
-    let path = file.commit()?;
-    Ok(Artifact { path, bytes, sha256 })
+    Ok((file, bytes, sha256))
 }
 
-fn read_cipher(r: &mut PartsReader<'_>, seg_len: usize, tx: &SyncSender<Seg>, free: &Receiver<Vec<u8>>) -> Result<()> {
+fn read_cipher(r: &mut PartsReader<'_, '_>, seg_len: usize, tx: &SyncSender<Seg>, free: &Receiver<Vec<u8>>) -> Result<()> {
     let fresh = || free.try_recv().unwrap_or_else(|_| Vec::with_capacity(seg_len));
     let mut cur = fresh();
     let mut span = r.read_chunk(&mut cur, seg_len)?;

@@ -1,14 +1,18 @@
 //! backup-runner: walks conf.json in file order and runs each section.
 
 mod config;
+mod daemon;
 mod exec;
 mod lock;
 mod notify;
 mod plan;
+mod readback;
 mod registry;
 mod report;
+mod restore;
 mod run;
 mod schedule;
+mod verify;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -48,6 +52,68 @@ fn cli() -> Command {
                         .help("Print a systemd service and timer pair instead"),
                 ),
         )
+        .subcommand(
+            Command::new("runs")
+                .about("List the runs in every destination of the config's storage sections")
+                .arg(json_arg()),
+        )
+        .subcommand(
+            Command::new("verify")
+                .about("Check runs against their run manifests; exit 1 naming any missing or damaged file")
+                .arg(run_arg("The run to check: an id, latest (default) or all"))
+                .arg(
+                    Arg::new("read-data")
+                        .long("read-data")
+                        .action(ArgAction::SetTrue)
+                        .help("Read every file back and hash it; decrypt and authenticate encrypted ones when the key is at hand"),
+                )
+                .arg(
+                    Arg::new("read-data-subset")
+                        .long("read-data-subset")
+                        .value_name("N%")
+                        .conflicts_with("read-data")
+                        .help("As --read-data, for a random N% of the files"),
+                )
+                .arg(key_arg())
+                .arg(json_arg()),
+        )
+        .subcommand(
+            Command::new("restore")
+                .about("Download, verify, decrypt and unpack a run into a folder, in one pass")
+                .arg(run_arg("The run to restore: an id or latest (default)"))
+                .arg(
+                    Arg::new("to")
+                        .long("to")
+                        .value_name("DIR")
+                        .required(true)
+                        .help("The folder to restore into (created if missing; must be empty unless --force)"),
+                )
+                .arg(
+                    Arg::new("only")
+                        .long("only")
+                        .value_name("SECTION")
+                        .action(ArgAction::Append)
+                        .help("Restore only what this config section backed up (repeatable)"),
+                )
+                .arg(
+                    Arg::new("force")
+                        .long("force")
+                        .action(ArgAction::SetTrue)
+                        .help("Restore into a folder that is not empty: folders merged, files replaced"),
+                )
+                .arg(key_arg())
+                .arg(json_arg()),
+        )
+        .subcommand(
+            Command::new("daemon")
+                .about("Run configs on their GENERAL SCHEDULE without cron: one process for several configs")
+                .arg(
+                    Arg::new("configs")
+                        .value_name("CONF.JSON")
+                        .action(ArgAction::Append)
+                        .help("More configs (besides -c)"),
+                ),
+        )
         .arg(Arg::new("run").short('r').long("run").action(ArgAction::SetTrue).help("Run every section in order"))
         .arg(
             Arg::new("check")
@@ -66,6 +132,7 @@ fn cli() -> Command {
             Arg::new("verbose")
                 .short('v')
                 .long("verbose")
+                .global(true)
                 .action(ArgAction::SetTrue)
                 .help("Show progress on stderr even when not on a terminal"),
         )
@@ -73,11 +140,27 @@ fn cli() -> Command {
             Arg::new("quiet")
                 .short('q')
                 .long("quiet")
+                .global(true)
                 .action(ArgAction::SetTrue)
                 .help("Only warnings and errors on stderr (the default when not on a terminal, as under cron)"),
         )
         .arg(Arg::new("generate-man").long("generate-man").action(ArgAction::SetTrue).hide(true))
         .arg(Arg::new("generate-completion").long("generate-completion").value_name("SHELL").hide(true))
+}
+
+fn json_arg() -> Arg {
+    Arg::new("json").long("json").action(ArgAction::SetTrue).help("Print the result as JSON on stdout")
+}
+
+fn run_arg(help: &'static str) -> Arg {
+    Arg::new("run").long("run").value_name("ID|latest").help(help)
+}
+
+fn key_arg() -> Arg {
+    Arg::new("key-file")
+        .long("key-file")
+        .value_name("PATH")
+        .help("The encryption key file (default: KEY_FILE of the config's encryption section)")
 }
 
 fn main() -> ExitCode {
@@ -94,6 +177,22 @@ fn main() -> ExitCode {
     }
     if let Some(shell) = m.get_one::<String>("generate-completion") {
         return status(completion(cmd, shell)).into();
+    }
+    let sub = match m.subcommand() {
+        Some(("runs", sm)) => Some(runs_main(&m, sm)),
+        Some(("verify", sm)) => Some(verify_main(&m, sm)),
+        Some(("restore", sm)) => Some(restore_main(&m, sm)),
+        Some(("daemon", sm)) => Some(daemon_main(&m, sm).map(|()| ExitStatus::Success)),
+        _ => None,
+    };
+    if let Some(r) = sub {
+        return match r {
+            Ok(s) => s.into(),
+            Err(e) => {
+                eprintln!("backup-runner: error: {}", ncb_core::stage::error_chain(&e));
+                e.exit_status().into()
+            }
+        };
     }
     if let Some(sm) = m.subcommand_matches("schedule") {
         return match schedule_main(&m, sm) {
@@ -186,6 +285,115 @@ fn schedule_main(m: &ArgMatches, sm: &ArgMatches) -> Result<(), Error> {
         _ => return Err(Error::usage("schedule needs install, list or remove (or --systemd)")),
     }
     Ok(())
+}
+
+/// The config for runs/verify/restore, with logging to stderr (and LOG_FOLDER).
+fn load_config(m: &ArgMatches, who: &str) -> Result<config::Config, Error> {
+    let path = config_path(m)?;
+    let config = match config::load(&path) {
+        Ok((c, problems)) if problems.is_empty() => c,
+        Ok((_, problems)) | Err(problems) => {
+            report_problems(&path, &problems);
+            return Err(Error::config(format!("{}: fix the config first", path.display())));
+        }
+    };
+    let quiet = m.get_flag("quiet");
+    ncb_core::logging::init(who, None, m.get_flag("verbose"), quiet)?;
+    Ok(config)
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn master_key(config: &config::Config, sm: &ArgMatches) -> Result<Option<encryption::key::MasterKey>, Error> {
+    let given = sm.get_one::<String>("key-file").map(PathBuf::from);
+    match readback::key_file(config, given.as_deref())? {
+        Some(k) => encryption::key::load(&k).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn runs_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
+    let config = load_config(m, "backup-runner runs")?;
+    let list = verify::runs(&readback::sources(&config)?)?;
+    if sm.get_flag("json") {
+        print_json(&list);
+    } else {
+        let _ = verify::print_runs(&list, &mut std::io::stdout().lock());
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn verify_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
+    let config = load_config(m, "backup-runner verify")?;
+    let read = match (sm.get_flag("read-data"), sm.get_one::<String>("read-data-subset")) {
+        (true, _) => verify::ReadData::All,
+        (false, Some(p)) => verify::ReadData::Subset(verify::ReadData::parse_subset(p)?),
+        (false, None) => verify::ReadData::None,
+    };
+    let key = if read == verify::ReadData::None { None } else { master_key(&config, sm)? };
+    let wanted = sm.get_one::<String>("run").map_or("latest", String::as_str);
+    let verdicts = verify::verify(&readback::sources(&config)?, wanted, read, key.as_ref())?;
+    if sm.get_flag("json") {
+        print_json(&verdicts);
+    } else {
+        let _ = verify::print_verdicts(&verdicts, &mut std::io::stdout().lock());
+    }
+    let bad = verdicts.iter().filter(|v| !v.problems.is_empty()).count();
+    if bad > 0 {
+        log::error!("verify: {bad} of {} run check(s) found problems", verdicts.len());
+        return Ok(ExitStatus::Failure);
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn restore_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
+    let config = load_config(m, "backup-runner restore")?;
+    let opts = restore::Options {
+        run: sm.get_one::<String>("run").cloned().unwrap_or_else(|| "latest".into()),
+        to: sm.get_one::<String>("to").map(PathBuf::from).ok_or_else(|| Error::usage("restore needs --to DIR"))?,
+        only: sm.get_many::<String>("only").map(|v| v.cloned().collect()).unwrap_or_default(),
+        force: sm.get_flag("force"),
+    };
+    let key = master_key(&config, sm)?;
+    let s = restore::restore(&readback::sources(&config)?, key.as_ref(), &opts)?;
+    if sm.get_flag("json") {
+        print_json(&s);
+    }
+    log::info!(
+        "restored run {} from {} into {}: {} files ({}), {} folders, {} links, {} special",
+        s.run_id,
+        s.destination,
+        s.to.display(),
+        s.files,
+        ncb_core::progress::human(s.bytes as f64),
+        s.dirs,
+        s.links,
+        s.special
+    );
+    if !s.refused.is_empty() {
+        for r in &s.refused {
+            log::error!("not restored: {r}");
+        }
+        log::error!(
+            "{} archive entr{} refused (everything else is restored in {})",
+            s.refused.len(),
+            if s.refused.len() == 1 { "y was" } else { "ies were" },
+            s.to.display()
+        );
+        return Ok(ExitStatus::Failure);
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn daemon_main(m: &ArgMatches, sm: &ArgMatches) -> Result<(), Error> {
+    let mut configs: Vec<PathBuf> = m.get_one::<String>("config").map(PathBuf::from).into_iter().collect();
+    configs.extend(sm.get_many::<String>("configs").into_iter().flatten().map(PathBuf::from));
+    let quiet = m.get_flag("quiet");
+    ncb_core::logging::init("backup-runner daemon", None, m.get_flag("verbose"), quiet)?;
+    let signal = run::watch_signals().ctx(|| "cannot install signal handlers".into())?;
+    daemon::run(&configs, &signal)
 }
 
 fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {

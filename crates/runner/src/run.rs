@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ncb_core::context::env;
+use ncb_core::lineage::Lineage;
 use ncb_core::stage::error_chain;
 use ncb_core::{StageCtx, StageReport, sys};
 
@@ -48,15 +49,31 @@ pub fn run_all(
         warnings: 0,
     };
     let mut stopped = false;
+    let mut lineage = Lineage::default();
+    let lineage_file = general.work_dir().join(format!(".ncb-lineage-{run_id}.json"));
     for (i, step) in steps.iter().enumerate() {
         if stopped {
             report.sections.push(skipped(step));
             continue;
         }
         log::info!("[{}] section {}/{}: {} {}", step.section, i + 1, steps.len(), step.action(), step.target_name());
-        let ctx = StageCtx::new(general.clone(), run_id.to_owned(), step.section.clone());
-        let s = run_step(step, &ctx, config, signal);
+        let mut ctx = StageCtx::new(general.clone(), run_id.to_owned(), step.section.clone());
+        ctx.lineage = lineage.clone();
+        let json = serde_json::to_vec(&lineage).unwrap_or_default();
+        let lineage_env = match ncb_core::atomic::write_file(&lineage_file, &json, 0o600) {
+            Ok(()) => Some(&lineage_file),
+            Err(e) => {
+                log::warn!("cannot write the run's lineage: {}", error_chain(&e));
+                None
+            }
+        };
+        let s = run_step(step, &ctx, config, signal, lineage_env.map(|p| p.as_path()));
         log_outcome(&s);
+        if s.status == Status::Ok {
+            let objectives = step.params().paths("OBJECTIVES").unwrap_or_default();
+            let made: Vec<_> = s.artifacts.iter().map(|a| a.path.clone()).collect();
+            lineage.record(&step.section, &step.target_name(), &objectives, &made);
+        }
         let failed = s.status != Status::Ok;
         let interrupted = s.status == Status::Interrupted || signal.load(Ordering::SeqCst) != 0;
         report.sections.push(s);
@@ -64,6 +81,7 @@ pub fn run_all(
             stopped = true;
         }
     }
+    let _ = std::fs::remove_file(&lineage_file);
     let sig = signal.load(Ordering::SeqCst);
     if sig != 0 && report.sections.iter().all(|s| s.status != Status::Interrupted) {
         // The signal came between sections or during an in-process one: record it.
@@ -119,7 +137,13 @@ fn log_outcome(s: &SectionReport) {
     }
 }
 
-fn run_step(step: &Step, ctx: &StageCtx, config: &Config, signal: &Arc<AtomicUsize>) -> SectionReport {
+fn run_step(
+    step: &Step,
+    ctx: &StageCtx,
+    config: &Config,
+    signal: &Arc<AtomicUsize>,
+    lineage: Option<&std::path::Path>,
+) -> SectionReport {
     let clock = Instant::now();
     let mut s = skipped(step);
     match &step.target {
@@ -145,6 +169,9 @@ fn run_step(step: &Step, ctx: &StageCtx, config: &Config, signal: &Arc<AtomicUsi
                 (env::LOG_CAPTURED.to_owned(), "1".to_owned()),
                 ("NCB_CONFIG".to_owned(), config.path.display().to_string()),
             ];
+            if let Some(l) = lineage {
+                envs.push((env::LINEAGE.to_owned(), l.display().to_string()));
+            }
             envs.extend(step.secret_env());
             match exec::run(&step.section, &program, &args, &envs, step.timeout, signal) {
                 Err(e) => fail(&mut s, Status::Failed, format!("cannot start {}: {e}", program.display())),

@@ -34,49 +34,107 @@ pub fn parse_list(raw: &str) -> std::result::Result<Vec<String>, String> {
 
 /// Checks one cron expression: a `@special` or five fields.
 pub fn validate(expr: &str) -> std::result::Result<(), String> {
-    if expr.starts_with('@') {
-        return if SPECIALS.contains(&expr) {
-            Ok(())
-        } else {
-            Err(format!("'{expr}' is not one of {}", SPECIALS.join(" ")))
-        };
-    }
-    let fields: Vec<&str> = expr.split(' ').collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "'{expr}' has {} fields; a schedule has 5 (minute hour day-of-month month day-of-week) or is one of {}",
-            fields.len(),
-            SPECIALS.join(" ")
-        ));
-    }
-    let specs: [(&str, u32, u32, &[&str]); 5] = [
-        ("minute", 0, 59, &[]),
-        ("hour", 0, 23, &[]),
-        ("day of month", 1, 31, &[]),
-        ("month", 1, 12, &MONTHS),
-        ("day of week", 0, 7, &DAYS),
-    ];
-    for (f, (what, lo, hi, names)) in fields.iter().zip(specs) {
-        field(f, lo, hi, names).map_err(|e| format!("'{expr}': {what} '{f}': {e}"))?;
-    }
-    Ok(())
+    Cron::parse(expr).map(|_| ())
 }
 
-fn field(f: &str, lo: u32, hi: u32, names: &[&str]) -> std::result::Result<(), String> {
+/// A parsed cron expression: the minutes, hours, days, months and weekdays it fires on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cron {
+    minutes: u64,
+    hours: u64,
+    days: u64,
+    months: u64,
+    weekdays: u64,
+    /// Day of month or day of week restricted (`*` for both means every day; one restricted
+    /// means that one; both restricted means either, as cron does).
+    days_any: bool,
+    weekdays_any: bool,
+    /// `@reboot`: when the daemon starts.
+    pub at_start: bool,
+}
+
+impl Cron {
+    pub fn parse(expr: &str) -> std::result::Result<Cron, String> {
+        let expanded = match expr {
+            "@reboot" => return Ok(Cron { at_start: true, ..Cron::parse("0 0 1 1 *").map(|c| c.never())? }),
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            "@monthly" => "0 0 1 * *",
+            "@weekly" => "0 0 * * 0",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@hourly" => "0 * * * *",
+            e if e.starts_with('@') => return Err(format!("'{expr}' is not one of {}", SPECIALS.join(" "))),
+            e => e,
+        };
+        let fields: Vec<&str> = expanded.split(' ').collect();
+        if fields.len() != 5 {
+            return Err(format!(
+                "'{expr}' has {} fields; a schedule has 5 (minute hour day-of-month month day-of-week) or is one of {}",
+                fields.len(),
+                SPECIALS.join(" ")
+            ));
+        }
+        let specs: [(&str, u32, u32, &[&str]); 5] = [
+            ("minute", 0, 59, &[]),
+            ("hour", 0, 23, &[]),
+            ("day of month", 1, 31, &[]),
+            ("month", 1, 12, &MONTHS),
+            ("day of week", 0, 7, &DAYS),
+        ];
+        let mut sets = [0u64; 5];
+        for (i, (f, (what, lo, hi, names))) in fields.iter().zip(specs).enumerate() {
+            sets[i] = field(f, lo, hi, names).map_err(|e| format!("'{expr}': {what} '{f}': {e}"))?;
+        }
+        // Sunday is 0 and 7.
+        if sets[4] & (1 << 7) != 0 {
+            sets[4] |= 1;
+        }
+        Ok(Cron {
+            minutes: sets[0],
+            hours: sets[1],
+            days: sets[2],
+            months: sets[3],
+            weekdays: sets[4],
+            days_any: fields[2] == "*",
+            weekdays_any: fields[4] == "*",
+            at_start: false,
+        })
+    }
+
+    fn never(mut self) -> Self {
+        self.minutes = 0;
+        self
+    }
+
+    /// Whether it fires in the minute of `t`.
+    pub fn matches(&self, t: &impl chrono::Datelike, hour: u32, minute: u32) -> bool {
+        let bit = |set: u64, v: u32| set & (1u64 << v) != 0;
+        let day = bit(self.days, t.day());
+        let weekday = bit(self.weekdays, t.weekday().num_days_from_sunday());
+        let day_ok = match (self.days_any, self.weekdays_any) {
+            (true, true) => true,
+            (false, true) => day,
+            (true, false) => weekday,
+            (false, false) => day || weekday,
+        };
+        bit(self.minutes, minute) && bit(self.hours, hour) && bit(self.months, t.month()) && day_ok
+    }
+}
+
+/// The values one field stands for, as a bit set.
+fn field(f: &str, lo: u32, hi: u32, names: &[&str]) -> std::result::Result<u64, String> {
+    let mut set = 0u64;
     for part in f.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => (r, Some(s)),
             None => (part, None),
         };
-        if let Some(s) = step {
-            match s.parse::<u32>() {
-                Ok(n) if n >= 1 && n <= hi => {}
+        let step = match step {
+            None => 1,
+            Some(s) => match s.parse::<u32>() {
+                Ok(n) if n >= 1 && n <= hi => n,
                 _ => return Err(format!("step '{s}' is not between 1 and {hi}")),
-            }
-        }
-        if range == "*" {
-            continue;
-        }
+            },
+        };
         let value = |v: &str| -> std::result::Result<u32, String> {
             let idx = names.iter().position(|n| n.eq_ignore_ascii_case(v));
             let n = match idx {
@@ -85,19 +143,32 @@ fn field(f: &str, lo: u32, hi: u32, names: &[&str]) -> std::result::Result<(), S
             };
             if n < lo || n > hi { Err(format!("{n} is out of range {lo}-{hi}")) } else { Ok(n) }
         };
-        match range.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (value(a)?, value(b)?);
-                if a > b {
-                    return Err(format!("range {a}-{b} runs backwards"));
+        let (a, b) = if range == "*" {
+            (lo, hi)
+        } else {
+            match range.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (value(a)?, value(b)?);
+                    if a > b {
+                        return Err(format!("range {a}-{b} runs backwards"));
+                    }
+                    (a, b)
+                }
+                // `5/15` means from 5 to the end, every 15.
+                None if step > 1 => (value(range)?, hi),
+                None => {
+                    let v = value(range)?;
+                    (v, v)
                 }
             }
-            None => {
-                value(range)?;
-            }
+        };
+        let mut v = a;
+        while v <= b {
+            set |= 1u64 << v;
+            v += step;
         }
     }
-    Ok(())
+    Ok(set)
 }
 
 /// The marker that tags this config's lines.
@@ -231,6 +302,26 @@ pub fn systemd_units(schedules: &[String], runner: &Path, config: &Path, user: O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cron_matching() {
+        use chrono::NaiveDate;
+        let t = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap(); // a Monday
+        let m = |e: &str, h, min| Cron::parse(e).unwrap().matches(&t, h, min);
+        assert!(m("* * * * *", 13, 7));
+        assert!(m("*/15 * * * *", 4, 45) && !m("*/15 * * * *", 4, 46));
+        assert!(m("30 4 * * 1-5", 4, 30) && !m("30 4 * * sat,sun", 4, 30));
+        assert!(m("0 0 23 * *", 0, 0) && !m("0 0 24 * *", 0, 0));
+        // Both day fields restricted: either one fires.
+        assert!(m("0 0 1 * mon", 0, 0));
+        assert!(m("@daily", 0, 0) && !m("@daily", 0, 1));
+        assert!(m("@hourly", 17, 0) && m("0 0 * * 1", 0, 0) && !m("@weekly", 0, 0));
+        assert!(m("5/20 * * nov *", 1, 45) && !m("5/20 * * dec *", 1, 45));
+        let sunday = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        assert!(Cron::parse("0 3 * * 7").unwrap().matches(&sunday, 3, 0));
+        let r = Cron::parse("@reboot").unwrap();
+        assert!(r.at_start && !r.matches(&t, 0, 0));
+    }
 
     #[test]
     fn cron_expressions() {

@@ -7,10 +7,11 @@
 //! PREFIX defaults to `<HOSTNAME>/`. A backend stores and fetches whole files, verified by
 //! size and SHA-256.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ncb_core::atomic::AtomicFile;
-use ncb_core::hash::{HashWriter, sha256_file};
+use ncb_core::hash::{CheckedReader, HashWriter, sha256_file};
 use ncb_core::{Artifact, Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,17 @@ pub struct FileInfo {
     pub name: String,
     pub size: u64,
     pub sha256: String,
+    /// The config sections this file's data comes from (when stored by backup-runner).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+}
+
+/// A section of the run that read data from outside it (files, a database), and the names of
+/// the files it made: restore unpacks these wherever they turn up, even inside an archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub stage: String,
+    pub artifacts: Vec<String>,
 }
 
 /// The manifest of one run in one destination.
@@ -34,6 +46,9 @@ pub struct RunManifest {
     pub host: String,
     pub created: String,
     pub files: Vec<FileInfo>,
+    /// The run's source sections by name (when stored by backup-runner).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sources: std::collections::BTreeMap<String, Source>,
 }
 
 impl RunManifest {
@@ -55,7 +70,7 @@ pub fn safe_relative(name: &str) -> bool {
 }
 
 /// What every destination does.
-pub trait Backend {
+pub trait Backend: Send + Sync {
     /// For messages: "local /backups".
     fn describe(&self) -> String;
     /// Size and SHA-256 of a stored file, when it is there.
@@ -76,6 +91,12 @@ pub trait Backend {
     /// Fetches many files; backends that can, do it concurrently.
     fn get_all(&self, items: &[(String, PathBuf, FileInfo)]) -> Result<Vec<Artifact>> {
         items.iter().map(|(key, dest, info)| self.get(key, dest, info)).collect()
+    }
+    /// Streams `key` (no check: see [`Backend::open_checked`]).
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>>;
+    /// Streams `key`; reading it to its end fails unless its size and SHA-256 are `info`'s.
+    fn open_checked(&self, key: &str, info: &FileInfo) -> Result<CheckedReader<Box<dyn Read + Send>>> {
+        Ok(CheckedReader::new(self.open(key)?, info.size, &info.sha256, format!("{}: {key}", self.describe())))
     }
     /// The run ids under `prefix` (complete or not).
     fn runs(&self, prefix: &str) -> Result<Vec<String>>;
@@ -157,6 +178,11 @@ impl Backend for Local {
             )));
         }
         Ok(Artifact { path: file.commit()?, bytes, sha256 })
+    }
+
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let p = self.path(key);
+        Ok(Box::new(std::fs::File::open(&p).at("cannot open", &p)?))
     }
 
     fn sizes(&self, prefix: &str) -> Result<std::collections::HashMap<String, u64>> {

@@ -138,7 +138,12 @@ fn validate(p: &Params) -> Vec<Problem> {
 }
 
 fn prefix(p: &Params, ctx: &StageCtx) -> String {
-    let raw = p.str("PREFIX").map(str::to_owned).unwrap_or_else(|| safe_name(&ctx.general.hostname));
+    prefix_for(p, &ctx.general)
+}
+
+/// The folder of this host's runs in a destination: PREFIX, or `<HOSTNAME>/`.
+pub fn prefix_for(p: &Params, general: &ncb_core::context::General) -> String {
+    let raw = p.str("PREFIX").map(str::to_owned).unwrap_or_else(|| safe_name(&general.hostname));
     let t = raw.trim_matches('/');
     if t.is_empty() { String::new() } else { format!("{t}/") }
 }
@@ -207,7 +212,10 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     // Each source is hashed once, then copied into every destination.
     let infos: Vec<(PathBuf, FileInfo)> = files
         .into_iter()
-        .map(|(path, name)| sha256_file(&path).map(|(size, sha256)| (path, FileInfo { name, size, sha256 })))
+        .map(|(path, name)| {
+            let from = ctx.lineage.origins_of(&path);
+            sha256_file(&path).map(|(size, sha256)| (path, FileInfo { name, size, sha256, from }))
+        })
         .collect::<Result<_>>()?;
     for d in &dests {
         store_run(d.as_ref(), ctx, &prefix, &infos, &mut report)?;
@@ -306,6 +314,12 @@ fn store_run(
         host: ctx.general.hostname.clone(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         files: infos.iter().map(|(_, i)| i.clone()).collect(),
+        sources: ctx
+            .lineage
+            .sources()
+            .into_iter()
+            .map(|(s, artifacts)| (s.name.clone(), backend::Source { stage: s.stage.clone(), artifacts }))
+            .collect(),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::runtime(format!("run manifest: {e}")))?;
     d.put_bytes(&format!("{run}{RUN_MANIFEST}"), &json)?;
@@ -319,7 +333,39 @@ fn store_run(
     Ok(())
 }
 
-fn manifest_of(d: &dyn Backend, prefix: &str, run: &str) -> Result<Option<RunManifest>> {
+/// A destination of a storage section, opened to read runs back (runs, verify, restore).
+pub struct Destination {
+    pub backend: Box<dyn Backend>,
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} prefix '{}'", self.backend.describe(), self.prefix)
+    }
+}
+
+/// Every destination a storage section names, GENERAL LOCAL_BACKUP last; nothing is changed.
+pub fn destinations(p: &Params, general: &ncb_core::context::General) -> Result<Vec<Destination>> {
+    let prefix = prefix_for(p, general);
+    let mut out = Vec::new();
+    for k in p.list("DESTINATION")? {
+        let backend: Box<dyn Backend> = match k.to_ascii_lowercase().as_str() {
+            "local" => Box::new(Local { root: p.required_path("PATH")? }),
+            "rclone" => Box::new(rclone::Rclone::new(p.required_str("RCLONE_REMOTE")?, p.path("RCLONE_CONFIG"))),
+            "s3" => Box::new(s3::S3::from_params(p)?),
+            other => return Err(Error::usage(format!("unknown destination '{other}'"))),
+        };
+        out.push(Destination { backend, prefix: prefix.clone() });
+    }
+    if let Some(lb) = &general.local_backup {
+        out.push(Destination { backend: Box::new(Local { root: lb.clone() }), prefix });
+    }
+    Ok(out)
+}
+
+/// The run manifest of `run`, when the run is complete.
+pub fn manifest_of(d: &dyn Backend, prefix: &str, run: &str) -> Result<Option<RunManifest>> {
     match d.get_bytes(&format!("{prefix}{run}/{RUN_MANIFEST}"))? {
         None => Ok(None),
         Some(b) => {
@@ -330,25 +376,7 @@ fn manifest_of(d: &dyn Backend, prefix: &str, run: &str) -> Result<Option<RunMan
 
 fn download(p: &Params, d: &dyn Backend, prefix: &str, report: &mut StageReport) -> Result<()> {
     let dest = p.required_path("DESTINATION")?;
-    let wanted = p.str("RUN").unwrap_or("latest");
-    let runs = d.runs(prefix)?;
-    let (run, manifest) = if wanted == "latest" {
-        let mut found = None;
-        for r in runs.iter().rev() {
-            if let Some(m) = manifest_of(d, prefix, r)? {
-                found = Some((r.clone(), m));
-                break;
-            }
-        }
-        found.ok_or_else(|| Error::runtime(format!("{}: no complete run under {prefix}", d.describe())))?
-    } else {
-        let m = manifest_of(d, prefix, wanted)?.ok_or_else(|| {
-            let why =
-                if runs.iter().any(|r| r == wanted) { "is incomplete (no run manifest)" } else { "does not exist" };
-            Error::runtime(format!("{}: run {wanted} {why}", d.describe()))
-        })?;
-        (wanted.to_owned(), m)
-    };
+    let (run, manifest) = find_run(d, prefix, p.str("RUN").unwrap_or("latest"))?;
     if let Some(max) = p.u64("MAX_DOWNLOAD_FILES")?
         && manifest.files.len() as u64 > max
     {
@@ -367,6 +395,25 @@ fn download(p: &Params, d: &dyn Backend, prefix: &str, report: &mut StageReport)
     log::info!("{}: fetched run {run} ({} files) into {}", d.describe(), manifest.files.len(), dest.display());
     report.set("run", run);
     Ok(())
+}
+
+/// A complete run by id, or `latest`: the newest complete one. Errors say whether the run is
+/// missing or incomplete.
+pub fn find_run(d: &dyn Backend, prefix: &str, wanted: &str) -> Result<(String, RunManifest)> {
+    let runs = d.runs(prefix)?;
+    if wanted == "latest" {
+        for r in runs.iter().rev() {
+            if let Some(m) = manifest_of(d, prefix, r)? {
+                return Ok((r.clone(), m));
+            }
+        }
+        return Err(Error::runtime(format!("{}: no complete run under {prefix}", d.describe())));
+    }
+    let m = manifest_of(d, prefix, wanted)?.ok_or_else(|| {
+        let why = if runs.iter().any(|r| r == wanted) { "is incomplete (no run manifest)" } else { "does not exist" };
+        Error::runtime(format!("{}: run {wanted} {why}", d.describe()))
+    })?;
+    Ok((wanted.to_owned(), m))
 }
 
 fn apply_retention(

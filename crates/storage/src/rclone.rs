@@ -126,6 +126,19 @@ impl Backend for Rclone {
         self.run(&["cat", &self.path(key)], None)
     }
 
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let p = self.path(key);
+        let mut child = self
+            .cmd(&["cat", &p])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::runtime(format!("cannot run rclone: {e}")))?;
+        let out = child.stdout.take().ok_or_else(|| Error::runtime("rclone: no output pipe"))?;
+        Ok(Box::new(CatReader { child, out, what: masked(&p) }))
+    }
+
     fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
         let p = self.path(key);
         let ps = masked(&p);
@@ -234,5 +247,38 @@ mod tests {
     fn secrets_in_connection_strings_are_masked() {
         assert_eq!(super::masked(":sftp,host=h,user=u,pass=abc123:/srv"), ":sftp,host=h,user=u,pass=****:/srv");
         assert_eq!(super::masked("onedrive:backups"), "onedrive:backups");
+    }
+}
+
+/// `rclone cat`'s output; at its end, rclone's own exit status decides.
+struct CatReader {
+    child: std::process::Child,
+    out: std::process::ChildStdout,
+    what: String,
+}
+
+impl Read for CatReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.out.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let status = self.child.wait()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!("rclone cat {} failed: {}", self.what, err.trim())));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for CatReader {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

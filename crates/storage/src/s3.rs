@@ -438,6 +438,15 @@ impl Backend for S3 {
         })
     }
 
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let what = format!("s3://{}/{key}", self.bucket);
+        let o = self
+            .rt
+            .block_on(self.client.get_object().bucket(&self.bucket).key(key).send())
+            .map_err(|e| err(&format!("cannot download {what}"), e))?;
+        Ok(Box::new(BodyReader { rt: self.rt.handle().clone(), body: o.body, chunk: bytes::Bytes::new(), what }))
+    }
+
     fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
         let (file, (bytes, sha256)) = self.rt.block_on(fetch(&self.client, &self.bucket, key, dest, info))?;
         Ok(Artifact { path: file.commit()?, bytes, sha256 })
@@ -511,5 +520,30 @@ impl Backend for S3 {
             }
             Ok(())
         })
+    }
+}
+
+/// An object's body read from blocking code (each chunk awaited on the S3 runtime).
+struct BodyReader {
+    rt: tokio::runtime::Handle,
+    body: ByteStream,
+    chunk: bytes::Bytes,
+    what: String,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rt.block_on(self.body.try_next()) {
+                Ok(Some(c)) => self.chunk = c,
+                Ok(None) => return Ok(0),
+                Err(e) => {
+                    return Err(std::io::Error::other(format!("download of {}: {}", self.what, DisplayErrorContext(e))));
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
     }
 }

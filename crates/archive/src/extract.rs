@@ -1,0 +1,555 @@
+//! Restoring archives: a tar stream (plain, gzip with any number of members, or zstd, found by
+//! its magic bytes) extracted under one folder and never outside it, whatever the archive holds.
+//!
+//! - Absolute names lose their leading `/` (as GNU tar does); names with `..` are refused.
+//! - No entry is written through a symlink: every parent folder on the way must be a real
+//!   folder, files are created with `O_EXCL|O_NOFOLLOW`, and the archive's own symlinks are
+//!   created only after every other entry (a symlink pointing out of the folder can then never
+//!   be written through), hard links last, and only to names inside the folder.
+//! - Metadata: mode, modification time (folders last, deepest first, so filling a folder does
+//!   not change its time) and, as root, owner and group.
+//!
+//! Refused entries do not stop the extraction; they are returned, for the caller to report.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use ncb_core::sys::Special;
+use ncb_core::{Error, IoContext, Result};
+use tar::EntryType;
+
+/// What to restore of each entry beyond its content.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtractOptions {
+    /// Restore owner and group (default: when running as root, as GNU tar does).
+    pub same_owner: bool,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions { same_owner: ncb_core::sys::euid() == 0 }
+    }
+}
+
+/// What an extraction did.
+#[derive(Debug, Default, Clone)]
+pub struct Extracted {
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub special: u64,
+    pub bytes: u64,
+    /// Entries not restored, each with the reason.
+    pub refused: Vec<String>,
+    /// Entries left out by the caller's filter.
+    pub filtered: u64,
+    /// Regular files the caller's `divert` took.
+    pub diverted: u64,
+}
+
+impl Extracted {
+    /// Adds another extraction's counts to these.
+    pub fn absorb(&mut self, o: Extracted) {
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.links += o.links;
+        self.special += o.special;
+        self.bytes += o.bytes;
+        self.refused.extend(o.refused);
+        self.filtered += o.filtered;
+        self.diverted += o.diverted;
+    }
+}
+
+/// Offered each regular file before it is written: its cleaned relative name and its content.
+/// `Ok(true)`: the callback consumed the entry (it is not written); `Ok(false)`: extract it as
+/// usual (the callback must not have read from it).
+pub type Divert<'a> = dyn FnMut(&Path, &mut dyn Read) -> Result<bool> + 'a;
+
+/// The caller's say in an extraction.
+pub struct Hooks<'a> {
+    /// Which entries to extract, by cleaned relative name.
+    pub keep: &'a dyn Fn(&Path) -> bool,
+    pub divert: Option<&'a mut Divert<'a>>,
+    /// Called with the bytes of file content written.
+    pub progress: &'a dyn Fn(u64),
+}
+
+impl std::fmt::Debug for Hooks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks").field("divert", &self.divert.is_some()).finish()
+    }
+}
+
+impl Hooks<'_> {
+    pub fn none() -> Hooks<'static> {
+        Hooks { keep: &|_| true, divert: None, progress: &|_| {} }
+    }
+}
+
+/// The archive formats a stored file can be in, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `.tar`, `.tar.gz`, `.tgz`, `.tar.zst`: extracted.
+    Tar,
+    /// `.gz` or `.zst` of anything else (a database dump): decompressed.
+    Compressed,
+    /// Anything else: placed as is.
+    Plain,
+}
+
+/// Suffixes in the order they are tried; the first that ends the name wins.
+const TAR_SUFFIXES: [&str; 5] = [".tar.gz", ".tar.zst", ".tgz", ".tar.zstd", ".tar"];
+const COMPRESSED_SUFFIXES: [&str; 3] = [".gz", ".zst", ".zstd"];
+
+/// The kind of a file by its name, and its name with the suffix removed.
+pub fn kind_of(name: &str) -> (Kind, &str) {
+    for s in TAR_SUFFIXES {
+        if let Some(stem) = name.strip_suffix(s).filter(|s| !s.is_empty()) {
+            return (Kind::Tar, stem);
+        }
+    }
+    for s in COMPRESSED_SUFFIXES {
+        if let Some(stem) = name.strip_suffix(s).filter(|s| !s.is_empty()) {
+            return (Kind::Compressed, stem);
+        }
+    }
+    (Kind::Plain, name)
+}
+
+/// Opens `path` and decodes it by its first bytes: gzip (every member), zstd, or as is.
+pub fn open_decoded(path: &Path) -> Result<Decoded<File>> {
+    let file = File::open(path).at("cannot open", path)?;
+    decode(file).at("cannot read", path)
+}
+
+type Head<R> = BufReader<io::Chain<io::Cursor<Vec<u8>>, R>>;
+
+/// A stream decoded by its first bytes.
+pub enum Decoded<R: Read> {
+    Gzip(flate2::bufread::MultiGzDecoder<Head<R>>),
+    Zstd(zstd::stream::read::Decoder<'static, Head<R>>),
+    Plain(Head<R>),
+}
+
+impl<R: Read> std::fmt::Debug for Decoded<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Decoded::Gzip(_) => "Decoded::Gzip",
+            Decoded::Zstd(_) => "Decoded::Zstd",
+            Decoded::Plain(_) => "Decoded::Plain",
+        })
+    }
+}
+
+impl<R: Read> Read for Decoded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoded::Gzip(d) => d.read(buf),
+            Decoded::Zstd(d) => d.read(buf),
+            Decoded::Plain(d) => d.read(buf),
+        }
+    }
+}
+
+/// Decodes a stream by its first bytes: gzip (every member), zstd, or as is.
+pub fn decode<R: Read>(mut r: R) -> io::Result<Decoded<R>> {
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        match r.read(&mut magic[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let head = io::Cursor::new(magic[..n].to_vec()).chain(r);
+    let buffered = BufReader::with_capacity(1 << 20, head);
+    Ok(if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+        Decoded::Gzip(flate2::bufread::MultiGzDecoder::new(buffered))
+    } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Decoded::Zstd(zstd::stream::read::Decoder::with_buffer(buffered)?)
+    } else {
+        Decoded::Plain(buffered)
+    })
+}
+
+/// Writes `reader` as the new regular file `rel` under `root` (mode 0600): every folder on the
+/// way must be a real one (missing ones are created), the file must not exist yet, and
+/// nothing is written through a symlink. The bytes written.
+pub fn write_under(root: &Path, rel: &Path, reader: &mut dyn Read, progress: &dyn Fn(u64)) -> Result<u64> {
+    let shown = rel.display();
+    let rel = clean(rel.as_os_str().as_bytes())
+        .filter(|r| !r.as_os_str().is_empty())
+        .ok_or_else(|| Error::runtime(format!("{shown}: not a plain relative name (refused)")))?;
+    prepare_parents(root, &rel).map_err(|why| Error::runtime(format!("{shown}: {why} (refused)")))?;
+    let path = root.join(&rel);
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .at("cannot create", &path)?;
+    let n = copy_with_progress(reader, &mut out, progress).at("cannot write", &path)?;
+    out.sync_all().at("cannot write", &path)?;
+    Ok(n)
+}
+
+/// A folder whose metadata is set once everything in it is written.
+struct PendingDir {
+    path: PathBuf,
+    mode: u32,
+    mtime: u64,
+    owner: Option<(u64, u64)>,
+}
+
+struct PendingLink {
+    name: String,
+    path: PathBuf,
+    target: PathBuf,
+    hard: bool,
+    mtime: u64,
+    owner: Option<(u64, u64)>,
+}
+
+/// Extracts a tar stream under `dest` (which must exist).
+pub fn extract(reader: impl Read, dest: &Path, opts: ExtractOptions, hooks: &mut Hooks<'_>) -> Result<Extracted> {
+    let root = dest.to_path_buf();
+    let mut archive = tar::Archive::new(reader);
+    let mut stats = Extracted::default();
+    let mut dirs: Vec<PendingDir> = Vec::new();
+    let mut links: Vec<PendingLink> = Vec::new();
+    for entry in archive.entries().at("cannot read archive", dest)? {
+        let mut entry = entry.at("cannot read archive", dest)?;
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let Some(rel) = clean(&raw) else {
+            stats.refused.push(format!("{shown}: name with '..' or nothing but '/' (refused)"));
+            continue;
+        };
+        if rel.as_os_str().is_empty() {
+            continue; // "./" or "/": the folder itself
+        }
+        if !(hooks.keep)(&rel) {
+            stats.filtered += 1;
+            continue;
+        }
+        let path = root.join(&rel);
+        if let Err(why) = prepare_parents(&root, &rel) {
+            stats.refused.push(format!("{shown}: {why} (refused)"));
+            continue;
+        }
+        let h = entry.header();
+        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        let mtime = h.mtime().unwrap_or(0);
+        let owner = if opts.same_owner {
+            match (h.uid(), h.gid()) {
+                (Ok(u), Ok(g)) => Some((u, g)),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let kind = h.entry_type();
+        match kind {
+            EntryType::Directory => {
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        stats.refused.push(format!("{shown}: a non-folder of that name is already there (refused)"));
+                        continue;
+                    }
+                    Err(_) => std::fs::create_dir(&path).at("cannot create folder", &path)?,
+                }
+                dirs.push(PendingDir { path, mode, mtime, owner });
+                stats.dirs += 1;
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                if let Some(divert) = hooks.divert.as_mut()
+                    && divert(&rel, &mut entry)?
+                {
+                    stats.diverted += 1;
+                    continue;
+                }
+                if let Err(why) = clear_for(&path) {
+                    stats.refused.push(format!("{shown}: {why} (refused)"));
+                    continue;
+                }
+                let mut out = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .at("cannot create", &path)?;
+                let n = copy_with_progress(&mut entry, &mut out, hooks.progress).at("cannot write", &path)?;
+                stats.bytes += n;
+                stats.files += 1;
+                finish_file(&out, &path, mode, mtime, owner, opts)?;
+            }
+            EntryType::Symlink | EntryType::Link => {
+                let Some(target) = entry.link_name_bytes().map(|b| b.into_owned()) else {
+                    stats.refused.push(format!("{shown}: link without a target (refused)"));
+                    continue;
+                };
+                let hard = kind == EntryType::Link;
+                let target = if hard {
+                    match clean(&target).filter(|t| !t.as_os_str().is_empty()) {
+                        Some(t) => t,
+                        None => {
+                            stats.refused.push(format!(
+                                "{shown}: hard link to '{}', outside the folder (refused)",
+                                String::from_utf8_lossy(&target)
+                            ));
+                            continue;
+                        }
+                    }
+                } else {
+                    PathBuf::from(std::ffi::OsStr::from_bytes(&target))
+                };
+                links.push(PendingLink { name: shown, path, target, hard, mtime, owner });
+            }
+            EntryType::Fifo | EntryType::Char | EntryType::Block => {
+                if let Err(why) = clear_for(&path) {
+                    stats.refused.push(format!("{shown}: {why} (refused)"));
+                    continue;
+                }
+                let (major, minor) =
+                    (h.device_major().ok().flatten().unwrap_or(0), h.device_minor().ok().flatten().unwrap_or(0));
+                match make_special(&path, kind, mode, major, minor) {
+                    Ok(()) => {
+                        stats.special += 1;
+                        set_meta_nofollow(&path, mtime, owner)?;
+                    }
+                    Err(e) => stats.refused.push(format!("{shown}: cannot create special file: {e}")),
+                }
+            }
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => {}
+            other => stats.refused.push(format!("{shown}: entry type {other:?} not restored")),
+        }
+    }
+    // Symlinks after every other entry, so nothing is ever written through one; hard links
+    // after them, so they may point at a symlink of the archive.
+    links.sort_by_key(|l| l.hard);
+    for l in links {
+        if let Err(why) = prepare_parents(&root, l.path.strip_prefix(&root).unwrap_or(&l.path)) {
+            stats.refused.push(format!("{}: {why} (refused)", l.name));
+            continue;
+        }
+        if let Err(why) = clear_for(&l.path) {
+            stats.refused.push(format!("{}: {why} (refused)", l.name));
+            continue;
+        }
+        if l.hard {
+            let target = root.join(&l.target);
+            if let Err(why) = prepare_parents(&root, &l.target) {
+                stats.refused.push(format!("{}: hard link target {why} (refused)", l.name));
+                continue;
+            }
+            // linkat without AT_SYMLINK_FOLLOW: a symlink target is linked itself, not followed.
+            if let Err(e) = std::fs::hard_link(&target, &l.path) {
+                stats.refused.push(format!("{}: cannot link to {}: {e}", l.name, l.target.display()));
+                continue;
+            }
+        } else {
+            std::os::unix::fs::symlink(&l.target, &l.path).at("cannot create symlink", &l.path)?;
+            set_meta_nofollow(&l.path, l.mtime, l.owner)?;
+        }
+        stats.links += 1;
+    }
+    // Deepest first: setting a folder's time after its children were written.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.path.components().count()));
+    for d in dirs {
+        if let Some((uid, gid)) = d.owner {
+            lchown(&d.path, uid, gid)?;
+        }
+        std::fs::set_permissions(&d.path, std::fs::Permissions::from_mode(d.mode))
+            .at("cannot set the mode of", &d.path)?;
+        set_times_nofollow(&d.path, d.mtime)?;
+    }
+    Ok(stats)
+}
+
+/// The entry name as a relative path: leading `/` and `./` dropped, `..` refused.
+fn clean(raw: &[u8]) -> Option<PathBuf> {
+    let p = Path::new(std::ffi::OsStr::from_bytes(raw));
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Makes every parent of `rel` under `root` a real folder, creating missing ones; refuses a
+/// symlink or a file on the way.
+fn prepare_parents(root: &Path, rel: &Path) -> std::result::Result<(), String> {
+    let mut cur = root.to_path_buf();
+    let parents: Vec<_> = rel.components().collect();
+    for c in parents.iter().take(parents.len().saturating_sub(1)) {
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!("its folder {} is a symlink", cur.strip_prefix(root).unwrap_or(&cur).display()));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a folder", cur.strip_prefix(root).unwrap_or(&cur).display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new().mode(0o700).create(&cur).map_err(|e| format!("cannot create folder: {e}"))?;
+            }
+            Err(e) => return Err(format!("cannot inspect {}: {e}", cur.display())),
+        }
+    }
+    Ok(())
+}
+
+/// A later entry of the same name replaces an earlier one, as with tar; a folder stays.
+fn clear_for(path: &Path) -> std::result::Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err("a folder of that name is already there".into()),
+        Ok(_) => std::fs::remove_file(path).map_err(|e| format!("cannot replace the earlier entry: {e}")),
+        Err(_) => Ok(()),
+    }
+}
+
+fn copy_with_progress(r: &mut (impl Read + ?Sized), w: &mut File, progress: &dyn Fn(u64)) -> io::Result<u64> {
+    use std::io::Write;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+        progress(n as u64);
+    }
+}
+
+fn finish_file(
+    f: &File,
+    path: &Path,
+    mode: u32,
+    mtime: u64,
+    owner: Option<(u64, u64)>,
+    opts: ExtractOptions,
+) -> Result<()> {
+    use std::os::unix::fs::fchown;
+    // Owner first: chown clears set-user-id bits, the mode puts them back.
+    if let Some((uid, gid)) = owner {
+        fchown(f, u32::try_from(uid).ok(), u32::try_from(gid).ok()).at("cannot set the owner of", path)?;
+    }
+    let mode = if opts.same_owner { mode } else { mode & 0o1777 };
+    f.set_permissions(std::fs::Permissions::from_mode(mode)).at("cannot set the mode of", path)?;
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime);
+    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t)).at("cannot set the time of", path)
+}
+
+fn lchown(path: &Path, uid: u64, gid: u64) -> Result<()> {
+    std::os::unix::fs::lchown(path, u32::try_from(uid).ok(), u32::try_from(gid).ok())
+        .at("cannot set the owner of", path)
+}
+
+fn set_meta_nofollow(path: &Path, mtime: u64, owner: Option<(u64, u64)>) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        lchown(path, uid, gid)?;
+    }
+    set_times_nofollow(path, mtime)
+}
+
+/// Sets access and modification time without following a symlink.
+fn set_times_nofollow(path: &Path, mtime: u64) -> Result<()> {
+    ncb_core::sys::set_times_nofollow(path, mtime).at("cannot set the time of", path)
+}
+
+fn make_special(path: &Path, kind: EntryType, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+    let kind = match kind {
+        EntryType::Fifo => Special::Fifo,
+        EntryType::Char => Special::Char,
+        _ => Special::Block,
+    };
+    ncb_core::sys::mknod(path, kind, mode, major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_cleaned_or_refused() {
+        assert_eq!(clean(b"/etc/passwd"), Some(PathBuf::from("etc/passwd")));
+        assert_eq!(clean(b"./a/./b"), Some(PathBuf::from("a/b")));
+        assert_eq!(clean(b"a/../../b"), None);
+        assert_eq!(clean(b"../x"), None);
+        assert_eq!(clean(b"./"), Some(PathBuf::new()));
+        assert_eq!(clean(b"/"), Some(PathBuf::new()));
+    }
+
+    #[test]
+    fn kinds_by_name() {
+        assert_eq!(kind_of("a.tar.gz"), (Kind::Tar, "a"));
+        assert_eq!(kind_of("a.tgz"), (Kind::Tar, "a"));
+        assert_eq!(kind_of("a.tar.zst"), (Kind::Tar, "a"));
+        assert_eq!(kind_of("db.sql.gz"), (Kind::Compressed, "db.sql"));
+        assert_eq!(kind_of("db.dump"), (Kind::Plain, "db.dump"));
+        assert_eq!(kind_of(".gz"), (Kind::Plain, ".gz"));
+    }
+
+    /// An archive crafted to escape: absolute names, `..`, an outward symlink then a file
+    /// through it, a hard link out. Nothing may land outside the folder.
+    #[test]
+    fn hostile_archive_writes_nothing_outside() {
+        let base = tempfile::tempdir().unwrap();
+        let dest = base.path().join("dest");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &[u8], kind: EntryType, link: Option<&[u8]>, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            if let Some(l) = link {
+                h.set_link_name_literal(l).unwrap();
+            }
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        };
+        let out = outside.to_str().unwrap().as_bytes().to_vec();
+        add(b"../escape.txt", EntryType::Regular, None, b"x");
+        add(b"a/../../escape2.txt", EntryType::Regular, None, b"x");
+        add(&[b"/".as_slice(), &out[1..], b"/abs.txt"].concat(), EntryType::Regular, None, b"abs");
+        add(b"out", EntryType::Symlink, Some(&out), b"");
+        add(b"out/through.txt", EntryType::Regular, None, b"through");
+        add(b"hl", EntryType::Link, Some(b"../outside/x"), b"");
+        add(b"ok.txt", EntryType::Regular, None, b"fine");
+        let bytes = b.into_inner().unwrap();
+        let got = extract(&bytes[..], &dest, ExtractOptions { same_owner: false }, &mut Hooks::none()).unwrap();
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+        assert!(!base.path().join("escape.txt").exists() && !base.path().join("escape2.txt").exists());
+        assert_eq!(std::fs::read(dest.join("ok.txt")).unwrap(), b"fine");
+        // The absolute name lands inside, with its leading / dropped.
+        let abs = dest.join(outside.strip_prefix("/").unwrap()).join("abs.txt");
+        assert_eq!(std::fs::read(abs).unwrap(), b"abs");
+        // out/through.txt made out a real folder, so the symlink could not be created after it.
+        assert_eq!(std::fs::read(dest.join("out/through.txt")).unwrap(), b"through");
+        assert!(got.refused.iter().any(|r| r.starts_with("../escape.txt")), "{:?}", got.refused);
+        assert!(got.refused.iter().any(|r| r.starts_with("a/../../escape2.txt")), "{:?}", got.refused);
+        assert!(got.refused.iter().any(|r| r.starts_with("hl:")), "{:?}", got.refused);
+        assert!(got.refused.iter().any(|r| r.starts_with("out:")), "{:?}", got.refused);
+    }
+}

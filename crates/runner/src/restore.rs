@@ -1,0 +1,333 @@
+//! `backup-runner restore`: a run fetched, checked, decrypted and unpacked into a folder in one
+//! streaming pass (no file is downloaded or decrypted to disk first).
+//!
+//! - Tar archives are extracted into the folder as `tar -C DIR -x` would (filesbackup's
+//!   archives hold paths relative to `/`, so `/etc/x` comes back as `DIR/etc/x`); gzip or zstd
+//!   compressed files (database dumps) are decompressed beside; other files are placed as
+//!   stored. A file that a source section of the run made (filesbackup's archive, a dump) is
+//!   unpacked the same way when it turns up inside another archive (compression's).
+//! - Everything goes into a hidden staging folder inside DIR first; only when every file has
+//!   been read, checked and unpacked is it moved into place. A failed restore leaves DIR as it
+//!   was, and the next destination that holds the run is tried.
+//! - Nothing is written outside DIR, whatever an archive holds (see `ncb_archive::extract`).
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use encryption::key::MasterKey;
+use ncb_archive::extract::{self, ExtractOptions, Extracted, Hooks, Kind, decode, kind_of, write_under};
+use ncb_core::progress::Progress;
+use ncb_core::stage::error_chain;
+use ncb_core::{Error, IoContext, Result};
+use serde::Serialize;
+
+use crate::readback::{self, Item, Source};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub run: String,
+    pub to: PathBuf,
+    pub only: Vec<String>,
+    pub force: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub run_id: String,
+    pub destination: String,
+    pub to: PathBuf,
+    pub items: usize,
+    pub stored_bytes: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub special: u64,
+    pub bytes: u64,
+    pub refused: Vec<String>,
+}
+
+/// Archives nested deeper than this are left as files.
+const MAX_DEPTH: usize = 4;
+const STAGING: &str = ".ncb-restore-";
+
+pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Result<Summary> {
+    prepare_target(&o.to, o.force)?;
+    let mut failures = Vec::new();
+    for (src, run, manifest) in readback::pick(sources, &o.run)? {
+        let items = select(&readback::items(&manifest), &o.only, &run)?;
+        let names: HashSet<String> = manifest.sources.values().flat_map(|s| s.artifacts.iter().cloned()).collect();
+        log::info!("restoring run {run} from {} into {}", src.describe(), o.to.display());
+        match restore_from(src, &run, &items, &names, key, o) {
+            Ok(mut s) => {
+                s.destination = src.describe();
+                return Ok(s);
+            }
+            Err(e @ (Error::Usage(_) | Error::Config(_))) => return Err(e),
+            Err(e) => {
+                let msg = format!("{}: {}", src.describe(), error_chain(&e));
+                log::error!("restore of run {run} failed: {msg}");
+                failures.push(msg);
+            }
+        }
+    }
+    Err(Error::runtime(format!(
+        "restore of run {} failed from every destination that holds it, {} left as it was: {}",
+        o.run,
+        o.to.display(),
+        failures.join("; ")
+    )))
+}
+
+/// The items `--only` asks for (all without it).
+fn select(items: &[Item], only: &[String], run: &str) -> Result<Vec<Item>> {
+    if only.is_empty() {
+        return Ok(items.to_vec());
+    }
+    let known: Vec<&String> = {
+        let mut k: Vec<&String> = items.iter().flat_map(|i| &i.from).collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    if known.is_empty() {
+        return Err(Error::runtime(format!(
+            "run {run} was stored without section lineage (storage run by hand): restore it without --only"
+        )));
+    }
+    if let Some(bad) = only.iter().find(|s| !known.contains(s)) {
+        let k: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
+        return Err(Error::usage(format!("--only {bad}: run {run} holds nothing from it (its sections: {})", k.join(", "))));
+    }
+    Ok(items.iter().filter(|i| i.from.iter().any(|f| only.contains(f))).cloned().collect())
+}
+
+/// DIR must be an empty folder (or not exist yet) unless `force`; staging folders left by a
+/// restore that was killed are removed.
+fn prepare_target(to: &Path, force: bool) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::metadata(to) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return std::fs::DirBuilder::new().recursive(true).mode(0o700).create(to).at("cannot create", to);
+        }
+        Err(e) => return Err(Error::path("cannot use", to, e)),
+        Ok(m) if !m.is_dir() => return Err(Error::usage(format!("--to {}: not a folder", to.display()))),
+        Ok(_) => {}
+    }
+    let mut others = Vec::new();
+    for e in std::fs::read_dir(to).at("cannot list", to)? {
+        let e = e.at("cannot list", to)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        match name.strip_prefix(STAGING).and_then(|pid| pid.parse::<u32>().ok()) {
+            Some(pid) if !ncb_core::sys::process_alive(pid) => {
+                log::info!("removing {} left by a restore that did not finish", e.path().display());
+                std::fs::remove_dir_all(e.path()).at("cannot remove", &e.path())?;
+            }
+            _ => others.push(name),
+        }
+    }
+    if !others.is_empty() && !force {
+        return Err(Error::usage(format!(
+            "--to {}: not empty ({} entries, e.g. {}): restore into an empty folder, or give --force to merge into it",
+            to.display(),
+            others.len(),
+            others[0]
+        )));
+    }
+    Ok(())
+}
+
+/// Removes the staging folder however the restore ends.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn restore_from(
+    src: &Source,
+    run: &str,
+    items: &[Item],
+    sources: &HashSet<String>,
+    key: Option<&MasterKey>,
+    o: &Options,
+) -> Result<Summary> {
+    use std::os::unix::fs::DirBuilderExt;
+    let staging = Staging(o.to.join(format!("{STAGING}{}", std::process::id())));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging.0).at("cannot create", &staging.0)?;
+    let unpack = Unpack { root: &staging.0, sources, opts: ExtractOptions::default() };
+    let total: u64 = items.iter().map(Item::stored_bytes).sum();
+    let bar = Progress::new(format!("restore {run}"), total);
+    let mut stats = Extracted::default();
+    for item in items {
+        let got = readback::with_plaintext(src, run, item, key, &|n| bar.add(n), |r| unpack.place(&item.name, r, 0))
+            .map_err(|e| Error::runtime(format!("{}: {}", item.name, error_chain(&e))))?;
+        stats.absorb(got);
+    }
+    bar.finish();
+    move_into(&staging.0, &o.to, o.force)?;
+    Ok(Summary {
+        run_id: run.to_owned(),
+        destination: String::new(),
+        to: o.to.clone(),
+        items: items.len(),
+        stored_bytes: total,
+        files: stats.files,
+        dirs: stats.dirs,
+        links: stats.links,
+        special: stats.special,
+        bytes: stats.bytes,
+        refused: stats.refused,
+    })
+}
+
+/// How one plaintext stream is unpacked under the staging folder.
+struct Unpack<'a> {
+    root: &'a Path,
+    /// File names that source sections of the run made: unpacked even inside an archive.
+    sources: &'a HashSet<String>,
+    opts: ExtractOptions,
+}
+
+/// A PostgreSQL directory-format dump (`NAME.dir/`): its files stay as pg_restore reads them.
+fn in_pg_dir(rel: &Path) -> bool {
+    let n = rel.components().count();
+    rel.components().take(n.saturating_sub(1)).any(|c| c.as_os_str().to_string_lossy().ends_with(".dir"))
+}
+
+impl Unpack<'_> {
+    fn place(&self, name: &str, r: &mut (dyn Read + Send), depth: usize) -> Result<Extracted> {
+        let rel = Path::new(name);
+        let base = rel.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+        let (kind, stem) = kind_of(&base);
+        let kind = if in_pg_dir(rel) { Kind::Plain } else { kind };
+        match kind {
+            Kind::Tar => self.untar(r, depth),
+            Kind::Compressed => self.write(&rel.with_file_name(stem), &mut decode(r).at("cannot read", rel)?),
+            Kind::Plain => self.write(rel, r),
+        }
+    }
+
+    fn write(&self, rel: &Path, r: &mut dyn Read) -> Result<Extracted> {
+        let bytes = write_under(self.root, rel, r, &|_| {})?;
+        Ok(Extracted { files: 1, bytes, ..Default::default() })
+    }
+
+    fn untar(&self, r: &mut dyn Read, depth: usize) -> Result<Extracted> {
+        let mut dec = decode(r).map_err(|e| Error::runtime(format!("cannot read archive: {e}")))?;
+        let mut nested = Extracted::default();
+        let mut inner_err = None;
+        let mut st = {
+            let mut divert = |rel: &Path, entry: &mut dyn Read| -> Result<bool> {
+                let Some(base) = rel.file_name().map(|b| b.to_string_lossy().into_owned()) else { return Ok(false) };
+                if depth >= MAX_DEPTH || !self.sources.contains(&base) || in_pg_dir(rel) {
+                    return Ok(false);
+                }
+                let (kind, stem) = kind_of(&base);
+                let got = match kind {
+                    Kind::Tar => self.untar(entry, depth + 1),
+                    Kind::Compressed => match decode(entry) {
+                        Ok(mut d) => self.write(&rel.with_file_name(stem), &mut d),
+                        Err(e) => Err(Error::runtime(format!("{}: {e}", rel.display()))),
+                    },
+                    Kind::Plain => return Ok(false),
+                };
+                match got {
+                    Ok(x) => nested.absorb(x),
+                    Err(e) => {
+                        let msg = format!("{}: {}", rel.display(), error_chain(&e));
+                        inner_err = Some(msg.clone());
+                        return Err(Error::runtime(msg));
+                    }
+                }
+                Ok(true)
+            };
+            let mut hooks = Hooks { keep: &|_| true, divert: Some(&mut divert), progress: &|_| {} };
+            extract::extract(&mut dec, self.root, self.opts, &mut hooks)?
+        };
+        if let Some(e) = inner_err {
+            return Err(Error::runtime(e));
+        }
+        // The rest of the stream (the archive's padding, the gzip trailer and its CRC).
+        std::io::copy(&mut dec, &mut std::io::sink()).map_err(|e| Error::runtime(format!("archive: {e}")))?;
+        st.absorb(nested);
+        Ok(st)
+    }
+}
+
+/// Moves the staged restore into `to`: entries that are not there yet are renamed into place;
+/// with `force`, folders are merged and files replaced.
+fn move_into(staging: &Path, to: &Path, force: bool) -> Result<()> {
+    for e in std::fs::read_dir(staging).at("cannot list", staging)? {
+        let e = e.at("cannot list", staging)?;
+        let dest = to.join(e.file_name());
+        merge(&e.path(), &dest, force)?;
+    }
+    ncb_core::atomic::sync_dir(to)
+}
+
+fn merge(src: &Path, dest: &Path, force: bool) -> Result<()> {
+    let existing = match std::fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::path("cannot inspect", dest, e)),
+        Ok(m) => Some(m),
+    };
+    let Some(m) = existing else {
+        return std::fs::rename(src, dest).at("cannot move into place", dest);
+    };
+    if !force {
+        return Err(Error::runtime(format!("{}: appeared during the restore", dest.display())));
+    }
+    let src_is_dir = std::fs::symlink_metadata(src).at("cannot inspect", src)?.is_dir();
+    match (src_is_dir, m.is_dir()) {
+        (true, true) => {
+            for e in std::fs::read_dir(src).at("cannot list", src)? {
+                let e = e.at("cannot list", src)?;
+                merge(&e.path(), &dest.join(e.file_name()), force)?;
+            }
+            Ok(())
+        }
+        (false, false) => std::fs::rename(src, dest).at("cannot replace", dest),
+        _ => Err(Error::runtime(format!(
+            "{}: a {} is in the way of the restored {} (left as it was)",
+            dest.display(),
+            if m.is_dir() { "folder" } else { "file" },
+            if src_is_dir { "folder" } else { "file" }
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_directory_dumps_stay_as_they_are() {
+        assert!(in_pg_dir(Path::new("pg/db_T.dir/3456.dat.gz")));
+        assert!(!in_pg_dir(Path::new("pg/db_T.sql.gz")));
+        assert!(!in_pg_dir(Path::new("db_T.dir")));
+    }
+
+    #[test]
+    fn force_merges_folders_and_refuses_type_clashes() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+        std::fs::create_dir_all(src.join("etc/sub")).unwrap();
+        std::fs::write(src.join("etc/sub/a"), "new").unwrap();
+        std::fs::create_dir_all(dest.join("etc/sub")).unwrap();
+        std::fs::write(dest.join("etc/sub/a"), "old").unwrap();
+        std::fs::write(dest.join("etc/keep"), "kept").unwrap();
+        move_into(&src, &dest, true).unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join("etc/sub/a")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(dest.join("etc/keep")).unwrap(), "kept");
+
+        std::fs::create_dir_all(src.join("x")).unwrap();
+        std::fs::write(dest.join("x"), "file").unwrap();
+        let e = move_into(&src, &dest, true).unwrap_err().to_string();
+        assert!(e.contains("a file is in the way of the restored folder"), "{e}");
+    }
+}

@@ -1,0 +1,273 @@
+//! `backup-runner runs` lists the runs in each destination; `backup-runner verify` checks runs
+//! against their run manifests: every file present with its size, and with `--read-data` (or a
+//! random `--read-data-subset`) read back and hashed, encrypted files decrypted and
+//! authenticated when the key is at hand.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+
+use encryption::key::MasterKey;
+use ncb_core::progress::{Progress, human};
+use ncb_core::stage::error_chain;
+use ncb_core::{Error, Result};
+use serde::Serialize;
+
+use crate::readback::{self, Content, Item, Source};
+
+#[derive(Debug, Serialize)]
+pub struct RunInfo {
+    pub destination: String,
+    pub run_id: String,
+    pub complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Every run in every source, oldest first per source.
+pub fn runs(sources: &[Source]) -> Result<Vec<RunInfo>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let b = s.backend();
+        for run in b.runs(&s.dest.prefix)? {
+            let info = match storage::manifest_of(b, &s.dest.prefix, &run)? {
+                Some(m) => RunInfo {
+                    destination: s.describe(),
+                    run_id: run,
+                    complete: true,
+                    created: Some(m.created.clone()),
+                    files: m.files.len(),
+                    bytes: m.files.iter().map(|f| f.size).sum(),
+                },
+                None => {
+                    let sizes = b.sizes(&format!("{}{run}/", s.dest.prefix))?;
+                    RunInfo {
+                        destination: s.describe(),
+                        run_id: run,
+                        complete: false,
+                        created: None,
+                        files: sizes.len(),
+                        bytes: sizes.values().sum(),
+                    }
+                }
+            };
+            out.push(info);
+        }
+    }
+    Ok(out)
+}
+
+pub fn print_runs(list: &[RunInfo], out: &mut impl Write) -> std::io::Result<()> {
+    let mut last = "";
+    for r in list {
+        if r.destination != last {
+            writeln!(out, "{}", r.destination)?;
+            last = &r.destination;
+        }
+        let state = if r.complete { "complete" } else { "INCOMPLETE (no run manifest)" };
+        writeln!(out, "  {}  {:<28}  {:>5} files  {:>10}", r.run_id, state, r.files, human(r.bytes as f64))?;
+    }
+    if list.is_empty() {
+        writeln!(out, "no runs")?;
+    }
+    Ok(())
+}
+
+/// How much data `verify` reads back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadData {
+    /// Presence and size only.
+    None,
+    All,
+    /// This share of the items (0 < p <= 100), chosen at random.
+    Subset(f64),
+}
+
+impl ReadData {
+    pub fn parse_subset(s: &str) -> Result<f64> {
+        let t = s.trim().trim_end_matches('%');
+        match t.parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+            _ => Err(Error::usage(format!("--read-data-subset: '{s}' is not a percentage in (0, 100], e.g. 10%"))),
+        }
+    }
+}
+
+/// What verify found in one run of one destination.
+#[derive(Debug, Default, Serialize)]
+pub struct Verdict {
+    pub destination: String,
+    pub run_id: String,
+    pub files: usize,
+    pub read_items: usize,
+    pub read_bytes: u64,
+    pub decrypted: usize,
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Which runs of a source `--run` means: an id, `latest` (the newest complete) or `all`.
+fn chosen_runs(s: &Source, wanted: &str) -> Result<Vec<String>> {
+    let all = s.backend().runs(&s.dest.prefix)?;
+    Ok(match wanted {
+        "all" => all,
+        "latest" => match storage::find_run(s.backend(), &s.dest.prefix, "latest") {
+            Ok((run, _)) => vec![run],
+            Err(_) if all.is_empty() => Vec::new(),
+            Err(_) => vec![all[all.len() - 1].clone()],
+        },
+        id => vec![id.to_owned()],
+    })
+}
+
+pub fn verify(sources: &[Source], wanted: &str, read: ReadData, key: Option<&MasterKey>) -> Result<Vec<Verdict>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let runs = chosen_runs(s, wanted)?;
+        if runs.is_empty() {
+            out.push(Verdict {
+                destination: s.describe(),
+                run_id: wanted.to_owned(),
+                problems: vec!["no run stored".into()],
+                ..Default::default()
+            });
+        }
+        for run in runs {
+            out.push(verify_run(s, &run, read, key));
+        }
+    }
+    Ok(out)
+}
+
+fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>) -> Verdict {
+    let mut v = Verdict { destination: s.describe(), run_id: run.to_owned(), ..Default::default() };
+    let manifest = match storage::manifest_of(s.backend(), &s.dest.prefix, run) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            let exists = s.backend().runs(&s.dest.prefix).map(|r| r.iter().any(|x| x == run)).unwrap_or(false);
+            v.problems.push(if exists {
+                "incomplete: no run manifest (the run did not finish storing)".into()
+            } else {
+                "no such run".into()
+            });
+            return v;
+        }
+        Err(e) => {
+            v.problems.push(error_chain(&e));
+            return v;
+        }
+    };
+    v.files = manifest.files.len();
+    let sizes = match s.backend().sizes(&format!("{}{run}/", s.dest.prefix)) {
+        Ok(x) => x,
+        Err(e) => {
+            v.problems.push(format!("cannot list the run: {}", error_chain(&e)));
+            return v;
+        }
+    };
+    for f in &manifest.files {
+        match sizes.get(&s.key(run, &f.name)) {
+            None => v.problems.push(format!("{}: missing", f.name)),
+            Some(&n) if n != f.size => {
+                v.problems.push(format!("{}: {n} bytes, the run manifest says {} (truncated or replaced)", f.name, f.size))
+            }
+            Some(_) => {}
+        }
+    }
+    let listed: HashSet<String> = manifest.files.iter().map(|f| s.key(run, &f.name)).collect();
+    let manifest_key = s.key(run, storage::backend::RUN_MANIFEST);
+    for k in sizes.keys().filter(|k| !listed.contains(*k) && **k != manifest_key) {
+        v.notes.push(format!("{k}: not in the run manifest (ignored)"));
+    }
+    if read == ReadData::None {
+        return v;
+    }
+    let items = readback::items(&manifest);
+    let picked = pick_items(&items, read);
+    let total: u64 = picked.iter().map(|i| i.stored_bytes()).sum();
+    let bar = Progress::new(format!("verify {run}"), total);
+    for item in picked {
+        let encrypted = matches!(item.content, Content::Encrypted { .. });
+        let res = if encrypted && key.is_none() {
+            // Without the key: every stored file is still read and hashed.
+            item.stored().into_iter().try_for_each(|f| {
+                let r = s.backend().open_checked(&s.key(run, &f.name), f)?;
+                let mut counted = CountingRead { inner: r, bar: &bar };
+                std::io::copy(&mut counted, &mut std::io::sink()).map_err(|e| Error::runtime(e.to_string()))?;
+                Ok(())
+            })
+        } else {
+            readback::with_plaintext(s, run, item, key, &|n| bar.add(n), |r| {
+                std::io::copy(r, &mut std::io::sink()).map_err(|e| Error::runtime(format!("{}: {e}", item.name)))
+            })
+            .map(|_| ())
+        };
+        match res {
+            Ok(()) => {
+                v.read_items += 1;
+                v.read_bytes += item.stored_bytes();
+                v.decrypted += usize::from(encrypted && key.is_some());
+            }
+            Err(e) => v.problems.push(error_chain(&e)),
+        }
+    }
+    bar.finish();
+    if key.is_none() && items.iter().any(|i| matches!(i.content, Content::Encrypted { .. })) {
+        v.notes.push("no key at hand: encrypted files were hashed, not decrypted".into());
+    }
+    v
+}
+
+struct CountingRead<'a, R> {
+    inner: R,
+    bar: &'a Progress,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.add(n as u64);
+        Ok(n)
+    }
+}
+
+/// All items, or a random share of them (at least one).
+fn pick_items(items: &[Item], read: ReadData) -> Vec<&Item> {
+    let ReadData::Subset(p) = read else { return items.iter().collect() };
+    let want = ((items.len() as f64 * p / 100.0).ceil() as usize).clamp(1, items.len().max(1));
+    // A random order: each name hashed with this process's random keys.
+    let seed = std::collections::hash_map::RandomState::new();
+    let mut keyed: Vec<(u64, &Item)> = items
+        .iter()
+        .map(|i| {
+            let mut h = seed.build_hasher();
+            h.write(i.name.as_bytes());
+            (h.finish(), i)
+        })
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    keyed.into_iter().take(want).map(|(_, i)| i).collect()
+}
+
+pub fn print_verdicts(list: &[Verdict], out: &mut impl Write) -> std::io::Result<()> {
+    for v in list {
+        let state = if v.problems.is_empty() { "OK" } else { "FAILED" };
+        write!(out, "{state}  {}  run {}: {} files", v.destination, v.run_id, v.files)?;
+        if v.read_items > 0 {
+            write!(out, ", {} read back ({})", v.read_items, human(v.read_bytes as f64))?;
+        }
+        if v.decrypted > 0 {
+            write!(out, ", {} decrypted and authenticated", v.decrypted)?;
+        }
+        writeln!(out)?;
+        for p in &v.problems {
+            writeln!(out, "    problem: {p}")?;
+        }
+        for n in &v.notes {
+            writeln!(out, "    note: {n}")?;
+        }
+    }
+    Ok(())
+}
