@@ -16,7 +16,7 @@ fn sh(script: &str, env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn my_admin(s: &Servers, sql: &str) -> String {
+pub(crate) fn my_admin(s: &Servers, sql: &str) -> String {
     let mut c = Command::new("mariadb");
     c.arg(format!("--defaults-file={}", s.var("NCB_MYSQL_ADMIN_CNF"))).args([
         "--default-character-set=utf8mb4",
@@ -30,7 +30,7 @@ fn my_admin(s: &Servers, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn make_mysql_db(s: &Servers) -> String {
+pub(crate) fn make_mysql_db(s: &Servers) -> String {
     let db = unique("ncbmy");
     my_admin(
         s,
@@ -54,7 +54,7 @@ fn mysql_checksums(s: &Servers, db: &str) -> String {
 }
 
 /// Restores a .sql.gz into a new database and checks tables, view, trigger and routine.
-fn mysql_restore_matches(s: &Servers, db: &str, dump: &Path, routines: bool) {
+pub(crate) fn mysql_restore_matches(s: &Servers, db: &str, dump: &Path, routines: bool) {
     let restored = format!("{db}_r");
     my_admin(s, &format!("CREATE DATABASE {restored} CHARACTER SET utf8mb4"));
     sh(
@@ -80,7 +80,7 @@ fn mysql_restore_matches(s: &Servers, db: &str, dump: &Path, routines: bool) {
     my_admin(s, &format!("DROP DATABASE {restored}"));
 }
 
-fn my_creds(sb: &Sandbox, s: &Servers, user: &str, password: &str) -> PathBuf {
+pub(crate) fn my_creds(sb: &Sandbox, s: &Servers, user: &str, password: &str) -> PathBuf {
     let p =
         sb.write(&format!("{user}.credentials"), format!("[client]\nuser={user}\npassword={password}\n").as_bytes());
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -8,6 +8,7 @@ mod db;
 mod files;
 mod notify;
 mod pipeline;
+mod restore;
 mod runner;
 mod s3;
 mod schedule;

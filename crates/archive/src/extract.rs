@@ -404,7 +404,10 @@ fn prepare_parents(root: &Path, rel: &Path) -> std::result::Result<(), String> {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(format!("{} is not a folder", cur.strip_prefix(root).unwrap_or(&cur).display())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new().mode(0o700).create(&cur).map_err(|e| format!("cannot create folder: {e}"))?;
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&cur)
+                    .map_err(|e| format!("cannot create folder: {e}"))?;
             }
             Err(e) => return Err(format!("cannot inspect {}: {e}", cur.display())),
         }

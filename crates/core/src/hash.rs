@@ -82,7 +82,15 @@ impl<R> std::fmt::Debug for CheckedReader<R> {
 
 impl<R: Read> CheckedReader<R> {
     pub fn new(inner: R, size: u64, sha256: &str, what: impl Into<String>) -> Self {
-        CheckedReader { inner, hasher: Sha256::new(), bytes: 0, size, sha256: sha256.to_owned(), what: what.into(), checked: false }
+        CheckedReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+            size,
+            sha256: sha256.to_owned(),
+            what: what.into(),
+            checked: false,
+        }
     }
 
     /// Reads what is left (into nothing) and checks the whole.
@@ -121,7 +129,10 @@ impl<R: Read> Read for CheckedReader<R> {
         if self.bytes > self.size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: longer than the {} bytes the run manifest says (damaged or replaced)", self.what, self.size),
+                format!(
+                    "{}: longer than the {} bytes the run manifest says (damaged or replaced)",
+                    self.what, self.size
+                ),
             ));
         }
         Ok(n)

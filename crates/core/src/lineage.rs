@@ -29,24 +29,40 @@ pub struct Lineage {
 }
 
 impl Lineage {
-    /// Records a finished section: each artifact inherits the origins of the earlier artifacts
-    /// found at or under `objectives`; with none, the section is the origin.
+    /// Records a finished section. Each artifact inherits the origins of the earlier artifacts
+    /// at or under `objectives`, narrowed by name where names tell (compression makes
+    /// `files.tar.gz` of the folder `files`, encryption `x.enc.000` of `x`); with none, the
+    /// section is the origin.
     pub fn record(&mut self, name: &str, stage: &str, objectives: &[PathBuf], artifacts: &[PathBuf]) {
-        let mut from: Vec<String> = Vec::new();
-        for t in self.sections.iter().flat_map(|s| &s.artifacts) {
-            if objectives.iter().any(|o| t.path.starts_with(o)) {
-                for f in &t.from {
+        let earlier: Vec<&Traced> = self.sections.iter().flat_map(|s| &s.artifacts).collect();
+        let starts = |a: &Path, b: &Path| match (a.file_name(), b.file_name()) {
+            (Some(a), Some(b)) => a.as_encoded_bytes().starts_with(b.as_encoded_bytes()),
+            _ => false,
+        };
+        let traced = artifacts
+            .iter()
+            .map(|a| {
+                let named_objs: Vec<&PathBuf> = objectives.iter().filter(|o| starts(a, o)).collect();
+                let objs: Vec<&PathBuf> = if named_objs.is_empty() { objectives.iter().collect() } else { named_objs };
+                let mut cands: Vec<&Traced> =
+                    earlier.iter().copied().filter(|t| objs.iter().any(|o| t.path.starts_with(o))).collect();
+                let named: Vec<&Traced> = cands.iter().copied().filter(|t| starts(a, &t.path)).collect();
+                if !named.is_empty() {
+                    cands = named;
+                }
+                let mut from: Vec<String> = Vec::new();
+                for f in cands.iter().flat_map(|t| &t.from) {
                     if !from.contains(f) {
                         from.push(f.clone());
                     }
                 }
-            }
-        }
-        if from.is_empty() {
-            from.push(name.to_owned());
-        }
-        let artifacts = artifacts.iter().map(|p| Traced { path: p.clone(), from: from.clone() }).collect();
-        self.sections.push(SectionTrace { name: name.to_owned(), stage: stage.to_owned(), artifacts });
+                if from.is_empty() {
+                    from.push(name.to_owned());
+                }
+                Traced { path: a.clone(), from }
+            })
+            .collect();
+        self.sections.push(SectionTrace { name: name.to_owned(), stage: stage.to_owned(), artifacts: traced });
     }
 
     /// The origins of a file: by its path, else by its file name when that is unique.
@@ -96,9 +112,17 @@ mod tests {
         l.record("FILES", "filesbackup", &[], &["/w/files/h_FILES_T.tar.gz".into()]);
         l.record("DB", "mysql-dump", &[], &["/w/mysql/db_T.sql.gz".into()]);
         l.record("COMP", "compression", &["/w/files".into()], &["/w/comp/files.tar.gz".into()]);
-        l.record("ENC", "encryption", &["/w/comp".into(), "/w/mysql".into()], &["/w/enc/files.tar.gz.enc".into()]);
+        l.record(
+            "ENC",
+            "encryption",
+            &["/w/comp".into(), "/w/mysql".into()],
+            &["/w/enc/files.tar.gz.enc".into(), "/w/enc/db_T.sql.gz.enc.000".into()],
+        );
+        l.record("ALL", "compression", &["/w/enc".into()], &["/w/out/enc.tar.gz".into()]);
         assert_eq!(l.origins_of(Path::new("/w/comp/files.tar.gz")), vec!["FILES"]);
-        assert_eq!(l.origins_of(Path::new("/w/enc/files.tar.gz.enc")), vec!["FILES", "DB"]);
+        assert_eq!(l.origins_of(Path::new("/w/enc/files.tar.gz.enc")), vec!["FILES"]);
+        assert_eq!(l.origins_of(Path::new("/w/enc/db_T.sql.gz.enc.000")), vec!["DB"]);
+        assert_eq!(l.origins_of(Path::new("/w/out/enc.tar.gz")), vec!["FILES", "DB"]);
         assert_eq!(l.origins_of(Path::new("/elsewhere/db_T.sql.gz")), vec!["DB"]);
         let sources: Vec<&str> = l.sources().iter().map(|(s, _)| s.name.as_str()).collect();
         assert_eq!(sources, vec!["FILES", "DB"]);

@@ -72,7 +72,10 @@ impl Read for PipeReader {
                 }
                 Ok(Msg::End) => self.ended = true,
                 Err(_) => {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream was cut off (its producer failed)"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream was cut off (its producer failed)",
+                    ));
                 }
             }
         }

@@ -556,7 +556,12 @@ pub fn decrypt_stream<W: Write>(
     Ok((file, bytes, sha256))
 }
 
-fn read_cipher(r: &mut PartsReader<'_, '_>, seg_len: usize, tx: &SyncSender<Seg>, free: &Receiver<Vec<u8>>) -> Result<()> {
+fn read_cipher(
+    r: &mut PartsReader<'_, '_>,
+    seg_len: usize,
+    tx: &SyncSender<Seg>,
+    free: &Receiver<Vec<u8>>,
+) -> Result<()> {
     let fresh = || free.try_recv().unwrap_or_else(|_| Vec::with_capacity(seg_len));
     let mut cur = fresh();
     let mut span = r.read_chunk(&mut cur, seg_len)?;

@@ -27,9 +27,9 @@ impl Job {
         if !problems.is_empty() {
             return Err(problems_error(path, &problems));
         }
-        let raw = config
-            .general("SCHEDULE")
-            .ok_or_else(|| Error::config(format!("{}: GENERAL has no SCHEDULE for the daemon to follow", path.display())))?;
+        let raw = config.general("SCHEDULE").ok_or_else(|| {
+            Error::config(format!("{}: GENERAL has no SCHEDULE for the daemon to follow", path.display()))
+        })?;
         let crons = schedule::parse_list(raw)
             .and_then(|l| l.iter().map(|e| Cron::parse(e)).collect::<std::result::Result<Vec<_>, _>>())
             .map_err(|e| Error::config(format!("{}: GENERAL.SCHEDULE: {e}", path.display())))?;
@@ -70,7 +70,13 @@ impl Job {
             return;
         }
         log::info!("starting a run of {}", self.config.display());
-        match Command::new(runner).arg("-r").arg("-c").arg(&self.config).stdin(Stdio::null()).stdout(Stdio::null()).spawn()
+        match Command::new(runner)
+            .arg("-r")
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
         {
             Ok(c) => self.child = Some(c),
             Err(e) => log::error!("cannot start {} for {}: {e}", runner.display(), self.config.display()),

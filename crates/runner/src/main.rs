@@ -61,12 +61,9 @@ fn cli() -> Command {
             Command::new("verify")
                 .about("Check runs against their run manifests; exit 1 naming any missing or damaged file")
                 .arg(run_arg("The run to check: an id, latest (default) or all"))
-                .arg(
-                    Arg::new("read-data")
-                        .long("read-data")
-                        .action(ArgAction::SetTrue)
-                        .help("Read every file back and hash it; decrypt and authenticate encrypted ones when the key is at hand"),
-                )
+                .arg(Arg::new("read-data").long("read-data").action(ArgAction::SetTrue).help(
+                    "Read every file back and hash it; decrypt and authenticate encrypted ones when the key is at hand",
+                ))
                 .arg(
                     Arg::new("read-data-subset")
                         .long("read-data-subset")

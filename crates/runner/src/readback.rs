@@ -61,9 +61,9 @@ pub fn sources(config: &Config) -> Result<Vec<Source>> {
             continue;
         }
         for dest in storage::destinations(&p, &general)? {
-            let seen = out.iter().any(|s| {
-                s.dest.backend.describe() == dest.backend.describe() && s.dest.prefix == dest.prefix
-            });
+            let seen = out
+                .iter()
+                .any(|s| s.dest.backend.describe() == dest.backend.describe() && s.dest.prefix == dest.prefix);
             if !seen {
                 out.push(Source { section: step.section.clone(), dest });
             }
@@ -162,7 +162,8 @@ pub fn items(m: &RunManifest) -> Vec<Item> {
             }
             let (man, mut parts) = streams.remove(&key)?;
             parts.sort_by(|a, b| a.name.cmp(&b.name));
-            let from = man.iter().chain(&parts).find(|f| !f.from.is_empty()).map(|f| f.from.clone()).unwrap_or_default();
+            let from =
+                man.iter().chain(&parts).find(|f| !f.from.is_empty()).map(|f| f.from.clone()).unwrap_or_default();
             if parts.is_empty() && man.is_none() {
                 return None;
             }
@@ -182,7 +183,13 @@ fn join(folder: &str, name: &str) -> String {
 
 /// Reads and checks an item's encryption manifest; the parts it names, each of which the run
 /// manifest must list with the same size and SHA-256.
-fn encryption_manifest(src: &Source, run: &str, item_name: &str, man: &FileInfo, parts: &[FileInfo]) -> Result<Manifest> {
+fn encryption_manifest(
+    src: &Source,
+    run: &str,
+    item_name: &str,
+    man: &FileInfo,
+    parts: &[FileInfo],
+) -> Result<Manifest> {
     if man.size > manifest::MAX_LEN {
         return Err(Error::runtime(format!("{}: too large to be an encryption manifest", man.name)));
     }
@@ -263,11 +270,13 @@ pub fn with_plaintext<T>(
                 });
                 drop(reader);
                 let decrypted = dec.join().map_err(|_| Error::runtime("decryption thread panicked"))?;
+                // The consumer stopped first when decryption could not write: its error is
+                // the cause. Otherwise decryption's is (the consumer only saw the stream cut).
+                let consumer_stopped = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe);
                 match (decrypted, consumed) {
                     (Ok(()), r) => r,
-                    // The consumer stopped first: its error is the cause, the pipe's is not.
-                    (Err(_), Err(e)) if !matches!(e, Error::Io { .. }) => Err(e),
-                    (Err(e), _) => Err(Error::runtime(format!("{}: {}", item.name, error_chain(&e)))),
+                    (Err(d), Err(c)) if consumer_stopped(&d) => Err(c),
+                    (Err(d), _) => Err(Error::runtime(format!("{}: {}", item.name, error_chain(&d)))),
                 }
             })
         }

@@ -97,7 +97,10 @@ fn select(items: &[Item], only: &[String], run: &str) -> Result<Vec<Item>> {
     }
     if let Some(bad) = only.iter().find(|s| !known.contains(s)) {
         let k: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-        return Err(Error::usage(format!("--only {bad}: run {run} holds nothing from it (its sections: {})", k.join(", "))));
+        return Err(Error::usage(format!(
+            "--only {bad}: run {run} holds nothing from it (its sections: {})",
+            k.join(", ")
+        )));
     }
     Ok(items.iter().filter(|i| i.from.iter().any(|f| only.contains(f))).cloned().collect())
 }
@@ -221,6 +224,7 @@ impl Unpack<'_> {
         let mut dec = decode(r).map_err(|e| Error::runtime(format!("cannot read archive: {e}")))?;
         let mut nested = Extracted::default();
         let mut inner_err = None;
+        let mut emptied: Vec<PathBuf> = Vec::new();
         let mut st = {
             let mut divert = |rel: &Path, entry: &mut dyn Read| -> Result<bool> {
                 let Some(base) = rel.file_name().map(|b| b.to_string_lossy().into_owned()) else { return Ok(false) };
@@ -237,7 +241,10 @@ impl Unpack<'_> {
                     Kind::Plain => return Ok(false),
                 };
                 match got {
-                    Ok(x) => nested.absorb(x),
+                    Ok(x) => {
+                        nested.absorb(x);
+                        emptied.extend(rel.parent().map(Path::to_path_buf));
+                    }
                     Err(e) => {
                         let msg = format!("{}: {}", rel.display(), error_chain(&e));
                         inner_err = Some(msg.clone());
@@ -251,6 +258,15 @@ impl Unpack<'_> {
         };
         if let Some(e) = inner_err {
             return Err(Error::runtime(e));
+        }
+        // Folders that only carried the pipeline's own archives (compression's `files/`) go.
+        emptied.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for dir in emptied {
+            for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+                if std::fs::remove_dir(self.root.join(d)).is_err() {
+                    break;
+                }
+            }
         }
         // The rest of the stream (the archive's padding, the gzip trailer and its CRC).
         std::io::copy(&mut dec, &mut std::io::sink()).map_err(|e| Error::runtime(format!("archive: {e}")))?;

@@ -101,6 +101,8 @@ pub struct Verdict {
     pub destination: String,
     pub run_id: String,
     pub files: usize,
+    /// Files once parts are joined: what read-back counts.
+    pub items: usize,
     pub read_items: usize,
     pub read_bytes: u64,
     pub decrypted: usize,
@@ -170,9 +172,9 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>) ->
     for f in &manifest.files {
         match sizes.get(&s.key(run, &f.name)) {
             None => v.problems.push(format!("{}: missing", f.name)),
-            Some(&n) if n != f.size => {
-                v.problems.push(format!("{}: {n} bytes, the run manifest says {} (truncated or replaced)", f.name, f.size))
-            }
+            Some(&n) if n != f.size => v
+                .problems
+                .push(format!("{}: {n} bytes, the run manifest says {} (truncated or replaced)", f.name, f.size)),
             Some(_) => {}
         }
     }
@@ -185,6 +187,7 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>) ->
         return v;
     }
     let items = readback::items(&manifest);
+    v.items = items.len();
     let picked = pick_items(&items, read);
     let total: u64 = picked.iter().map(|i| i.stored_bytes()).sum();
     let bar = Progress::new(format!("verify {run}"), total);
@@ -256,7 +259,7 @@ pub fn print_verdicts(list: &[Verdict], out: &mut impl Write) -> std::io::Result
         let state = if v.problems.is_empty() { "OK" } else { "FAILED" };
         write!(out, "{state}  {}  run {}: {} files", v.destination, v.run_id, v.files)?;
         if v.read_items > 0 {
-            write!(out, ", {} read back ({})", v.read_items, human(v.read_bytes as f64))?;
+            write!(out, ", {} of {} read back ({})", v.read_items, v.items, human(v.read_bytes as f64))?;
         }
         if v.decrypted > 0 {
             write!(out, ", {} decrypted and authenticated", v.decrypted)?;

@@ -538,7 +538,11 @@ impl Read for BodyReader {
                 Ok(Some(c)) => self.chunk = c,
                 Ok(None) => return Ok(0),
                 Err(e) => {
-                    return Err(std::io::Error::other(format!("download of {}: {}", self.what, DisplayErrorContext(e))));
+                    return Err(std::io::Error::other(format!(
+                        "download of {}: {}",
+                        self.what,
+                        DisplayErrorContext(e)
+                    )));
                 }
             }
         }
