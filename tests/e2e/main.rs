@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod crypto;
+mod daemon;
 mod db;
 mod files;
 mod notify;
