@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A real backup and its restore on a fresh machine, with no servers: builds nc-backup, makes
 # sample data and a key under /tmp/nc-backup-demo, runs conf/demo.json (files -> compression
-# -> encryption into split parts -> local storage with retention), then fetches the run back
-# with `storage --download`, decrypts with `encryption -d`, unpacks with GNU tar and compares
-# the restored files with the originals.
+# -> encryption into split parts -> local storage with retention), verifies the stored run
+# (every part read back, decrypted and authenticated), restores it with one command into an
+# empty folder, and compares the restored files with the originals. docs/RESTORE.md shows
+# the same restore by hand (storage --download, encryption -d, GNU tar).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=/tmp/nc-backup-demo
@@ -28,10 +29,11 @@ run_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id
 echo "== stored run $run_id:"
 ls -l "$DEMO/backups/demo-host/$run_id"
 
-echo "== restoring: storage --download, encryption -d, then tar"
-"$BIN/storage" --download --PATH "$DEMO/backups" --PREFIX demo-host --RUN latest --DESTINATION "$DEMO/restore/fetched"
-"$BIN/encryption" -d --KEY_FILE "$DEMO/key_file" --OBJECTIVES "$DEMO/restore/fetched/files.tar.gz" --DESTINATION "$DEMO/restore/files.tar.gz"
-tar -xzf "$DEMO/restore/files.tar.gz" -C "$DEMO/restore"            # files/<host>_FILESET_<time>.tar.gz
-tar -xzf "$DEMO/restore"/files/*.tar.gz -C "$DEMO/restore"           # tmp/nc-backup-demo/data/...
+echo "== runs in the destination"
+"$BIN/backup-runner" runs -c conf/demo.json
+echo "== verifying run $run_id: every part read back, decrypted and authenticated"
+"$BIN/backup-runner" verify -c conf/demo.json --run "$run_id" --read-data
+echo "== restoring run $run_id into $DEMO/restore"
+"$BIN/backup-runner" restore -v -c conf/demo.json --run "$run_id" --to "$DEMO/restore"
 diff -r --exclude='*.tmp' --exclude=cache "$DEMO/data" "$DEMO/restore$DEMO/data"
 echo "== restored files are identical to the originals (run report: $DEMO/report.json)"

@@ -64,6 +64,12 @@ impl RunManifest {
     }
 }
 
+/// Whether `bytes` bytes hashing to `sha256` are the file `info` describes (a SHA-256 not yet
+/// known matches any).
+pub fn same_file(info: &FileInfo, bytes: u64, sha256: &str) -> bool {
+    bytes == info.size && (info.sha256.is_empty() || info.sha256 == sha256)
+}
+
 /// A relative path without `..`, root or empty components.
 pub fn safe_relative(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('/') && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
@@ -75,11 +81,16 @@ pub trait Backend: Send + Sync {
     fn describe(&self) -> String;
     /// Size and SHA-256 of a stored file, when it is there.
     fn stat(&self, key: &str) -> Result<Option<(u64, String)>>;
-    /// Stores `local` under `key`; the stored bytes must hash to `info.sha256`.
-    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()>;
-    /// Stores many files; backends that can, do it concurrently.
-    fn put_all(&self, items: &[(PathBuf, String, FileInfo)]) -> Result<()> {
-        items.iter().try_for_each(|(path, key, info)| self.put(path, key, info))
+    /// Stores `local` under `key`, reading it once; the SHA-256 of the bytes stored, which
+    /// must be `info.sha256` when that is known (not empty).
+    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String>;
+    /// Stores many files (their SHA-256s, in order); backends that can, do it concurrently.
+    fn put_all(&self, items: &[(PathBuf, String, FileInfo)]) -> Result<Vec<String>> {
+        items.iter().map(|(path, key, info)| self.put(path, key, info)).collect()
+    }
+    /// Whether `key` holds exactly `local` (size and `info.sha256`, which is known).
+    fn holds(&self, key: &str, _local: &Path, info: &FileInfo) -> Result<bool> {
+        Ok(self.stat(key)?.is_some_and(|(size, sha)| size == info.size && sha == info.sha256))
     }
     /// Sizes of the files stored under `prefix`, by key.
     fn sizes(&self, prefix: &str) -> Result<std::collections::HashMap<String, u64>>;
@@ -129,14 +140,14 @@ impl Backend for Local {
         sha256_file(&p).map(Some)
     }
 
-    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
+    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String> {
         let dest = self.path(key);
         ncb_core::atomic::ensure_dir(dest.parent().unwrap_or(&self.root), 0o700)?;
         let mut src = std::fs::File::open(local).at("cannot open", local)?;
         let mut out = HashWriter::new(AtomicFile::create(&dest)?);
         std::io::copy(&mut src, &mut out).at("cannot copy", local)?;
         let (file, bytes, sha) = out.finish();
-        if bytes != info.size || sha != info.sha256 {
+        if !same_file(info, bytes, &sha) {
             return Err(Error::runtime(format!(
                 "{} changed while it was stored ({bytes} bytes, sha256 {sha}; expected {} bytes, {})",
                 local.display(),
@@ -145,7 +156,7 @@ impl Backend for Local {
             )));
         }
         file.commit()?;
-        Ok(())
+        Ok(sha)
     }
 
     fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()> {

@@ -209,16 +209,16 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     {
         return Err(Error::runtime(format!("{} files to store exceed MAX_UPLOAD_FILES {max}", files.len())));
     }
-    // Each source is hashed once, then copied into every destination.
-    let infos: Vec<(PathBuf, FileInfo)> = files
-        .into_iter()
-        .map(|(path, name)| {
-            let from = ctx.lineage.origins_of(&path);
-            sha256_file(&path).map(|(size, sha256)| (path, FileInfo { name, size, sha256, from }))
-        })
-        .collect::<Result<_>>()?;
+    // Each source is read once by the first destination, which hashes what it stores; the
+    // others check their copy against that SHA-256.
+    let mut infos: Vec<(PathBuf, FileInfo)> = Vec::with_capacity(files.len());
+    for (path, name) in files {
+        let size = std::fs::metadata(&path).at("cannot stat", &path)?.len();
+        let from = ctx.lineage.origins_of(&path);
+        infos.push((path, FileInfo { name, size, sha256: String::new(), from }));
+    }
     for d in &dests {
-        store_run(d.as_ref(), ctx, &prefix, &infos, &mut report)?;
+        store_run(d.as_ref(), ctx, &prefix, &mut infos, &mut report)?;
     }
     if p.flag("REMOVE_OBJECTIVES", false)? && !infos.is_empty() {
         for obj in p.paths("OBJECTIVES")? {
@@ -287,7 +287,7 @@ fn store_run(
     d: &dyn Backend,
     ctx: &StageCtx,
     prefix: &str,
-    infos: &[(PathBuf, FileInfo)],
+    infos: &mut [(PathBuf, FileInfo)],
     report: &mut StageReport,
 ) -> Result<()> {
     let run = format!("{prefix}{}/", ctx.run_id);
@@ -295,17 +295,26 @@ fn store_run(
     let present = d.sizes(&run)?;
     let mut todo = Vec::new();
     let mut skipped = 0;
-    for (path, info) in infos {
+    for (i, (path, info)) in infos.iter_mut().enumerate() {
         let key = format!("{run}{}", info.name);
-        if present.get(&key) == Some(&info.size)
-            && d.stat(&key)?.is_some_and(|(size, sha)| size == info.size && sha == info.sha256)
-        {
-            skipped += 1;
-        } else {
-            todo.push((path.clone(), key, info.clone()));
+        if present.get(&key) == Some(&info.size) {
+            if info.sha256.is_empty() {
+                info.sha256 = sha256_file(path)?.1;
+            }
+            if d.holds(&key, path, info)? {
+                skipped += 1;
+                continue;
+            }
         }
+        todo.push((i, (path.clone(), key, info.clone())));
     }
-    d.put_all(&todo).map_err(|e| Error::runtime(format!("{}: {}", d.describe(), ncb_core::stage::error_chain(&e))))?;
+    let items: Vec<_> = todo.iter().map(|(_, item)| item.clone()).collect();
+    let shas = d
+        .put_all(&items)
+        .map_err(|e| Error::runtime(format!("{}: {}", d.describe(), ncb_core::stage::error_chain(&e))))?;
+    for ((i, _), sha) in todo.iter().zip(shas) {
+        infos[*i].1.sha256 = sha;
+    }
     let stored = todo.len();
     let manifest = RunManifest {
         format: "ncb-run".into(),

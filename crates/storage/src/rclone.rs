@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use ncb_core::atomic::AtomicFile;
-use ncb_core::hash::HashWriter;
+use ncb_core::hash::{HashWriter, sha256_file};
 use ncb_core::{Artifact, Error, IoContext, Result};
 
 use crate::backend::{Backend, FileInfo, RUN_MANIFEST};
@@ -101,14 +101,16 @@ impl Backend for Rclone {
         }
     }
 
-    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
+    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String> {
         let p = self.path(key);
         let ps = masked(&p);
+        // The upload is checked against the local file's SHA-256: hashed first when not known.
+        let sha256 = if info.sha256.is_empty() { sha256_file(local)?.1 } else { info.sha256.clone() };
         let src = local.display().to_string();
         self.run(&["copyto", &src, &p], None)?
             .ok_or_else(|| Error::runtime(format!("rclone copyto {ps}: not found")))?;
         match self.stat(key)? {
-            Some((size, sha)) if size == info.size && sha == info.sha256 => Ok(()),
+            Some((size, sha)) if size == info.size && sha == sha256 => Ok(sha256),
             Some((size, sha)) => Err(Error::runtime(format!("{ps}: stored copy differs ({size} bytes, sha256 {sha})"))),
             None => Err(Error::runtime(format!("{ps}: missing right after the upload"))),
         }

