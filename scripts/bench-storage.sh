@@ -22,6 +22,11 @@ for i in $(seq 1 1000); do head -c 4096 /dev/urandom > "$small/files/f$i"; done
 out=$W/s3out; rm -rf "$out"; mkdir -p "$out"
 mkdir -p "$W/bigdir"; ln -f "$big" "$W/bigdir/dump.sql" 2>/dev/null || cp "$big" "$W/bigdir/dump.sql"
 tag=$(date +%s)
+# aws wall / our wall for the upload pair (rows 0, 1) and the download pair (rows 2, 3).
+pair_ratios() {
+  local w=(); for r in "${BENCH_ROWS[@]}"; do w+=("$(cut -d';' -f2 <<<"$r")"); done
+  echo "speedup vs aws CLI: upload $(echo "scale=2; ${w[1]} / ${w[0]}" | bc)x, download $(echo "scale=2; ${w[3]} / ${w[2]}" | bc)x (above 1: we are faster)"
+}
 AWS="aws --endpoint-url $NCB_S3_ENDPOINT --region $NCB_S3_REGION"
 S3="--BUCKET_NAME $NCB_S3_BUCKET --ENDPOINT_URL $NCB_S3_ENDPOINT --REGION $NCB_S3_REGION --HOSTNAME bench"
 
@@ -30,7 +35,9 @@ measure "storage upload (8 MiB parts x4)" env NCB_RUN_ID=20261122T000000Z-$tag "
 measure "aws s3 cp (upload)" $AWS s3 cp --only-show-errors "$big" "s3://$NCB_S3_BUCKET/aws-$tag/dump.sql"
 measure "storage --download" "$ST" $S3 --download --SOURCE s3 --PREFIX ours-$tag --DESTINATION "$out/ours"
 measure "aws s3 cp (download)" $AWS s3 cp --only-show-errors "s3://$NCB_S3_BUCKET/aws-$tag/dump.sql" "$out/aws.sql"
+pairs=$(pair_ratios)
 table
+echo "$pairs"
 cmp "$big" "$out/ours/dump.sql" && echo "(our download is byte-identical)"
 rm -rf "$out"/*
 
@@ -39,5 +46,7 @@ measure "storage upload" env NCB_RUN_ID=20261122T000001Z-$tag "$ST" $S3 --DESTIN
 measure "aws s3 cp --recursive (upload)" $AWS s3 cp --only-show-errors --recursive "$small/files" "s3://$NCB_S3_BUCKET/small-aws-$tag/"
 measure "storage --download" "$ST" $S3 --download --SOURCE s3 --PREFIX small-ours-$tag --DESTINATION "$out/ours"
 measure "aws s3 cp --recursive (download)" $AWS s3 cp --only-show-errors --recursive "s3://$NCB_S3_BUCKET/small-aws-$tag/" "$out/aws"
+pairs=$(pair_ratios)
 table
+echo "$pairs"
 rm -rf "$out" "$small" "$W/bigdir"

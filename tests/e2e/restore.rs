@@ -203,6 +203,20 @@ fn garage_restore_round_trip_verify_faults_and_fallback() {
     let v = run(runner(&s).arg("verify").arg("-c").arg(&conf).arg("--read-data").arg("--json")).expect(0).json();
     assert!(v.as_array().unwrap().iter().all(|x| x["decrypted"] == 2 && x["problems"].as_array().unwrap().is_empty()));
 
+    // A random share: at least one of the two files read back in each destination.
+    let v = run(runner(&s).arg("verify").arg("-c").arg(&conf).args([
+        "--read-data-subset",
+        "50%",
+        "--run",
+        "all",
+        "--json",
+    ]))
+    .expect(0)
+    .json();
+    assert!(v.as_array().unwrap().iter().all(|x| x["read_items"] == 1 && x["items"] == 2), "{v}");
+    let e = run(runner(&s).arg("verify").arg("-c").arg(&conf).args(["--read-data-subset", "0%"])).expect(2);
+    assert!(e.stderr.contains("--read-data-subset"), "{}", e.stderr);
+
     // One flipped byte in a local part: sizes still agree, the read-back names the part.
     let local_run = sb.join(format!("backups/{prefix}/{run_id}"));
     let part = local_run.join("files.tar.gz.enc.001");
@@ -219,6 +233,9 @@ fn garage_restore_round_trip_verify_faults_and_fallback() {
     let nokey = sb.config_text("nokey.json", &doc.to_string());
     let v = run(runner(&s).arg("verify").arg("-c").arg(&nokey).arg("--read-data")).expect(1);
     assert!(v.stdout.contains("files.tar.gz.enc.001") && v.stdout.contains("damaged"), "{}", v.stdout);
+    // Restoring encrypted files without the key: a config error (exit 2) before any download.
+    let e = run(runner(&s).arg("restore").arg("-c").arg(&nokey).arg("--to").arg(sb.join("nokey"))).expect(2);
+    assert!(e.stderr.contains("--key-file"), "{}", e.stderr);
 
     // restore: the local copy fails its check, the S3 copy is restored instead.
     let to2 = sb.join("restored2");
@@ -287,4 +304,13 @@ mkdir -p store && gzip -c a.tar > store/evil.tar.gz"#,
     assert_eq!(std::fs::read_to_string(to.join(outside.strip_prefix("/").unwrap()).join("abs.txt")).unwrap(), "abs");
     // out/through.txt made `out` a real folder, so the outward symlink was refused.
     assert!(std::fs::symlink_metadata(to.join("out")).unwrap().is_dir());
+
+    // A folder others may write to (no sticky bit) on the way is refused before anything runs.
+    let shared = sb.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out =
+        run(cmd(&bin("backup-runner")).arg("restore").arg("-c").arg(&conf).arg("--to").arg(shared.join("r"))).expect(2);
+    assert!(out.stderr.contains("writable by others"), "{}", out.stderr);
+    assert!(!shared.join("r").exists(), "created before the check");
 }

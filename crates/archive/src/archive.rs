@@ -123,6 +123,8 @@ struct Writer<'a> {
     /// Folders already archived (FOLLOW_SYMLINKS only): a link back to one is a loop.
     visited: std::collections::HashSet<(u64, u64)>,
     root_dev: u64,
+    /// Bytes archived, on a terminal.
+    bar: ncb_core::progress::Progress,
 }
 
 /// Archives `roots` into `dest` (atomically) and returns the artifact and the counts.
@@ -147,10 +149,15 @@ pub fn write_archive(
         own,
         root_dev: 0,
         visited: Default::default(),
+        bar: ncb_core::progress::Progress::new(
+            format!("archive {}", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+            0,
+        ),
     };
     for root in roots {
         w.root(root)?;
     }
+    w.bar.finish();
     let comp = w.tar.into_inner().at("cannot write", dest)?;
     let sink = comp.finish().at("cannot write", dest)?;
     let (out, bytes, sha256) = sink.finish();
@@ -362,6 +369,7 @@ impl Writer<'_> {
         }
         self.stats.files += 1;
         self.stats.bytes += meta.len();
+        self.bar.add(meta.len());
         let problem = if let Some(e) = exact.error {
             Some(format!("read error, rest filled with zeros: {e}"))
         } else if exact.short > 0 {

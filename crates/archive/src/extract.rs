@@ -131,7 +131,7 @@ type Head<R> = BufReader<io::Chain<io::Cursor<Vec<u8>>, R>>;
 
 /// A stream decoded by its first bytes.
 pub enum Decoded<R: Read> {
-    Gzip(flate2::bufread::MultiGzDecoder<Head<R>>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<Head<R>>>),
     Zstd(zstd::stream::read::Decoder<'static, Head<R>>),
     Plain(Head<R>),
 }
@@ -171,7 +171,7 @@ pub fn decode<R: Read>(mut r: R) -> io::Result<Decoded<R>> {
     let head = io::Cursor::new(magic[..n].to_vec()).chain(r);
     let buffered = BufReader::with_capacity(1 << 20, head);
     Ok(if n >= 2 && magic[..2] == [0x1f, 0x8b] {
-        Decoded::Gzip(flate2::bufread::MultiGzDecoder::new(buffered))
+        Decoded::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
     } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
         Decoded::Zstd(zstd::stream::read::Decoder::with_buffer(buffered)?)
     } else {

@@ -76,6 +76,17 @@ impl Error {
         Error::io(format!("{what} {}", path.display()), source)
     }
 
+    /// The same error, its message prefixed with `what` (the kind, and so the exit code, kept).
+    pub fn context(self, what: &str) -> Self {
+        match self {
+            Error::Usage(m) => Error::Usage(format!("{what}: {m}")),
+            Error::Config(m) => Error::Config(format!("{what}: {m}")),
+            Error::Io { msg, source } => Error::Io { msg: format!("{what}: {msg}"), source },
+            Error::Runtime(m) => Error::Runtime(format!("{what}: {m}")),
+            Error::Interrupted(m) => Error::Interrupted(m),
+        }
+    }
+
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Usage(_) | Error::Config(_) => ExitStatus::Usage,

@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use ncb_core::atomic::AtomicFile;
 use ncb_core::hash::HashWriter;
+use ncb_core::progress::Progress;
 use ncb_core::{Artifact, Error, IoContext, Result};
 use sha2::{Digest, Sha256};
 
@@ -111,6 +112,7 @@ pub fn encrypt_file(
     }
     let file = File::open(input).at("cannot open", input)?;
     let size = file.metadata().at("cannot stat", input)?.len();
+    let bar = Progress::new(format!("encrypt {base}"), size);
     let header = Header::new(segment, random()?, random()?, master.bytes());
     let keys = Keys::open(master.bytes(), &header).map_err(|e| Error::runtime(e.to_string()))?;
     let stream_len = header.stream_len(size);
@@ -128,7 +130,8 @@ pub fn encrypt_file(
         let (plain_tx, plain_rx) = sync_channel::<Seg>(DEPTH);
         let (sealed_tx, sealed_rx) = sync_channel::<Seg>(DEPTH);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2 * DEPTH + 2);
-        let reader = s.spawn(move || read_plain(file, segment, &plain_tx, &free_rx));
+        let bar = &bar;
+        let reader = s.spawn(move || read_plain(file, segment, &plain_tx, &free_rx, bar));
         let aad = header.prefix();
         let (k, h) = (&keys, &header);
         let sealer = s.spawn(move || {
@@ -150,6 +153,7 @@ pub fn encrypt_file(
             (Ok(r), Ok(())) => Ok(r),
         }
     });
+    bar.finish();
     let (plaintext_size, plaintext_sha256) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -207,7 +211,13 @@ fn file_name(p: &Path) -> String {
 }
 
 /// Reads segments with one of lookahead (to flag the last), hashing the plaintext.
-fn read_plain(mut file: File, segment: u32, tx: &SyncSender<Seg>, free: &Receiver<Vec<u8>>) -> Result<(u64, String)> {
+fn read_plain(
+    mut file: File,
+    segment: u32,
+    tx: &SyncSender<Seg>,
+    free: &Receiver<Vec<u8>>,
+    bar: &Progress,
+) -> Result<(u64, String)> {
     let seg = segment as usize;
     let fresh = || free.try_recv().unwrap_or_else(|_| Vec::with_capacity(seg + TAG_LEN));
     let mut hash = Sha256::new();
@@ -218,6 +228,7 @@ fn read_plain(mut file: File, segment: u32, tx: &SyncSender<Seg>, free: &Receive
     loop {
         hash.update(&cur);
         total += cur.len() as u64;
+        bar.add(cur.len() as u64);
         let mut next = fresh();
         if cur.len() == seg {
             read_full(&mut file, &mut next, seg).map_err(|e| Error::io("read", e))?;

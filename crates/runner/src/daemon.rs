@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{Local, Timelike};
+
 use ncb_core::{Error, IoContext, Result, sys};
 
 use crate::schedule::{self, Cron};
@@ -99,20 +100,24 @@ pub fn run(configs: &[PathBuf], signal: &Arc<AtomicUsize>) -> Result<()> {
     for j in jobs.iter_mut().filter(|j| j.crons.iter().any(|c| c.at_start)) {
         j.start(&runner);
     }
-    let mut last_minute = None;
+    // Minutes are counted in UTC (never ambiguous), each matched in local time: an hour the
+    // clock skips is not run, an hour it repeats is run twice, as with cron. A minute that
+    // began before the daemon started is not run.
+    let epoch_minute = || chrono::Utc::now().timestamp().div_euclid(60);
+    let mut last = epoch_minute();
     while signal.load(Ordering::SeqCst) == 0 {
-        let now = Local::now();
-        let minute = now.with_second(0).and_then(|t| t.with_nanosecond(0));
-        if minute != last_minute {
-            // The first tick lands inside a minute already begun: it counts only from the next.
-            if last_minute.is_some()
-                && let Some(t) = &minute
-            {
-                for j in jobs.iter_mut().filter(|j| j.due(t)) {
-                    j.start(&runner);
+        let now = epoch_minute();
+        // A clock stepped back: wait for it to catch up. Forward: at most 5 missed minutes run.
+        if now > last {
+            for m in (last + 1).max(now - 4)..=now {
+                if let Some(t) = chrono::DateTime::from_timestamp(m * 60, 0) {
+                    let local = t.with_timezone(&Local);
+                    for j in jobs.iter_mut().filter(|j| j.due(&local)) {
+                        j.start(&runner);
+                    }
                 }
             }
-            last_minute = minute;
+            last = now;
         }
         for j in jobs.iter_mut() {
             j.running();

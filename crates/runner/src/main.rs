@@ -313,13 +313,13 @@ fn master_key(config: &config::Config, sm: &ArgMatches) -> Result<Option<encrypt
 
 fn runs_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     let config = load_config(m, "backup-runner runs")?;
-    let list = verify::runs(&readback::sources(&config)?)?;
+    let (list, failed) = verify::runs(&readback::sources(&config)?)?;
     if sm.get_flag("json") {
         print_json(&list);
     } else {
         let _ = verify::print_runs(&list, &mut std::io::stdout().lock());
     }
-    Ok(ExitStatus::Success)
+    Ok(if failed { ExitStatus::Failure } else { ExitStatus::Success })
 }
 
 fn verify_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {

@@ -96,8 +96,8 @@ pub fn key_file(config: &Config, given: Option<&Path>) -> Result<Option<PathBuf>
 pub enum Content {
     Plain(FileInfo),
     Encrypted {
-        /// The encryption manifest as stored, when there is one.
-        manifest: Option<FileInfo>,
+        /// The encryption manifest as stored.
+        manifest: FileInfo,
         parts: Vec<FileInfo>,
     },
 }
@@ -114,7 +114,7 @@ impl Item {
     pub fn stored(&self) -> Vec<&FileInfo> {
         match &self.content {
             Content::Plain(f) => vec![f],
-            Content::Encrypted { manifest, parts } => manifest.iter().chain(parts).collect(),
+            Content::Encrypted { manifest, parts } => std::iter::once(manifest).chain(parts).collect(),
         }
     }
     pub fn stored_bytes(&self) -> u64 {
@@ -152,6 +152,15 @@ pub fn items(m: &RunManifest) -> Vec<Item> {
         });
         if is_manifest { e.0 = Some(f.clone()) } else { e.1.push(f.clone()) }
     }
+    // Parts without their encryption manifest are not taken for ours (a user's own `x.enc`):
+    // they are placed as stored (`encryption -d --REQUIRE_MANIFEST False` decrypts them by hand).
+    let orphans: Vec<String> = streams.iter().filter(|(_, (m, _))| m.is_none()).map(|(k, _)| k.clone()).collect();
+    for k in orphans {
+        if let Some((_, parts)) = streams.remove(&k) {
+            let at = order.iter().position(|(o, _)| *o == k).unwrap_or(order.len());
+            order.splice(at..(at + 1).min(order.len()), parts.into_iter().map(|p| (p.name, false)));
+        }
+    }
     let plain: BTreeMap<&str, &FileInfo> = m.files.iter().map(|f| (f.name.as_str(), f)).collect();
     order
         .into_iter()
@@ -161,12 +170,13 @@ pub fn items(m: &RunManifest) -> Vec<Item> {
                 return Some(Item { name: key.clone(), content: Content::Plain((*f).clone()), from: f.from.clone() });
             }
             let (man, mut parts) = streams.remove(&key)?;
+            let man = man?;
             parts.sort_by(|a, b| a.name.cmp(&b.name));
-            let from =
-                man.iter().chain(&parts).find(|f| !f.from.is_empty()).map(|f| f.from.clone()).unwrap_or_default();
-            if parts.is_empty() && man.is_none() {
-                return None;
-            }
+            let from = std::iter::once(&man)
+                .chain(&parts)
+                .find(|f| !f.from.is_empty())
+                .map(|f| f.from.clone())
+                .unwrap_or_default();
             let name = key.strip_suffix(".enc").unwrap_or(&key).to_owned();
             Some(Item { name, content: Content::Encrypted { manifest: man, parts }, from })
         })
@@ -244,13 +254,7 @@ pub fn with_plaintext<T>(
                     item.name
                 ))
             })?;
-            let m = match man {
-                Some(man) => Some(encryption_manifest(src, run, &item.name, man, parts)?),
-                None => {
-                    log::warn!("{}: no encryption manifest in the run; decrypting from the parts alone", item.name);
-                    None
-                }
-            };
+            let m = Some(encryption_manifest(src, run, &item.name, man, parts)?);
             let names: Vec<String> = parts.iter().map(|f| f.name.clone()).collect();
             let open = |i: usize| -> Result<Box<dyn Read + Send + '_>> {
                 let f = &parts[i];
@@ -261,7 +265,7 @@ pub fn with_plaintext<T>(
             std::thread::scope(|s| {
                 let dec = s.spawn(|| {
                     crypt::decrypt_stream(key, &names, m.as_ref(), &open, writer, Path::new(&item.name))
-                        .and_then(|(w, _, _)| w.finish().map_err(|e| Error::io(format!("{}", item.name), e)))
+                        .and_then(|(w, _, _)| w.finish().map_err(|e| Error::io(&item.name, e)))
                 });
                 let consumed = consume(&mut reader).and_then(|out| {
                     std::io::copy(&mut reader, &mut std::io::sink())
@@ -345,20 +349,22 @@ mod tests {
                 f("files.tar.gz.enc.manifest.json"),
                 f("mysql/db.sql.gz"),
                 f("one.dump.enc"),
+                f("one.dump.enc.manifest.json"),
+                f("own.enc"),
                 f("notes.enc.txt"),
             ],
             sources: Default::default(),
         };
         let items = items(&m);
         let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, ["files.tar.gz", "mysql/db.sql.gz", "one.dump", "notes.enc.txt"]);
+        assert_eq!(names, ["files.tar.gz", "mysql/db.sql.gz", "one.dump", "own.enc", "notes.enc.txt"]);
         match &items[0].content {
             Content::Encrypted { manifest, parts } => {
-                assert!(manifest.is_some());
+                assert_eq!(manifest.name, "files.tar.gz.enc.manifest.json");
                 assert_eq!(parts.len(), 2);
             }
             Content::Plain(_) => panic!("encrypted expected"),
         }
-        assert!(matches!(items[3].content, Content::Plain(_)));
+        assert!(matches!(items[3].content, Content::Plain(_)) && matches!(items[4].content, Content::Plain(_)));
     }
 }

@@ -13,6 +13,7 @@
 
 use std::collections::HashSet;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use encryption::key::MasterKey;
@@ -56,20 +57,49 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
     let mut failures = Vec::new();
     for (src, run, manifest) in readback::pick(sources, &o.run)? {
         let items = select(&readback::items(&manifest), &o.only, &run)?;
+        if key.is_none()
+            && let Some(i) = items.iter().find(|i| matches!(i.content, readback::Content::Encrypted { .. }))
+        {
+            return Err(Error::config(format!(
+                "run {run} holds encrypted files ({} …): give --key-file, or KEY_FILE in the config's encryption section",
+                i.name
+            )));
+        }
         let names: HashSet<String> = manifest.sources.values().flat_map(|s| s.artifacts.iter().cloned()).collect();
         log::info!("restoring run {run} from {} into {}", src.describe(), o.to.display());
-        match restore_from(src, &run, &items, &names, key, o) {
-            Ok(mut s) => {
-                s.destination = src.describe();
-                return Ok(s);
-            }
+        let staged = match stage(src, &run, &items, &names, key, &o.to) {
+            Ok(x) => x,
             Err(e @ (Error::Usage(_) | Error::Config(_))) => return Err(e),
             Err(e) => {
                 let msg = format!("{}: {}", src.describe(), error_chain(&e));
                 log::error!("restore of run {run} failed: {msg}");
                 failures.push(msg);
+                continue;
             }
-        }
+        };
+        // Past this point DIR changes: a failure is reported as a partial restore, not retried.
+        let (staging, stats) = staged;
+        move_into(&staging.0, &o.to, o.force).map_err(|e| {
+            Error::runtime(format!(
+                "run {run} was restored but only partly moved into {}: {} (the rest is in {}; nothing was deleted)",
+                o.to.display(),
+                error_chain(&e),
+                staging.0.display()
+            ))
+        })?;
+        return Ok(Summary {
+            run_id: run.clone(),
+            destination: src.describe(),
+            to: o.to.clone(),
+            items: items.len(),
+            stored_bytes: items.iter().map(Item::stored_bytes).sum(),
+            files: stats.files,
+            dirs: stats.dirs,
+            links: stats.links,
+            special: stats.special,
+            bytes: stats.bytes,
+            refused: stats.refused,
+        });
     }
     Err(Error::runtime(format!(
         "restore of run {} failed from every destination that holds it, {} left as it was: {}",
@@ -105,26 +135,33 @@ fn select(items: &[Item], only: &[String], run: &str) -> Result<Vec<Item>> {
     Ok(items.iter().filter(|i| i.from.iter().any(|f| only.contains(f))).cloned().collect())
 }
 
-/// DIR must be an empty folder (or not exist yet) unless `force`; staging folders left by a
-/// restore that was killed are removed.
+/// DIR must be an empty folder (or not exist yet) unless `force`, and every folder on its path
+/// must be safe from other users (below). Staging folders left by a restore that was killed
+/// are removed.
 fn prepare_target(to: &Path, force: bool) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     match std::fs::metadata(to) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return std::fs::DirBuilder::new().recursive(true).mode(0o700).create(to).at("cannot create", to);
+            // Checked before anything is created in it.
+            if let Some(existing) = to.ancestors().skip(1).find(|a| a.is_dir()) {
+                check_private(existing, to)?;
+            }
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(to).at("cannot create", to)?;
         }
         Err(e) => return Err(Error::path("cannot use", to, e)),
         Ok(m) if !m.is_dir() => return Err(Error::usage(format!("--to {}: not a folder", to.display()))),
         Ok(_) => {}
     }
+    check_private(to, to)?;
     let mut others = Vec::new();
     for e in std::fs::read_dir(to).at("cannot list", to)? {
         let e = e.at("cannot list", to)?;
         let name = e.file_name().to_string_lossy().into_owned();
-        match name.strip_prefix(STAGING).and_then(|pid| pid.parse::<u32>().ok()) {
-            Some(pid) if !ncb_core::sys::process_alive(pid) => {
+        let pid = name.strip_prefix(STAGING).and_then(|rest| rest.split('-').next()?.parse::<u32>().ok());
+        match pid {
+            Some(pid) if pid == std::process::id() || !ncb_core::sys::process_alive(pid) => {
                 log::info!("removing {} left by a restore that did not finish", e.path().display());
-                std::fs::remove_dir_all(e.path()).at("cannot remove", &e.path())?;
+                remove_tree(&e.path())?;
             }
             _ => others.push(name),
         }
@@ -140,52 +177,87 @@ fn prepare_target(to: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Another user who could rename or replace DIR, or a folder above it, during the restore could
+/// redirect what is written (as root: anywhere). So DIR and every folder above it must belong
+/// to us or to root and be writable by nobody else (a sticky folder such as /tmp is fine: others
+/// cannot move what is ours in it).
+fn check_private(dir: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let real = dir.canonicalize().at("cannot resolve", dir)?;
+    let me = ncb_core::sys::euid();
+    for dir in real.ancestors() {
+        let m = std::fs::metadata(dir).at("cannot inspect", dir)?;
+        let shared_write = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if (m.uid() != me && m.uid() != 0) || shared_write {
+            return Err(Error::usage(format!(
+                "--to {}: {} {}; another user could redirect the restore: restore into a folder only you can change, then move the files",
+                to.display(),
+                dir.display(),
+                if shared_write { "is writable by others" } else { "belongs to another user" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes a tree, making read-only folders writable first (as restored folders may be).
+fn remove_tree(dir: &Path) -> Result<()> {
+    if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+        return Ok(());
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    std::fs::remove_dir_all(dir).at("cannot remove", dir)
+}
+
 /// Removes the staging folder however the restore ends.
 struct Staging(PathBuf);
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if self.0.exists() {
-            let _ = std::fs::remove_dir_all(&self.0);
+        if self.0.exists()
+            && let Err(e) = remove_tree(&self.0)
+        {
+            log::warn!("{}", error_chain(&e));
         }
     }
 }
 
-fn restore_from(
+/// Reads, checks, decrypts and unpacks every item into a new staging folder inside `to`.
+fn stage(
     src: &Source,
     run: &str,
     items: &[Item],
     sources: &HashSet<String>,
     key: Option<&MasterKey>,
-    o: &Options,
-) -> Result<Summary> {
+    to: &Path,
+) -> Result<(Staging, Extracted)> {
     use std::os::unix::fs::DirBuilderExt;
-    let staging = Staging(o.to.join(format!("{STAGING}{}", std::process::id())));
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|e| Error::runtime(format!("no randomness: {e}")))?;
+    let staging = Staging(to.join(format!("{STAGING}{}-{}", std::process::id(), hex::encode(tag))));
     std::fs::DirBuilder::new().mode(0o700).create(&staging.0).at("cannot create", &staging.0)?;
     let unpack = Unpack { root: &staging.0, sources, opts: ExtractOptions::default() };
     let total: u64 = items.iter().map(Item::stored_bytes).sum();
     let bar = Progress::new(format!("restore {run}"), total);
     let mut stats = Extracted::default();
     for item in items {
+        if key.is_some() && matches!(item.content, readback::Content::Plain(_)) {
+            log::warn!("{}: stored unencrypted; it is checked against the run manifest only", item.name);
+        }
         let got = readback::with_plaintext(src, run, item, key, &|n| bar.add(n), |r| unpack.place(&item.name, r, 0))
-            .map_err(|e| Error::runtime(format!("{}: {}", item.name, error_chain(&e))))?;
+            .map_err(|e| e.context(&item.name))?;
         stats.absorb(got);
     }
     bar.finish();
-    move_into(&staging.0, &o.to, o.force)?;
-    Ok(Summary {
-        run_id: run.to_owned(),
-        destination: String::new(),
-        to: o.to.clone(),
-        items: items.len(),
-        stored_bytes: total,
-        files: stats.files,
-        dirs: stats.dirs,
-        links: stats.links,
-        special: stats.special,
-        bytes: stats.bytes,
-        refused: stats.refused,
-    })
+    Ok((staging, stats))
 }
 
 /// How one plaintext stream is unpacked under the staging folder.
@@ -275,6 +347,20 @@ impl Unpack<'_> {
     }
 }
 
+/// Renames `src` to `dest`, which must not exist. A folder without write permission for its
+/// owner (restored as it was) cannot change parent unless made writable for the move.
+fn move_new(src: &Path, dest: &Path) -> Result<()> {
+    match ncb_core::sys::rename_noreplace(src, dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && src.is_dir() => {
+            let mode = std::fs::symlink_metadata(src).at("cannot inspect", src)?.permissions().mode();
+            std::fs::set_permissions(src, std::fs::Permissions::from_mode(mode | 0o200)).at("cannot move", src)?;
+            ncb_core::sys::rename_noreplace(src, dest).at("cannot move into place", dest)?;
+            std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode)).at("cannot set the mode of", dest)
+        }
+        r => r.at("cannot move into place", dest),
+    }
+}
+
 /// Moves the staged restore into `to`: entries that are not there yet are renamed into place;
 /// with `force`, folders are merged and files replaced.
 fn move_into(staging: &Path, to: &Path, force: bool) -> Result<()> {
@@ -293,7 +379,7 @@ fn merge(src: &Path, dest: &Path, force: bool) -> Result<()> {
         Ok(m) => Some(m),
     };
     let Some(m) = existing else {
-        return std::fs::rename(src, dest).at("cannot move into place", dest);
+        return move_new(src, dest);
     };
     if !force {
         return Err(Error::runtime(format!("{}: appeared during the restore", dest.display())));

@@ -45,8 +45,7 @@ pub struct Cron {
     days: u64,
     months: u64,
     weekdays: u64,
-    /// Day of month or day of week restricted (`*` for both means every day; one restricted
-    /// means that one; both restricted means either, as cron does).
+    /// Day of month or day of week starting with `*` (see `matches`).
     days_any: bool,
     weekdays_any: bool,
     /// `@reboot`: when the daemon starts.
@@ -94,8 +93,9 @@ impl Cron {
             days: sets[2],
             months: sets[3],
             weekdays: sets[4],
-            days_any: fields[2] == "*",
-            weekdays_any: fields[4] == "*",
+            // As cron: a field starting with `*` (`*/2` too) does not restrict the day.
+            days_any: fields[2].starts_with('*'),
+            weekdays_any: fields[4].starts_with('*'),
             at_start: false,
         })
     }
@@ -110,12 +110,9 @@ impl Cron {
         let bit = |set: u64, v: u32| set & (1u64 << v) != 0;
         let day = bit(self.days, t.day());
         let weekday = bit(self.weekdays, t.weekday().num_days_from_sunday());
-        let day_ok = match (self.days_any, self.weekdays_any) {
-            (true, true) => true,
-            (false, true) => day,
-            (true, false) => weekday,
-            (false, false) => day || weekday,
-        };
+        // As Vixie cron: both day fields must match when either starts with `*`; when both
+        // are restricted, either one does.
+        let day_ok = if self.days_any || self.weekdays_any { day && weekday } else { day || weekday };
         bit(self.minutes, minute) && bit(self.hours, hour) && bit(self.months, t.month()) && day_ok
     }
 }
@@ -314,6 +311,8 @@ mod tests {
         assert!(m("0 0 23 * *", 0, 0) && !m("0 0 24 * *", 0, 0));
         // Both day fields restricted: either one fires.
         assert!(m("0 0 1 * mon", 0, 0));
+        // `*/2` leaves the day unrestricted: Mondays only, and the 23rd is odd.
+        assert!(m("0 0 */2 * 1", 0, 0) && !m("0 0 */2 * 2", 0, 0));
         assert!(m("@daily", 0, 0) && !m("@daily", 0, 1));
         assert!(m("@hourly", 17, 0) && m("0 0 * * 1", 0, 0) && !m("@weekly", 0, 0));
         assert!(m("5/20 * * nov *", 1, 45) && !m("5/20 * * dec *", 1, 45));

@@ -26,13 +26,30 @@ pub struct RunInfo {
     pub bytes: u64,
 }
 
-/// Every run in every source, oldest first per source.
-pub fn runs(sources: &[Source]) -> Result<Vec<RunInfo>> {
+/// Every run in every source, oldest first per source; whether a source could not be listed.
+pub fn runs(sources: &[Source]) -> Result<(Vec<RunInfo>, bool)> {
+    let mut failed = false;
     let mut out = Vec::new();
     for s in sources {
         let b = s.backend();
-        for run in b.runs(&s.dest.prefix)? {
-            let info = match storage::manifest_of(b, &s.dest.prefix, &run)? {
+        let listed = match b.runs(&s.dest.prefix) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("{}: cannot list runs: {}", s.describe(), error_chain(&e));
+                failed = true;
+                continue;
+            }
+        };
+        for run in listed {
+            let manifest = match storage::manifest_of(b, &s.dest.prefix, &run) {
+                Ok(m) => m,
+                Err(e) => {
+                    log::error!("{}: run {run}: {}", s.describe(), error_chain(&e));
+                    failed = true;
+                    continue;
+                }
+            };
+            let info = match manifest {
                 Some(m) => RunInfo {
                     destination: s.describe(),
                     run_id: run,
@@ -56,7 +73,7 @@ pub fn runs(sources: &[Source]) -> Result<Vec<RunInfo>> {
             out.push(info);
         }
     }
-    Ok(out)
+    Ok((out, failed))
 }
 
 pub fn print_runs(list: &[RunInfo], out: &mut impl Write) -> std::io::Result<()> {
@@ -127,7 +144,19 @@ fn chosen_runs(s: &Source, wanted: &str) -> Result<Vec<String>> {
 pub fn verify(sources: &[Source], wanted: &str, read: ReadData, key: Option<&MasterKey>) -> Result<Vec<Verdict>> {
     let mut out = Vec::new();
     for s in sources {
-        let runs = chosen_runs(s, wanted)?;
+        // One destination out of reach fails its verdict; the others are still checked.
+        let runs = match chosen_runs(s, wanted) {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(Verdict {
+                    destination: s.describe(),
+                    run_id: wanted.to_owned(),
+                    problems: vec![format!("cannot list runs: {}", error_chain(&e))],
+                    ..Default::default()
+                });
+                continue;
+            }
+        };
         if runs.is_empty() {
             out.push(Verdict {
                 destination: s.describe(),

@@ -54,7 +54,7 @@ impl Rclone {
         if out.status.success() {
             return Ok(Some(out.stdout));
         }
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = String::from_utf8_lossy(&out.stderr).replace(&self.remote, &masked(&self.remote));
         // rclone's exit codes 3 and 4: directory or file not found.
         if out.status.code() == Some(3) || out.status.code() == Some(4) {
             return Ok(None);
@@ -138,7 +138,15 @@ impl Backend for Rclone {
             .spawn()
             .map_err(|e| Error::runtime(format!("cannot run rclone: {e}")))?;
         let out = child.stdout.take().ok_or_else(|| Error::runtime("rclone: no output pipe"))?;
-        Ok(Box::new(CatReader { child, out, what: masked(&p) }))
+        // rclone's messages are read as they come (a full pipe would stall it).
+        let errs = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = e.read_to_string(&mut s);
+                s
+            })
+        });
+        Ok(Box::new(CatReader { child, out, errs, raw: self.remote.clone(), what: masked(&p) }))
     }
 
     fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
@@ -243,19 +251,13 @@ impl Rclone {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn secrets_in_connection_strings_are_masked() {
-        assert_eq!(super::masked(":sftp,host=h,user=u,pass=abc123:/srv"), ":sftp,host=h,user=u,pass=****:/srv");
-        assert_eq!(super::masked("onedrive:backups"), "onedrive:backups");
-    }
-}
-
 /// `rclone cat`'s output; at its end, rclone's own exit status decides.
 struct CatReader {
     child: std::process::Child,
     out: std::process::ChildStdout,
+    errs: Option<std::thread::JoinHandle<String>>,
+    /// The remote as given, masked wherever rclone's messages quote it.
+    raw: String,
     what: String,
 }
 
@@ -263,13 +265,11 @@ impl Read for CatReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.out.read(buf)?;
         if n == 0 && !buf.is_empty() {
-            let mut err = String::new();
-            if let Some(mut e) = self.child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
+            let err = self.errs.take().and_then(|h| h.join().ok()).unwrap_or_default();
             let status = self.child.wait()?;
             if !status.success() {
-                return Err(std::io::Error::other(format!("rclone cat {} failed: {}", self.what, err.trim())));
+                let err = err.trim().replace(&self.raw, &masked(&self.raw));
+                return Err(std::io::Error::other(format!("rclone cat {} failed: {err}", self.what)));
             }
         }
         Ok(n)
@@ -282,5 +282,14 @@ impl Drop for CatReader {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_in_connection_strings_are_masked() {
+        assert_eq!(super::masked(":sftp,host=h,user=u,pass=abc123:/srv"), ":sftp,host=h,user=u,pass=****:/srv");
+        assert_eq!(super::masked("onedrive:backups"), "onedrive:backups");
     }
 }
