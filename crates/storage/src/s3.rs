@@ -145,11 +145,18 @@ async fn fetch_ranged(
             let req = client.get_object().bucket(bucket).key(key).range(format!("bytes={a}-{b}"));
             async move {
                 let o = req.send().await.map_err(|e| err(&format!("cannot download s3://{bucket}/{key}"), e))?;
-                let data = o.body.collect().await.map_err(|e| io_err(&format!("download of {key}"), e))?.into_bytes();
-                if data.len() as u64 != b - a + 1 {
+                // The body's chunks as they came (joining them would copy the range once more).
+                let data: Vec<bytes::Bytes> = o
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| io_err(&format!("download of {key}"), e))?
+                    .into_segments()
+                    .collect();
+                let len: usize = data.iter().map(|c| c.len()).sum();
+                if len as u64 != b - a + 1 {
                     return Err(Error::runtime(format!(
-                        "s3://{bucket}/{key}: bytes {a}-{b} came back as {} bytes (object changed or truncated)",
-                        data.len()
+                        "s3://{bucket}/{key}: bytes {a}-{b} came back as {len} bytes (object changed or truncated)"
                     )));
                 }
                 Ok(data)
@@ -157,8 +164,10 @@ async fn fetch_ranged(
         })
         .buffered(concurrency);
     let mut out = HashWriter::new(AtomicFile::create(dest)?);
-    while let Some(chunk) = chunks.next().await {
-        std::io::Write::write_all(&mut out, &chunk?).at("cannot write", dest)?;
+    while let Some(range) = chunks.next().await {
+        for chunk in range? {
+            std::io::Write::write_all(&mut out, &chunk).at("cannot write", dest)?;
+        }
     }
     checked(out, bucket, key, info)
 }
