@@ -1,9 +1,11 @@
 //! S3 and S3-compatible stores (Garage, MinIO, Ceph, R2, Wasabi, Aliyun OSS…) through
 //! aws-sdk-s3. Credentials come from the standard AWS chain (environment, profile, instance
-//! role). Every object carries its SHA-256: as the `x-amz-checksum-sha256` the server verifies
-//! on upload (per part for multipart uploads) and as `sha256` metadata, which makes re-runs
-//! idempotent. A failed multipart upload is aborted; uploads left by a run that died are
-//! aborted by the next one.
+//! role). A small object goes up in one request with its SHA-256 as the
+//! `x-amz-checksum-sha256` the server verifies, and as `sha256` metadata. A large one goes up
+//! in parts, read once: each part with a CRC-32C the server verifies, the whole file's SHA-256
+//! computed from the same reads (and kept as metadata when already known); re-runs recognise it
+//! by that metadata or by its composite CRC-32C. A failed multipart upload is aborted; uploads
+//! left by a run that died are aborted by the next one.
 
 use std::io::Read;
 use std::path::Path;
@@ -52,6 +54,12 @@ pub struct S3 {
     part_size: usize,
     concurrency: usize,
     rt: tokio::runtime::Runtime,
+}
+
+/// CRC-32C (Castagnoli), the parts' checksum: the server verifies it, and it costs a fraction
+/// of SHA-256, which the whole file gets.
+fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
 
 fn b64(digest: &[u8]) -> String {
@@ -283,7 +291,7 @@ impl S3 {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .set_metadata(meta)
             .set_storage_class(self.class.clone())
             .send()
@@ -344,7 +352,7 @@ impl S3 {
             sent += buf.len() as u64;
             number += 1;
             whole.update(&buf);
-            let checksum = b64(&Sha256::digest(&buf));
+            let checksum = b64(&crc32c(&buf).to_be_bytes());
             let req = self
                 .client
                 .upload_part()
@@ -352,7 +360,7 @@ impl S3 {
                 .key(key)
                 .upload_id(id)
                 .part_number(number)
-                .checksum_sha256(checksum.clone())
+                .checksum_crc32_c(checksum.clone())
                 .body(ByteStream::from(buf));
             let n = number;
             tasks.spawn(async move { req.send().await.map(|o| (n, o.e_tag().map(str::to_owned), checksum)) });
@@ -374,11 +382,11 @@ impl S3 {
         Ok((parts, sha256))
     }
 
-    /// `b64(sha256(part digests))-N`: the composite checksum S3 keeps for an object uploaded
+    /// `b64(crc32c(part CRC32Cs))-N`: the composite checksum S3 keeps for an object uploaded
     /// in parts of `part_size`, computed from the local file.
     fn composite(&self, local: &Path) -> Result<String> {
         let mut file = std::fs::File::open(local).at("cannot open", local)?;
-        let mut of_parts = Sha256::new();
+        let mut of_parts = Vec::new();
         let mut n = 0;
         let mut buf = Vec::with_capacity(self.part_size);
         loop {
@@ -387,16 +395,16 @@ impl S3 {
             if buf.is_empty() {
                 break;
             }
-            of_parts.update(Sha256::digest(&buf));
+            of_parts.extend_from_slice(&crc32c(&buf).to_be_bytes());
             n += 1;
         }
-        Ok(format!("{}-{n}", b64(&of_parts.finalize())))
+        Ok(format!("{}-{n}", b64(&crc32c(&of_parts).to_be_bytes())))
     }
 
     async fn joined(&self, r: Option<PartResult>, key: &str) -> Result<CompletedPart> {
         match r {
             Some(Ok(Ok((n, etag, sum)))) => {
-                Ok(CompletedPart::builder().part_number(n).set_e_tag(etag).checksum_sha256(sum).build())
+                Ok(CompletedPart::builder().part_number(n).set_e_tag(etag).checksum_crc32_c(sum).build())
             }
             Some(Ok(Err(e))) => Err(err(&format!("upload of a part of {key}"), e)),
             Some(Err(e)) => Err(Error::runtime(format!("upload of {key}: {e}"))),
@@ -466,7 +474,7 @@ impl Backend for S3 {
         if let Some(sha) = o.metadata().and_then(|m| m.get("sha256")) {
             return Ok(*sha == info.sha256);
         }
-        match o.checksum_sha256() {
+        match o.checksum_crc32_c() {
             Some(c) if c.contains('-') => Ok(self.composite(local)? == c),
             _ => Ok(false),
         }
