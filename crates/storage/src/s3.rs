@@ -363,6 +363,9 @@ impl S3 {
                 .checksum_crc32_c(checksum.clone())
                 .body(ByteStream::from(buf));
             let n = number;
+            // The part's body is not hashed again for the signature (UNSIGNED-PAYLOAD, as the
+            // aws CLI sends over HTTPS): its CRC-32C, a signed header, is what the server checks.
+            let req = req.customize().disable_payload_signing();
             tasks.spawn(async move { req.send().await.map(|o| (n, o.e_tag().map(str::to_owned), checksum)) });
             while tasks.len() >= self.concurrency {
                 parts.push(self.joined(tasks.join_next().await, key).await?);
