@@ -189,13 +189,7 @@ pub fn write_under(root: &Path, rel: &Path, reader: &mut dyn Read, progress: &dy
         .ok_or_else(|| Error::runtime(format!("{shown}: not a plain relative name (refused)")))?;
     prepare_parents(root, &rel).map_err(|why| Error::runtime(format!("{shown}: {why} (refused)")))?;
     let path = root.join(&rel);
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .at("cannot create", &path)?;
+    let mut out = create_new(&path)?;
     let n = copy_with_progress(reader, &mut out, progress).at("cannot write", &path)?;
     out.sync_all().at("cannot write", &path)?;
     Ok(n)
@@ -281,13 +275,7 @@ pub fn extract(reader: impl Read, dest: &Path, opts: ExtractOptions, hooks: &mut
                     stats.refused.push(format!("{shown}: {why} (refused)"));
                     continue;
                 }
-                let mut out = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .at("cannot create", &path)?;
+                let mut out = create_new(&path)?;
                 let n = copy_with_progress(&mut entry, &mut out, hooks.progress).at("cannot write", &path)?;
                 stats.bytes += n;
                 stats.files += 1;
@@ -422,6 +410,17 @@ fn clear_for(path: &Path) -> std::result::Result<(), String> {
         Ok(_) => std::fs::remove_file(path).map_err(|e| format!("cannot replace the earlier entry: {e}")),
         Err(_) => Ok(()),
     }
+}
+
+/// A new file (mode 0600 until its own mode is set), never through a symlink.
+fn create_new(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at("cannot create", path)
 }
 
 fn copy_with_progress(r: &mut (impl Read + ?Sized), w: &mut File, progress: &dyn Fn(u64)) -> io::Result<u64> {

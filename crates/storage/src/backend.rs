@@ -97,8 +97,14 @@ pub trait Backend: Send + Sync {
     /// Small files (manifests).
     fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()>;
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>>;
-    /// Fetches `key` into `dest`, checking size and SHA-256.
-    fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact>;
+    /// Fetches `key` into `dest` (written atomically), checking size and SHA-256.
+    fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
+        let mut input = self.open_checked(key, info)?;
+        let mut out = AtomicFile::create(dest)?;
+        std::io::copy(&mut input, &mut out)
+            .map_err(|e| Error::io(format!("cannot fetch {key} into {}", dest.display()), e))?;
+        Ok(Artifact { path: out.commit()?, bytes: info.size, sha256: info.sha256.clone() })
+    }
     /// Fetches many files; backends that can, do it concurrently.
     fn get_all(&self, items: &[(String, PathBuf, FileInfo)]) -> Result<Vec<Artifact>> {
         items.iter().map(|(key, dest, info)| self.get(key, dest, info)).collect()
@@ -172,23 +178,6 @@ impl Backend for Local {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::path("cannot read", &p, e)),
         }
-    }
-
-    fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
-        let src = self.path(key);
-        let mut input = std::fs::File::open(&src).at("cannot open", &src)?;
-        let mut out = HashWriter::new(AtomicFile::create(dest)?);
-        std::io::copy(&mut input, &mut out).at("cannot copy", &src)?;
-        let (file, bytes, sha256) = out.finish();
-        if bytes != info.size || sha256 != info.sha256 {
-            return Err(Error::runtime(format!(
-                "{}: {bytes} bytes with sha256 {sha256}, the run manifest says {} bytes with {} (damaged or replaced)",
-                src.display(),
-                info.size,
-                info.sha256
-            )));
-        }
-        Ok(Artifact { path: file.commit()?, bytes, sha256 })
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {

@@ -8,9 +8,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use ncb_core::atomic::AtomicFile;
 use ncb_core::hash::{HashWriter, sha256_file};
-use ncb_core::{Artifact, Error, IoContext, Result};
+use ncb_core::{Error, Result};
 
 use crate::backend::{Backend, FileInfo, RUN_MANIFEST};
 
@@ -147,38 +146,6 @@ impl Backend for Rclone {
             })
         });
         Ok(Box::new(CatReader { child, out, errs, raw: self.remote.clone(), what: masked(&p) }))
-    }
-
-    fn get(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<Artifact> {
-        let p = self.path(key);
-        let ps = masked(&p);
-        let mut child = self
-            .cmd(&["cat", &p])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::runtime(format!("cannot run rclone: {e}")))?;
-        let mut out = HashWriter::new(AtomicFile::create(dest)?);
-        if let Some(mut o) = child.stdout.take() {
-            std::io::copy(&mut o, &mut out).at("cannot write", dest)?;
-        }
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        let status = child.wait().map_err(|e| Error::io("rclone", e))?;
-        if !status.success() {
-            return Err(Error::runtime(format!("rclone cat {ps} failed: {}", err.trim())));
-        }
-        let (file, bytes, sha256) = out.finish();
-        if bytes != info.size || sha256 != info.sha256 {
-            return Err(Error::runtime(format!(
-                "{ps}: {bytes} bytes with sha256 {sha256}, the run manifest says {} bytes with {} (damaged or replaced)",
-                info.size, info.sha256
-            )));
-        }
-        Ok(Artifact { path: file.commit()?, bytes, sha256 })
     }
 
     fn sizes(&self, prefix: &str) -> Result<std::collections::HashMap<String, u64>> {
