@@ -224,7 +224,11 @@ fn garage_restore_round_trip_verify_faults_and_fallback() {
     bytes[1000] ^= 0x01;
     std::fs::write(&part, &bytes).unwrap();
     run(runner(&s).arg("verify").arg("-c").arg(&conf)).expect(0);
+    let quiet_ok = run(runner(&s).args(["-q", "verify", "-c"]).arg(&conf)).expect(0);
+    assert_eq!((quiet_ok.stdout.as_str(), quiet_ok.stderr.as_str()), ("", ""), "-q verify is not silent");
     let v = run(runner(&s).arg("verify").arg("-c").arg(&conf).arg("--read-data")).expect(1);
+    let quiet_bad = run(runner(&s).args(["-q", "verify", "-c"]).arg(&conf).arg("--read-data")).expect(1);
+    assert!(quiet_bad.stdout.contains("FAILED  local") && !quiet_bad.stdout.contains("OK  s3"), "{}", quiet_bad.stdout);
     assert!(v.stdout.contains("FAILED  local") && v.stdout.contains("files.tar.gz.enc.001"), "{}", v.stdout);
     assert!(v.stdout.contains("OK  s3"), "{}", v.stdout);
     // Without the key, the flip is still found by hashing.

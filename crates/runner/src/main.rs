@@ -334,6 +334,10 @@ fn verify_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     let verdicts = verify::verify(&readback::sources(&config)?, wanted, read, key.as_ref())?;
     if sm.get_flag("json") {
         print_json(&verdicts);
+    } else if m.get_flag("quiet") {
+        // From cron: silence unless something is wrong.
+        let bad: Vec<_> = verdicts.iter().filter(|v| !v.problems.is_empty()).cloned().collect();
+        let _ = verify::print_verdicts(&bad, &mut std::io::stdout().lock());
     } else {
         let _ = verify::print_verdicts(&verdicts, &mut std::io::stdout().lock());
     }

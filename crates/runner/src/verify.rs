@@ -113,7 +113,7 @@ impl ReadData {
 }
 
 /// What verify found in one run of one destination.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Verdict {
     pub destination: String,
     pub run_id: String,
