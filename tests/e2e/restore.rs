@@ -261,6 +261,52 @@ fn garage_restore_round_trip_verify_faults_and_fallback() {
     my_admin(&s, &format!("DROP DATABASE {db}"));
 }
 
+/// The run manifest carries a MAC under the encryption key: altered in the bucket, it is
+/// refused by verify and restore.
+#[test]
+fn an_altered_run_manifest_is_refused() {
+    let sb = Sandbox::new();
+    sb.write("data/a.txt", b"alpha\n");
+    sb.write("data/notes/b.txt", b"beta\n");
+    run(cmd(&bin("encryption")).arg("--generate-key").arg(sb.join("key_file"))).expect(0);
+    let w = sb.join("work");
+    let conf = sb.config(&[
+        (
+            "FILESET",
+            serde_json::json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
+                "FILESET_INCLUDE": sb.join("data"), "DESTINATION": w.join("files")}}),
+        ),
+        (
+            "ENCRYPTION",
+            serde_json::json!({"ACTION": "execute", "NAME": "encryption", "PARAMETERS": {
+                "KEY_FILE": sb.join("key_file"), "OBJECTIVES": w.join("files"), "DESTINATION": w.join("enc"),
+                "REMOVE_OBJECTIVES": "True"}}),
+        ),
+        (
+            "STORAGE",
+            serde_json::json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+                "OBJECTIVES": w.join("enc"), "DESTINATION": "local", "PATH": sb.join("backups")}}),
+        ),
+    ]);
+    let report = run(cmd(&bin("backup-runner")).arg("-r").arg("-c").arg(&conf).arg("--json")).expect(0).json();
+    let run_id = report["run_id"].as_str().unwrap();
+    let mpath = sb.join(format!("backups/testhost/{run_id}/RUN-MANIFEST.json"));
+    let text = std::fs::read_to_string(&mpath).unwrap();
+    assert!(text.contains("\"mac\""), "no MAC in the run manifest:\n{text}");
+    let v = run(cmd(&bin("backup-runner")).arg("verify").arg("-c").arg(&conf).arg("--read-data")).expect(0);
+    assert!(v.stdout.contains("authenticated by the key"), "{}", v.stdout);
+    // One field changed, the file otherwise intact.
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["host"] = serde_json::json!("elsewhere");
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let v = run(cmd(&bin("backup-runner")).arg("verify").arg("-c").arg(&conf).arg("--read-data")).expect(1);
+    assert!(v.stdout.contains("fails its authentication"), "{}", v.stdout);
+    let out =
+        run(cmd(&bin("backup-runner")).arg("restore").arg("-c").arg(&conf).arg("--to").arg(sb.join("r"))).expect(1);
+    assert!(out.stderr.contains("fails its authentication"), "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(sb.join("r")).unwrap().count(), 0);
+}
+
 /// A tar.gz crafted to escape: `../`, an absolute name, an outward symlink and a file written
 /// through it, a hard link out. Stored as a run, restored: nothing lands outside the folder.
 #[test]

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+use hmac::Mac;
 use ncb_core::{Error, IoContext, Result};
 
 /// The master key material of a key file (kept out of logs and Debug output).
@@ -21,6 +22,28 @@ impl std::fmt::Debug for MasterKey {
 impl MasterKey {
     pub fn bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// HMAC-SHA256 of `data` under a key derived for `purpose` (HKDF-SHA256), hex: how records
+    /// other than the encrypted stream (the run manifest) are authenticated.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> String {
+        hex::encode(self.mac_of(purpose, data).finalize().into_bytes())
+    }
+
+    /// Whether `mac_hex` is the MAC of `data` for `purpose` (compared in constant time).
+    pub fn verify_mac(&self, purpose: &str, data: &[u8], mac_hex: &str) -> bool {
+        hex::decode(mac_hex).is_ok_and(|m| self.mac_of(purpose, data).verify_slice(&m).is_ok())
+    }
+
+    fn mac_of(&self, purpose: &str, data: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        let mut k = [0u8; 32];
+        // 32 bytes are always a valid HKDF-SHA256 output length.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, &self.0).expand(purpose.as_bytes(), &mut k);
+        let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&k)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        k.iter_mut().for_each(|b| *b = 0);
+        m.update(data);
+        m
     }
 }
 

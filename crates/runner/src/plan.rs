@@ -129,6 +129,7 @@ pub fn plan(
             push_expanded(&mut args, &s.name, "PARAMETERS", k, v, &vars, &mut problems);
         }
         if let Some(target) = target {
+            inherit_key_file(&target, &mut args, &steps);
             let step = Step { section: s.name.clone(), target, args, timeout: s.timeout, on_failure: s.on_failure };
             check_step(&step, s, &mut problems);
             if problems.len() == before {
@@ -137,6 +138,23 @@ pub fn plan(
         }
     }
     if problems.is_empty() { Ok(steps) } else { Err(problems) }
+}
+
+/// A storage section without KEY_FILE gets the one of the encryption section before it, to
+/// authenticate the run manifest with.
+fn inherit_key_file(target: &Target, args: &mut Vec<(String, String)>, earlier: &[Step]) {
+    let is =
+        |t: &Target, name: &str| matches!(t, Target::Stage { def, .. } | Target::Load { def, .. } if def.name == name);
+    if !is(target, "storage") || args.iter().any(|(k, _)| params::canonical_key(k) == "KEY_FILE") {
+        return;
+    }
+    let key = earlier.iter().rev().filter(|s| is(&s.target, "encryption")).find_map(|s| {
+        let p = s.params();
+        (!p.flag("DECRYPT", false).unwrap_or(false)).then(|| p.str("KEY_FILE").map(str::to_owned)).flatten()
+    });
+    if let Some(k) = key {
+        args.push(("KEY_FILE".to_owned(), k));
+    }
 }
 
 fn push_expanded(

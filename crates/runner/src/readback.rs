@@ -301,6 +301,27 @@ impl<R: Read> Read for Counted<'_, R> {
     }
 }
 
+/// Checks a run manifest's MAC when the key is at hand: `Err` when it fails (altered, or
+/// written with another key); a manifest stored without the key is allowed, with a warning.
+pub fn authenticate(src: &Source, run: &str, m: &RunManifest, key: Option<&MasterKey>) -> Result<()> {
+    use storage::backend::Authenticity;
+    let Some(key) = key else { return Ok(()) };
+    match m.authenticity(key) {
+        Authenticity::Valid => Ok(()),
+        Authenticity::Unsigned => {
+            log::warn!(
+                "{}: the run manifest of run {run} is not authenticated (stored without KEY_FILE): files are checked against it, encrypted ones are authenticated",
+                src.describe()
+            );
+            Ok(())
+        }
+        Authenticity::Invalid => Err(Error::runtime(format!(
+            "{}: the run manifest of run {run} fails its authentication: altered, or written with another key",
+            src.describe()
+        ))),
+    }
+}
+
 /// A complete run in the first source that has it (`latest`: each source's newest complete
 /// run, the newest of those). Every source's answer is logged.
 pub fn pick<'a>(sources: &'a [Source], wanted: &str) -> Result<Vec<(&'a Source, String, RunManifest)>> {
@@ -354,6 +375,7 @@ mod tests {
                 f("notes.enc.txt"),
             ],
             sources: Default::default(),
+            mac: None,
         };
         let items = items(&m);
         let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();

@@ -65,6 +65,11 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
                 i.name
             )));
         }
+        if let Err(e) = readback::authenticate(src, &run, &manifest, key) {
+            log::error!("{}", error_chain(&e));
+            failures.push(error_chain(&e));
+            continue;
+        }
         let names: HashSet<String> = manifest.sources.values().flat_map(|s| s.artifacts.iter().cloned()).collect();
         log::info!("restoring run {run} from {} into {}", src.describe(), o.to.display());
         let staged = match stage(src, &run, &items, &names, key, &o.to) {

@@ -191,6 +191,17 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>) ->
         }
     };
     v.files = manifest.files.len();
+    if let Some(k) = key {
+        match manifest.authenticity(k) {
+            storage::backend::Authenticity::Valid => v.notes.push("run manifest authenticated by the key".into()),
+            storage::backend::Authenticity::Unsigned => {
+                v.notes.push("run manifest not authenticated (stored without KEY_FILE)".into())
+            }
+            storage::backend::Authenticity::Invalid => v
+                .problems
+                .push("the run manifest fails its authentication: altered, or written with another key".into()),
+        }
+    }
     let sizes = match s.backend().sizes(&format!("{}{run}/", s.dest.prefix)) {
         Ok(x) => x,
         Err(e) => {

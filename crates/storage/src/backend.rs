@@ -49,9 +49,44 @@ pub struct RunManifest {
     /// The run's source sections by name (when stored by backup-runner).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sources: std::collections::BTreeMap<String, Source>,
+    /// HMAC-SHA256 of the manifest without this field (compact JSON), under a key derived from
+    /// the encryption key, when storage had it: ties every file's size and SHA-256 to the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// The HKDF purpose of the run manifest's MAC.
+const MAC_PURPOSE: &str = "ncb run manifest v1";
+
+/// Whether a run manifest is authenticated by the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticity {
+    Valid,
+    /// Stored without a key (or by a version without MACs).
+    Unsigned,
+    Invalid,
 }
 
 impl RunManifest {
+    fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = RunManifest { mac: None, ..self.clone() };
+        serde_json::to_vec(&unsigned).unwrap_or_default()
+    }
+
+    /// Sets the MAC under `key`.
+    pub fn sign(&mut self, key: &encryption::key::MasterKey) {
+        self.mac = None;
+        self.mac = Some(key.mac(MAC_PURPOSE, &self.signed_bytes()));
+    }
+
+    pub fn authenticity(&self, key: &encryption::key::MasterKey) -> Authenticity {
+        match &self.mac {
+            None => Authenticity::Unsigned,
+            Some(m) if key.verify_mac(MAC_PURPOSE, &self.signed_bytes(), m) => Authenticity::Valid,
+            Some(_) => Authenticity::Invalid,
+        }
+    }
+
     pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
         let m: RunManifest = serde_json::from_slice(bytes).map_err(|e| format!("not a run manifest: {e}"))?;
         if m.format != "ncb-run" || m.version != 1 {

@@ -21,7 +21,7 @@ use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
 use retention::Policy;
 
-pub static PARAMS: [ParamSpec; 26] = [
+pub static PARAMS: [ParamSpec; 27] = [
     ParamSpec::new(
         "DESTINATION",
         Kind::List,
@@ -36,6 +36,11 @@ pub static PARAMS: [ParamSpec; 26] = [
         "Delete the inputs once every destination holds them and its run manifest",
     ),
     ParamSpec::new("MAX_UPLOAD_FILES", Kind::Int, "Refuse a run of more files than this"),
+    ParamSpec::new(
+        "KEY_FILE",
+        Kind::Path,
+        "The encryption key: the run manifest is authenticated with it (backup-runner passes the encryption section's)",
+    ),
     ParamSpec::new("UPLOAD_COMMAND", Kind::Ignored, "nc-backup-py: the aws cli command"),
     ParamSpec::new("KEEP_LAST", Kind::Int, "Retention: keep the N most recent runs"),
     ParamSpec::new("KEEP_DAILY", Kind::Int, "Retention: keep the newest run of each of the last N days with runs"),
@@ -217,8 +222,9 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         let from = ctx.lineage.origins_of(&path);
         infos.push((path, FileInfo { name, size, sha256: String::new(), from }));
     }
+    let key = p.path("KEY_FILE").map(|k| encryption::key::load(&k)).transpose()?;
     for d in &dests {
-        store_run(d.as_ref(), ctx, &prefix, &mut infos, &mut report)?;
+        store_run(d.as_ref(), ctx, &prefix, &mut infos, key.as_ref(), &mut report)?;
     }
     if p.flag("REMOVE_OBJECTIVES", false)? && !infos.is_empty() {
         for obj in p.paths("OBJECTIVES")? {
@@ -288,6 +294,7 @@ fn store_run(
     ctx: &StageCtx,
     prefix: &str,
     infos: &mut [(PathBuf, FileInfo)],
+    key: Option<&encryption::key::MasterKey>,
     report: &mut StageReport,
 ) -> Result<()> {
     let run = format!("{prefix}{}/", ctx.run_id);
@@ -316,13 +323,14 @@ fn store_run(
         infos[*i].1.sha256 = sha;
     }
     let stored = todo.len();
-    let manifest = RunManifest {
+    let mut manifest = RunManifest {
         format: "ncb-run".into(),
         version: 1,
         run_id: ctx.run_id.clone(),
         host: ctx.general.hostname.clone(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         files: infos.iter().map(|(_, i)| i.clone()).collect(),
+        mac: None,
         sources: ctx
             .lineage
             .sources()
@@ -330,6 +338,9 @@ fn store_run(
             .map(|(s, artifacts)| (s.name.clone(), backend::Source { stage: s.stage.clone(), artifacts }))
             .collect(),
     };
+    if let Some(k) = key {
+        manifest.sign(k);
+    }
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::runtime(format!("run manifest: {e}")))?;
     d.put_bytes(&format!("{run}{RUN_MANIFEST}"), &json)?;
     log::info!(
