@@ -305,6 +305,18 @@ fn an_altered_run_manifest_is_refused() {
         run(cmd(&bin("backup-runner")).arg("restore").arg("-c").arg(&conf).arg("--to").arg(sb.join("r"))).expect(1);
     assert!(out.stderr.contains("fails its authentication"), "{}", out.stderr);
     assert_eq!(std::fs::read_dir(sb.join("r")).unwrap().count(), 0);
+    // The MAC removed: refused too, unless the run is declared stored without a key.
+    m.as_object_mut().unwrap().remove("mac");
+    m["host"] = serde_json::json!("testhost");
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let restore = |extra: &[&str]| {
+        run(cmd(&bin("backup-runner")).arg("restore").arg("-c").arg(&conf).args(extra).arg("--to").arg(sb.join("r")))
+    };
+    let out = restore(&[]).expect(1);
+    assert!(out.stderr.contains("has no MAC"), "{}", out.stderr);
+    restore(&["--allow-unsigned"]).expect(0);
+    let restored = sb.join("r").join(sb.join("data/notes/b.txt").strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(restored).unwrap(), b"beta\n");
 }
 
 /// A tar.gz crafted to escape: `../`, an absolute name, an outward symlink and a file written

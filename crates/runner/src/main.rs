@@ -72,6 +72,7 @@ fn cli() -> Command {
                         .help("As --read-data, for a random N% of the files"),
                 )
                 .arg(key_arg())
+                .arg(unsigned_arg())
                 .arg(json_arg()),
         )
         .subcommand(
@@ -99,6 +100,7 @@ fn cli() -> Command {
                         .help("Restore into a folder that is not empty: folders merged, files replaced"),
                 )
                 .arg(key_arg())
+                .arg(unsigned_arg())
                 .arg(json_arg()),
         )
         .subcommand(
@@ -151,6 +153,13 @@ fn json_arg() -> Arg {
 
 fn run_arg(help: &'static str) -> Arg {
     Arg::new("run").long("run").value_name("ID|latest").help(help)
+}
+
+fn unsigned_arg() -> Arg {
+    Arg::new("allow-unsigned")
+        .long("allow-unsigned")
+        .action(ArgAction::SetTrue)
+        .help("Accept a run manifest without MAC for a run with encrypted files (stored by `storage` without KEY_FILE)")
 }
 
 fn key_arg() -> Arg {
@@ -331,7 +340,8 @@ fn verify_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     };
     let key = if read == verify::ReadData::None { None } else { master_key(&config, sm)? };
     let wanted = sm.get_one::<String>("run").map_or("latest", String::as_str);
-    let verdicts = verify::verify(&readback::sources(&config)?, wanted, read, key.as_ref())?;
+    let verdicts =
+        verify::verify(&readback::sources(&config)?, wanted, read, key.as_ref(), sm.get_flag("allow-unsigned"))?;
     if sm.get_flag("json") {
         print_json(&verdicts);
     } else if m.get_flag("quiet") {
@@ -356,6 +366,7 @@ fn restore_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
         to: sm.get_one::<String>("to").map(PathBuf::from).ok_or_else(|| Error::usage("restore needs --to DIR"))?,
         only: sm.get_many::<String>("only").map(|v| v.cloned().collect()).unwrap_or_default(),
         force: sm.get_flag("force"),
+        allow_unsigned: sm.get_flag("allow-unsigned"),
     };
     let key = master_key(&config, sm)?;
     let s = restore::restore(&readback::sources(&config)?, key.as_ref(), &opts)?;

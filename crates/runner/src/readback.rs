@@ -302,12 +302,28 @@ impl<R: Read> Read for Counted<'_, R> {
 }
 
 /// Checks a run manifest's MAC when the key is at hand: `Err` when it fails (altered, or
-/// written with another key); a manifest stored without the key is allowed, with a warning.
-pub fn authenticate(src: &Source, run: &str, m: &RunManifest, key: Option<&MasterKey>) -> Result<()> {
+/// written with another key). A manifest without a MAC is refused when the run holds
+/// encrypted files (backup-runner signs those: its MAC was removed) unless `allow_unsigned`
+/// (a run stored by `storage` alone, without KEY_FILE); otherwise allowed with a warning.
+pub fn authenticate(
+    src: &Source,
+    run: &str,
+    m: &RunManifest,
+    key: Option<&MasterKey>,
+    allow_unsigned: bool,
+) -> Result<()> {
     use storage::backend::Authenticity;
     let Some(key) = key else { return Ok(()) };
     match m.authenticity(key) {
         Authenticity::Valid => Ok(()),
+        Authenticity::Unsigned
+            if !allow_unsigned && items(m).iter().any(|i| matches!(i.content, Content::Encrypted { .. })) =>
+        {
+            Err(Error::runtime(format!(
+                "{}: the run manifest of run {run} has no MAC although the run holds encrypted files: removed from it, or the run was stored by `storage` without KEY_FILE (then give --allow-unsigned)",
+                src.describe()
+            )))
+        }
         Authenticity::Unsigned => {
             log::warn!(
                 "{}: the run manifest of run {run} is not authenticated (stored without KEY_FILE): files are checked against it, encrypted ones are authenticated",

@@ -31,6 +31,7 @@ pub struct Options {
     pub to: PathBuf,
     pub only: Vec<String>,
     pub force: bool,
+    pub allow_unsigned: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,7 +66,7 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
                 i.name
             )));
         }
-        if let Err(e) = readback::authenticate(src, &run, &manifest, key) {
+        if let Err(e) = readback::authenticate(src, &run, &manifest, key, o.allow_unsigned) {
             log::error!("{}", error_chain(&e));
             failures.push(error_chain(&e));
             continue;

@@ -141,7 +141,13 @@ fn chosen_runs(s: &Source, wanted: &str) -> Result<Vec<String>> {
     })
 }
 
-pub fn verify(sources: &[Source], wanted: &str, read: ReadData, key: Option<&MasterKey>) -> Result<Vec<Verdict>> {
+pub fn verify(
+    sources: &[Source],
+    wanted: &str,
+    read: ReadData,
+    key: Option<&MasterKey>,
+    allow_unsigned: bool,
+) -> Result<Vec<Verdict>> {
     let mut out = Vec::new();
     for s in sources {
         // One destination out of reach fails its verdict; the others are still checked.
@@ -166,13 +172,13 @@ pub fn verify(sources: &[Source], wanted: &str, read: ReadData, key: Option<&Mas
             });
         }
         for run in runs {
-            out.push(verify_run(s, &run, read, key));
+            out.push(verify_run(s, &run, read, key, allow_unsigned));
         }
     }
     Ok(out)
 }
 
-fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>) -> Verdict {
+fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>, allow_unsigned: bool) -> Verdict {
     let mut v = Verdict { destination: s.describe(), run_id: run.to_owned(), ..Default::default() };
     let manifest = match storage::manifest_of(s.backend(), &s.dest.prefix, run) {
         Ok(Some(m)) => m,
@@ -192,14 +198,10 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>) ->
     };
     v.files = manifest.files.len();
     if let Some(k) = key {
-        match manifest.authenticity(k) {
-            storage::backend::Authenticity::Valid => v.notes.push("run manifest authenticated by the key".into()),
-            storage::backend::Authenticity::Unsigned => {
-                v.notes.push("run manifest not authenticated (stored without KEY_FILE)".into())
-            }
-            storage::backend::Authenticity::Invalid => v
-                .problems
-                .push("the run manifest fails its authentication: altered, or written with another key".into()),
+        match readback::authenticate(s, run, &manifest, Some(k), allow_unsigned) {
+            Ok(()) if manifest.mac.is_some() => v.notes.push("run manifest authenticated by the key".into()),
+            Ok(()) => v.notes.push("run manifest not authenticated (stored without KEY_FILE)".into()),
+            Err(e) => v.problems.push(error_chain(&e)),
         }
     }
     let sizes = match s.backend().sizes(&format!("{}{run}/", s.dest.prefix)) {
