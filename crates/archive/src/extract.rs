@@ -36,7 +36,7 @@ impl Default for ExtractOptions {
 }
 
 /// What an extraction did.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Extracted {
     pub files: u64,
     pub dirs: u64,

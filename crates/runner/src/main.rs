@@ -378,20 +378,20 @@ fn restore_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
         s.run_id,
         s.destination,
         s.to.display(),
-        s.files,
-        ncb_core::progress::human(s.bytes as f64),
-        s.dirs,
-        s.links,
-        s.special
+        s.unpacked.files,
+        ncb_core::progress::human(s.unpacked.bytes as f64),
+        s.unpacked.dirs,
+        s.unpacked.links,
+        s.unpacked.special
     );
-    if !s.refused.is_empty() {
-        for r in &s.refused {
+    if !s.unpacked.refused.is_empty() {
+        for r in &s.unpacked.refused {
             log::error!("not restored: {r}");
         }
         log::error!(
             "{} archive entr{} refused (everything else is restored in {})",
-            s.refused.len(),
-            if s.refused.len() == 1 { "y was" } else { "ies were" },
+            s.unpacked.refused.len(),
+            if s.unpacked.refused.len() == 1 { "y was" } else { "ies were" },
             s.to.display()
         );
         return Ok(ExitStatus::Failure);

@@ -41,12 +41,9 @@ pub struct Summary {
     pub to: PathBuf,
     pub items: usize,
     pub stored_bytes: u64,
-    pub files: u64,
-    pub dirs: u64,
-    pub links: u64,
-    pub special: u64,
-    pub bytes: u64,
-    pub refused: Vec<String>,
+    /// Files, folders, links and bytes restored; entries refused.
+    #[serde(flatten)]
+    pub unpacked: Extracted,
 }
 
 /// Archives nested deeper than this are left as files.
@@ -99,12 +96,7 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
             to: o.to.clone(),
             items: items.len(),
             stored_bytes: items.iter().map(Item::stored_bytes).sum(),
-            files: stats.files,
-            dirs: stats.dirs,
-            links: stats.links,
-            special: stats.special,
-            bytes: stats.bytes,
-            refused: stats.refused,
+            unpacked: stats,
         });
     }
     Err(Error::runtime(format!(
