@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ncb_core::atomic::AtomicFile;
 use ncb_core::hash::{CheckedReader, HashWriter, sha256_file};
+use ncb_core::progress::Progress;
 use ncb_core::{Artifact, Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 
@@ -119,9 +120,17 @@ pub trait Backend: Send + Sync {
     /// Stores `local` under `key`, reading it once; the SHA-256 of the bytes stored, which
     /// must be `info.sha256` when that is known (not empty).
     fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String>;
-    /// Stores many files (their SHA-256s, in order); backends that can, do it concurrently.
-    fn put_all(&self, items: &[(PathBuf, String, FileInfo)]) -> Result<Vec<String>> {
-        items.iter().map(|(path, key, info)| self.put(path, key, info)).collect()
+    /// Stores many files (their SHA-256s, in order), counting stored bytes on `bar`; backends
+    /// that can, do it concurrently.
+    fn put_all(&self, items: &[(PathBuf, String, FileInfo)], bar: &Progress) -> Result<Vec<String>> {
+        items
+            .iter()
+            .map(|(path, key, info)| {
+                let sha = self.put(path, key, info)?;
+                bar.add(info.size);
+                Ok(sha)
+            })
+            .collect()
     }
     /// Whether `key` holds exactly `local` (size and `info.sha256`, which is known).
     fn holds(&self, key: &str, _local: &Path, info: &FileInfo) -> Result<bool> {

@@ -316,9 +316,14 @@ fn store_run(
         todo.push((i, (path.clone(), key, info.clone())));
     }
     let items: Vec<_> = todo.iter().map(|(_, item)| item.clone()).collect();
+    let bar = ncb_core::progress::Progress::new(
+        format!("store {}", d.describe()),
+        items.iter().map(|(_, _, i)| i.size).sum(),
+    );
     let shas = d
-        .put_all(&items)
+        .put_all(&items, &bar)
         .map_err(|e| Error::runtime(format!("{}: {}", d.describe(), ncb_core::stage::error_chain(&e))))?;
+    bar.finish();
     for ((i, _), sha) in todo.iter().zip(shas) {
         infos[*i].1.sha256 = sha;
     }

@@ -21,6 +21,7 @@ use base64::Engine;
 use ncb_core::atomic::AtomicFile;
 use ncb_core::hash::{HashWriter, sha256_file};
 use ncb_core::params::Params;
+use ncb_core::progress::Progress;
 use ncb_core::{Artifact, Error, IoContext, Result};
 use sha2::{Digest, Sha256};
 
@@ -284,7 +285,7 @@ impl S3 {
     /// A large file in parts, read once: the whole file's SHA-256 is computed from the parts
     /// as they are read. When it is known beforehand (a second destination) it is also stored
     /// as `sha256` metadata; the parts' composite checksum identifies the object either way.
-    async fn put_multipart(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String> {
+    async fn put_multipart(&self, local: &Path, key: &str, info: &FileInfo, bar: &Progress) -> Result<String> {
         let meta = (!info.sha256.is_empty()).then(|| [("sha256".to_owned(), info.sha256.clone())].into());
         let created = self
             .client
@@ -298,7 +299,7 @@ impl S3 {
             .await
             .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
         let id = created.upload_id().unwrap_or_default().to_owned();
-        match self.upload_parts(local, key, &id, info).await {
+        match self.upload_parts(local, key, &id, info, bar).await {
             Ok((parts, sha256)) => {
                 let done = self
                     .client
@@ -336,6 +337,7 @@ impl S3 {
         key: &str,
         id: &str,
         info: &FileInfo,
+        bar: &Progress,
     ) -> Result<(Vec<CompletedPart>, String)> {
         let mut file = std::fs::File::open(local).at("cannot open", local)?;
         let mut whole = Sha256::new();
@@ -352,6 +354,7 @@ impl S3 {
             sent += buf.len() as u64;
             number += 1;
             whole.update(&buf);
+            bar.add(buf.len() as u64);
             let checksum = b64(&crc32c(&buf).to_be_bytes());
             let req = self
                 .client
@@ -488,14 +491,14 @@ impl Backend for S3 {
             if info.size as usize <= self.part_size {
                 put_single(&self.client, &self.bucket, self.class.clone(), local, key, info).await
             } else {
-                self.put_multipart(local, key, info).await
+                self.put_multipart(local, key, info, &Progress::hidden()).await
             }
         })
     }
 
     /// Small files go up concurrently (UPLOAD_CONCURRENCY x 4 at once); large ones one after
     /// the other, each with its parts in parallel.
-    fn put_all(&self, items: &[(std::path::PathBuf, String, FileInfo)]) -> Result<Vec<String>> {
+    fn put_all(&self, items: &[(std::path::PathBuf, String, FileInfo)], bar: &Progress) -> Result<Vec<String>> {
         let mut shas = vec![String::new(); items.len()];
         self.rt.block_on(async {
             let mut tasks = tokio::task::JoinSet::new();
@@ -509,18 +512,20 @@ impl Backend for S3 {
                 while tasks.len() >= self.concurrency * 4 {
                     if let Some(done) = tasks.join_next().await {
                         let (n, sha) = done.map_err(|e| Error::runtime(format!("upload task: {e}")))??;
+                        bar.add(items[n].2.size);
                         shas[n] = sha;
                     }
                 }
             }
             while let Some(done) = tasks.join_next().await {
                 let (n, sha) = done.map_err(|e| Error::runtime(format!("upload task: {e}")))??;
+                bar.add(items[n].2.size);
                 shas[n] = sha;
             }
             for (n, (path, key, info)) in
                 items.iter().enumerate().filter(|(_, (_, _, i))| i.size as usize > self.part_size)
             {
-                shas[n] = self.put_multipart(path, key, info).await?;
+                shas[n] = self.put_multipart(path, key, info, bar).await?;
             }
             Ok(shas)
         })
