@@ -45,8 +45,6 @@ pub struct Extracted {
     pub bytes: u64,
     /// Entries not restored, each with the reason.
     pub refused: Vec<String>,
-    /// Entries left out by the caller's filter.
-    pub filtered: u64,
     /// Regular files the caller's `divert` took.
     pub diverted: u64,
 }
@@ -60,7 +58,6 @@ impl Extracted {
         self.special += o.special;
         self.bytes += o.bytes;
         self.refused.extend(o.refused);
-        self.filtered += o.filtered;
         self.diverted += o.diverted;
     }
 }
@@ -69,27 +66,6 @@ impl Extracted {
 /// `Ok(true)`: the callback consumed the entry (it is not written); `Ok(false)`: extract it as
 /// usual (the callback must not have read from it).
 pub type Divert<'a> = dyn FnMut(&Path, &mut dyn Read) -> Result<bool> + 'a;
-
-/// The caller's say in an extraction.
-pub struct Hooks<'a> {
-    /// Which entries to extract, by cleaned relative name.
-    pub keep: &'a dyn Fn(&Path) -> bool,
-    pub divert: Option<&'a mut Divert<'a>>,
-    /// Called with the bytes of file content written.
-    pub progress: &'a dyn Fn(u64),
-}
-
-impl std::fmt::Debug for Hooks<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooks").field("divert", &self.divert.is_some()).finish()
-    }
-}
-
-impl Hooks<'_> {
-    pub fn none() -> Hooks<'static> {
-        Hooks { keep: &|_| true, divert: None, progress: &|_| {} }
-    }
-}
 
 /// The archive formats a stored file can be in, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,12 +95,6 @@ pub fn kind_of(name: &str) -> (Kind, &str) {
         }
     }
     (Kind::Plain, name)
-}
-
-/// Opens `path` and decodes it by its first bytes: gzip (every member), zstd, or as is.
-pub fn open_decoded(path: &Path) -> Result<Decoded<File>> {
-    let file = File::open(path).at("cannot open", path)?;
-    decode(file).at("cannot read", path)
 }
 
 type Head<R> = BufReader<io::Chain<io::Cursor<Vec<u8>>, R>>;
@@ -182,7 +152,7 @@ pub fn decode<R: Read>(mut r: R) -> io::Result<Decoded<R>> {
 /// Writes `reader` as the new regular file `rel` under `root` (mode 0600): every folder on the
 /// way must be a real one (missing ones are created), the file must not exist yet, and
 /// nothing is written through a symlink. The bytes written.
-pub fn write_under(root: &Path, rel: &Path, reader: &mut dyn Read, progress: &dyn Fn(u64)) -> Result<u64> {
+pub fn write_under(root: &Path, rel: &Path, reader: &mut dyn Read) -> Result<u64> {
     let shown = rel.display();
     let rel = clean(rel.as_os_str().as_bytes())
         .filter(|r| !r.as_os_str().is_empty())
@@ -190,7 +160,7 @@ pub fn write_under(root: &Path, rel: &Path, reader: &mut dyn Read, progress: &dy
     prepare_parents(root, &rel).map_err(|why| Error::runtime(format!("{shown}: {why} (refused)")))?;
     let path = root.join(&rel);
     let mut out = create_new(&path)?;
-    let n = copy_with_progress(reader, &mut out, progress).at("cannot write", &path)?;
+    let n = io::copy(reader, &mut out).at("cannot write", &path)?;
     out.sync_all().at("cannot write", &path)?;
     Ok(n)
 }
@@ -213,7 +183,13 @@ struct PendingLink {
 }
 
 /// Extracts a tar stream under `dest` (which must exist).
-pub fn extract(reader: impl Read, dest: &Path, opts: ExtractOptions, hooks: &mut Hooks<'_>) -> Result<Extracted> {
+/// `divert` is offered each regular file before it is written (see [`Divert`]).
+pub fn extract(
+    reader: impl Read,
+    dest: &Path,
+    opts: ExtractOptions,
+    mut divert: Option<&mut Divert<'_>>,
+) -> Result<Extracted> {
     let root = dest.to_path_buf();
     let mut archive = tar::Archive::new(reader);
     let mut stats = Extracted::default();
@@ -229,10 +205,6 @@ pub fn extract(reader: impl Read, dest: &Path, opts: ExtractOptions, hooks: &mut
         };
         if rel.as_os_str().is_empty() {
             continue; // "./" or "/": the folder itself
-        }
-        if !(hooks.keep)(&rel) {
-            stats.filtered += 1;
-            continue;
         }
         let path = root.join(&rel);
         if let Err(why) = prepare_parents(&root, &rel) {
@@ -265,7 +237,7 @@ pub fn extract(reader: impl Read, dest: &Path, opts: ExtractOptions, hooks: &mut
                 stats.dirs += 1;
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                if let Some(divert) = hooks.divert.as_mut()
+                if let Some(divert) = divert.as_mut()
                     && divert(&rel, &mut entry)?
                 {
                     stats.diverted += 1;
@@ -276,7 +248,7 @@ pub fn extract(reader: impl Read, dest: &Path, opts: ExtractOptions, hooks: &mut
                     continue;
                 }
                 let mut out = create_new(&path)?;
-                let n = copy_with_progress(&mut entry, &mut out, hooks.progress).at("cannot write", &path)?;
+                let n = io::copy(&mut entry, &mut out).at("cannot write", &path)?;
                 stats.bytes += n;
                 stats.files += 1;
                 finish_file(&out, &path, mode, mtime, owner, opts)?;
@@ -423,23 +395,6 @@ fn create_new(path: &Path) -> Result<File> {
         .at("cannot create", path)
 }
 
-fn copy_with_progress(r: &mut (impl Read + ?Sized), w: &mut File, progress: &dyn Fn(u64)) -> io::Result<u64> {
-    use std::io::Write;
-    let mut buf = vec![0u8; 256 << 10];
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        w.write_all(&buf[..n])?;
-        total += n as u64;
-        progress(n as u64);
-    }
-}
-
 fn finish_file(
     f: &File,
     path: &Path,
@@ -540,7 +495,7 @@ mod tests {
         add(b"hl", EntryType::Link, Some(b"../outside/x"), b"");
         add(b"ok.txt", EntryType::Regular, None, b"fine");
         let bytes = b.into_inner().unwrap();
-        let got = extract(&bytes[..], &dest, ExtractOptions { same_owner: false }, &mut Hooks::none()).unwrap();
+        let got = extract(&bytes[..], &dest, ExtractOptions { same_owner: false }, None).unwrap();
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
         assert!(!base.path().join("escape.txt").exists() && !base.path().join("escape2.txt").exists());
         assert_eq!(std::fs::read(dest.join("ok.txt")).unwrap(), b"fine");

@@ -288,9 +288,9 @@ pub fn with_plaintext<T>(
 }
 
 /// Counts the bytes read through it.
-struct Counted<'a, R> {
-    inner: R,
-    count: &'a (dyn Fn(u64) + Sync),
+pub struct Counted<'a, R> {
+    pub inner: R,
+    pub count: &'a (dyn Fn(u64) + Sync),
 }
 
 impl<R: Read> Read for Counted<'_, R> {

@@ -17,7 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use encryption::key::MasterKey;
-use ncb_archive::extract::{self, ExtractOptions, Extracted, Hooks, Kind, decode, kind_of, write_under};
+use ncb_archive::extract::{self, ExtractOptions, Extracted, Kind, decode, kind_of, write_under};
 use ncb_core::progress::Progress;
 use ncb_core::stage::error_chain;
 use ncb_core::{Error, IoContext, Result};
@@ -286,7 +286,7 @@ impl Unpack<'_> {
     }
 
     fn write(&self, rel: &Path, r: &mut dyn Read) -> Result<Extracted> {
-        let bytes = write_under(self.root, rel, r, &|_| {})?;
+        let bytes = write_under(self.root, rel, r)?;
         Ok(Extracted { files: 1, bytes, ..Default::default() })
     }
 
@@ -323,8 +323,7 @@ impl Unpack<'_> {
                 }
                 Ok(true)
             };
-            let mut hooks = Hooks { keep: &|_| true, divert: Some(&mut divert), progress: &|_| {} };
-            extract::extract(&mut dec, self.root, self.opts, &mut hooks)?
+            extract::extract(&mut dec, self.root, self.opts, Some(&mut divert))?
         };
         if let Some(e) = inner_err {
             return Err(Error::runtime(e));

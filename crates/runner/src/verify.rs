@@ -239,7 +239,7 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>, al
             // Without the key: every stored file is still read and hashed.
             item.stored().into_iter().try_for_each(|f| {
                 let r = s.backend().open_checked(&s.key(run, &f.name), f)?;
-                let mut counted = CountingRead { inner: r, bar: &bar };
+                let mut counted = readback::Counted { inner: r, count: &|n| bar.add(n) };
                 std::io::copy(&mut counted, &mut std::io::sink()).map_err(|e| Error::runtime(e.to_string()))?;
                 Ok(())
             })
@@ -263,19 +263,6 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>, al
         v.notes.push("no key at hand: encrypted files were hashed, not decrypted".into());
     }
     v
-}
-
-struct CountingRead<'a, R> {
-    inner: R,
-    bar: &'a Progress,
-}
-
-impl<R: std::io::Read> std::io::Read for CountingRead<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bar.add(n as u64);
-        Ok(n)
-    }
 }
 
 /// All items, or a random share of them (at least one).
