@@ -111,6 +111,43 @@ pub fn safe_relative(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('/') && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
+/// Whether an object kept in an archive storage class (GLACIER, DEEP_ARCHIVE) can be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Thaw {
+    /// Not restored: it cannot be read until it is thawed.
+    Frozen,
+    /// A restore is under way (hours).
+    Thawing,
+    /// A temporary copy can be read, until this date (as the store gives it).
+    Thawed { until: String },
+}
+
+impl Thaw {
+    pub fn readable(&self) -> bool {
+        matches!(self, Thaw::Thawed { .. })
+    }
+}
+
+/// An object kept in an archive storage class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Archived {
+    pub key: String,
+    pub class: String,
+    pub thaw: Thaw,
+}
+
+impl std::fmt::Display for Archived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.thaw {
+            Thaw::Frozen => write!(f, "{} ({}, not thawed)", self.key, self.class),
+            Thaw::Thawing => write!(f, "{} ({}, thawing in progress)", self.key, self.class),
+            Thaw::Thawed { until } if until.is_empty() => write!(f, "{} ({}, thawed)", self.key, self.class),
+            Thaw::Thawed { until } => write!(f, "{} ({}, thawed until {until})", self.key, self.class),
+        }
+    }
+}
+
 /// What every destination does.
 pub trait Backend: Send + Sync {
     /// For messages: "local /backups".
@@ -163,6 +200,19 @@ pub trait Backend: Send + Sync {
     fn runs(&self, prefix: &str) -> Result<Vec<String>>;
     /// Deletes a whole run.
     fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()>;
+    /// The objects under `prefix` kept in an archive storage class, which cannot be read until
+    /// thawed, each with its thaw state. None where there are no such classes (local, rclone).
+    fn archived(&self, _prefix: &str) -> Result<Vec<Archived>> {
+        Ok(Vec::new())
+    }
+    /// Asks for readable copies of archived objects for `days` days (it takes hours); the state
+    /// of each afterwards, in order.
+    fn thaw(&self, keys: &[String], _days: u32) -> Result<Vec<Thaw>> {
+        match keys.first() {
+            None => Ok(Vec::new()),
+            Some(k) => Err(Error::runtime(format!("{}: {k}: nothing to thaw here", self.describe()))),
+        }
+    }
 }
 
 /// A folder on this machine (or a mounted one).

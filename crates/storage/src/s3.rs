@@ -6,6 +6,12 @@
 //! computed from the same reads (and kept as metadata when already known); re-runs recognise it
 //! by that metadata or by its composite CRC-32C. A failed multipart upload is aborted; uploads
 //! left by a run that died are aborted by the next one.
+//!
+//! STORAGE_CLASS applies to the data; manifests (the run's, the encrypted files') always stay
+//! in STANDARD, so runs can be listed, checked by size and pruned even when the data sits in
+//! GLACIER or DEEP_ARCHIVE. Objects in those classes are read only once thawed: [`S3::archived`]
+//! tells which are (their class from the listing, their state from HeadObject's Restore
+//! header), and `thaw` asks for readable copies (RestoreObject).
 
 use std::io::Read;
 use std::path::Path;
@@ -20,12 +26,12 @@ use aws_sdk_s3::types::{
 use base64::Engine;
 use ncb_core::atomic::AtomicFile;
 use ncb_core::hash::{HashWriter, sha256_file};
-use ncb_core::params::Params;
+use ncb_core::params::{Params, Problem};
 use ncb_core::progress::Progress;
 use ncb_core::{Artifact, Error, IoContext, Result};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, FileInfo, RUN_MANIFEST};
+use crate::backend::{Archived, Backend, FileInfo, RUN_MANIFEST, Thaw};
 
 /// What an upload task gives back: (part number, ETag, checksum), or why it failed.
 type PartResult = std::result::Result<
@@ -46,6 +52,63 @@ pub const STORAGE_CLASSES: &[&str] = &[
     "DEEP_ARCHIVE",
     "REDUCED_REDUNDANCY",
 ];
+
+/// Storage classes whose objects cannot be read until they are restored ("thawed") for a while.
+pub const ARCHIVE_CLASSES: &[&str] = &["GLACIER", "DEEP_ARCHIVE"];
+
+/// How long a thaw takes, for messages.
+pub const THAW_TIMES: &str = "GLACIER: 3-5 h, DEEP_ARCHIVE: 12 h";
+
+/// PART_SIZE_MB's range (S3 refuses parts under 5 MiB; memory is about UPLOAD_CONCURRENCY parts)
+/// and UPLOAD_CONCURRENCY's.
+const PART_SIZE_MB: (u64, u64) = (5, 512);
+const CONCURRENCY: (u64, u64) = (1, 16);
+
+/// PART_SIZE_MB (default 8) and UPLOAD_CONCURRENCY (default 4), refused out of their ranges.
+pub fn tuning(p: &Params) -> std::result::Result<(u64, usize), Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut read = |key: &str, default: u64, (lo, hi): (u64, u64), unit: &str| {
+        let Some(raw) = p.str(key) else { return default };
+        let message = match raw.trim().parse::<u64>() {
+            Ok(v) if (lo..=hi).contains(&v) => return v,
+            Ok(v) => format!("{v} is out of range: {lo} to {hi}{unit}"),
+            Err(_) => format!("'{raw}' is not a whole number from {lo} to {hi}"),
+        };
+        problems.push(Problem { key: key.into(), message });
+        default
+    };
+    let part = read("PART_SIZE_MB", 8, PART_SIZE_MB, " (MiB per part; S3 refuses parts under 5 MiB)");
+    let concurrency = read("UPLOAD_CONCURRENCY", 4, CONCURRENCY, " (requests in flight)");
+    if problems.is_empty() { Ok((part, usize::try_from(concurrency).unwrap_or(4))) } else { Err(problems) }
+}
+
+/// What the S3 parameters need beyond the parameter table (storage's `validate`).
+pub fn validate(p: &Params) -> Vec<Problem> {
+    tuning(p).err().unwrap_or_default()
+}
+
+/// The run manifest and encryption manifests: small, read by every listing, check and prune,
+/// so kept in STANDARD whatever STORAGE_CLASS says.
+pub fn is_manifest(key: &str) -> bool {
+    key.rsplit('/').next() == Some(RUN_MANIFEST) || key.ends_with(encryption::manifest::SUFFIX)
+}
+
+/// The thaw state from HeadObject's Restore header (`x-amz-restore`): none, `ongoing-request="true"`,
+/// or `ongoing-request="false", expiry-date="…"`.
+pub fn thaw_state(restore: Option<&str>) -> Thaw {
+    let Some(h) = restore else { return Thaw::Frozen };
+    if h.contains(r#"ongoing-request="true""#) {
+        return Thaw::Thawing;
+    }
+    if !h.contains(r#"ongoing-request="false""#) {
+        return Thaw::Frozen;
+    }
+    let until = h
+        .split_once("expiry-date=")
+        .map(|(_, d)| d.trim().trim_start_matches('"').split('"').next().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    Thaw::Thawed { until }
+}
 
 #[derive(Debug)]
 pub struct S3 {
@@ -76,6 +139,9 @@ fn io_err(what: &str, e: impl std::error::Error) -> Error {
 
 fn err<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error>(what: &str, e: E) -> Error {
     match (e.code(), e.message()) {
+        (Some(code @ "InvalidObjectState"), _) => Error::runtime(format!(
+            "{what}: {code}: the object is in an archive storage class (GLACIER, DEEP_ARCHIVE) and cannot be read until thawed: `backup-runner restore --run RUN --thaw DAYS` asks for that"
+        )),
         (Some(code), Some(msg)) => Error::runtime(format!("{what}: {code}: {msg}")),
         (Some(code), None) => Error::runtime(format!("{what}: {code}")),
         _ => Error::runtime(format!("{what}: {}", DisplayErrorContext(e))),
@@ -198,6 +264,11 @@ fn checked(
 }
 
 impl S3 {
+    /// STORAGE_CLASS for data, STANDARD for manifests (nothing when STORAGE_CLASS is not set).
+    fn class_for(&self, key: &str) -> Option<StorageClass> {
+        self.class.as_ref().map(|c| if is_manifest(key) { StorageClass::Standard } else { c.clone() })
+    }
+
     /// One object into `dest` (uncommitted): in parallel ranges when it is large.
     async fn fetch(&self, key: &str, dest: &Path, info: &FileInfo) -> Result<(AtomicFile, (u64, String))> {
         if info.size as usize > self.part_size {
@@ -217,8 +288,9 @@ impl S3 {
             p.choice("REQUEST_CHECKSUM_CALCULATION", &["when_required", "when_supported"], "when_required")?
                 == "when_supported";
         let class = p.str("STORAGE_CLASS").map(|c| StorageClass::from(c.to_ascii_uppercase().as_str()));
-        let part_mb = p.u64("PART_SIZE_MB")?.unwrap_or(8).clamp(5, 512);
-        let concurrency = usize::try_from(p.u64("UPLOAD_CONCURRENCY")?.unwrap_or(4).clamp(1, 16)).unwrap_or(4);
+        let (part_mb, concurrency) = tuning(p).map_err(|problems| {
+            Error::usage(problems.iter().map(|p| format!("--{p}")).collect::<Vec<_>>().join("; "))
+        })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -294,7 +366,7 @@ impl S3 {
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .set_metadata(meta)
-            .set_storage_class(self.class.clone())
+            .set_storage_class(self.class_for(key))
             .send()
             .await
             .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
@@ -418,6 +490,33 @@ impl S3 {
         }
     }
 
+    /// Every object under `prefix` with its storage class, as the listing gives it.
+    async fn classes(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let o = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| err(&format!("cannot list s3://{}/{prefix}", self.bucket), e))?;
+            for obj in o.contents() {
+                if let Some(k) = obj.key() {
+                    let class = obj.storage_class().map_or("STANDARD", |c| c.as_str());
+                    out.push((k.to_owned(), class.to_owned()));
+                }
+            }
+            token = o.next_continuation_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
     async fn keys(&self, prefix: &str, delimiter: bool) -> Result<(Vec<String>, Vec<String>)> {
         let (mut keys, mut prefixes) = (Vec::new(), Vec::new());
         let mut token: Option<String> = None;
@@ -489,7 +588,7 @@ impl Backend for S3 {
     fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String> {
         self.rt.block_on(async {
             if info.size as usize <= self.part_size {
-                put_single(&self.client, &self.bucket, self.class.clone(), local, key, info).await
+                put_single(&self.client, &self.bucket, self.class_for(key), local, key, info).await
             } else {
                 self.put_multipart(local, key, info, &Progress::hidden()).await
             }
@@ -504,7 +603,7 @@ impl Backend for S3 {
             let mut tasks = tokio::task::JoinSet::new();
             let small = items.iter().enumerate().filter(|(_, (_, _, i))| i.size as usize <= self.part_size);
             for (n, (path, key, info)) in small {
-                let (client, bucket, class) = (self.client.clone(), self.bucket.clone(), self.class.clone());
+                let (client, bucket, class) = (self.client.clone(), self.bucket.clone(), self.class_for(key));
                 let (path, key, info) = (path.clone(), key.clone(), info.clone());
                 tasks.spawn(
                     async move { put_single(&client, &bucket, class, &path, &key, &info).await.map(|s| (n, s)) },
@@ -568,7 +667,7 @@ impl Backend for S3 {
                 .body(ByteStream::from(bytes.to_vec()))
                 .checksum_sha256(sum)
                 .metadata("sha256", hex::encode(Sha256::digest(bytes)))
-                .set_storage_class(self.class.clone())
+                .set_storage_class(self.class_for(key))
                 .send()
                 .await
                 .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
@@ -647,6 +746,72 @@ impl Backend for S3 {
         Ok(runs)
     }
 
+    /// The listing gives each object's class; those in an archive class are asked for their
+    /// Restore header (HeadObject), UPLOAD_CONCURRENCY x 4 at a time.
+    fn archived(&self, prefix: &str) -> Result<Vec<Archived>> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        self.rt.block_on(async {
+            let frozen: Vec<(String, String)> = self
+                .classes(prefix)
+                .await?
+                .into_iter()
+                .filter(|(_, class)| ARCHIVE_CLASSES.contains(&class.as_str()))
+                .collect();
+            stream::iter(frozen)
+                .map(|(key, class)| async move {
+                    let o = self
+                        .client
+                        .head_object()
+                        .bucket(&self.bucket)
+                        .key(&key)
+                        .send()
+                        .await
+                        .map_err(|e| err(&format!("cannot check s3://{}/{key}", self.bucket), e))?;
+                    Ok::<_, Error>(Archived { thaw: thaw_state(o.restore()), key, class })
+                })
+                .buffered(self.concurrency * 4)
+                .try_collect()
+                .await
+        })
+    }
+
+    /// RestoreObject (Standard tier) for each key, UPLOAD_CONCURRENCY x 4 at a time: a request
+    /// accepted, or one already under way, is thawing; an object already thawed gets `days`
+    /// from now.
+    fn thaw(&self, keys: &[String], days: u32) -> Result<Vec<Thaw>> {
+        use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest, Tier};
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        let days = i32::try_from(days).map_err(|_| Error::usage(format!("--thaw {days}: too many days")))?;
+        let job = GlacierJobParameters::builder()
+            .tier(Tier::Standard)
+            .build()
+            .map_err(|e| Error::runtime(format!("restore request: {e}")))?;
+        let request = RestoreRequest::builder().days(days).glacier_job_parameters(job).build();
+        self.rt.block_on(
+            stream::iter(keys)
+                .map(|key| {
+                    let req =
+                        self.client.restore_object().bucket(&self.bucket).key(key).restore_request(request.clone());
+                    async move {
+                        match req.send().await {
+                            // 202 Accepted: started; 200 OK: a thawed copy, now kept longer.
+                            Ok(_) => Ok(Thaw::Thawing),
+                            Err(e) => {
+                                use aws_sdk_s3::error::ProvideErrorMetadata;
+                                match e.code() {
+                                    Some("RestoreAlreadyInProgress") => Ok(Thaw::Thawing),
+                                    Some("ObjectAlreadyInActiveTierError") => Ok(Thaw::Thawed { until: String::new() }),
+                                    _ => Err(err(&format!("cannot thaw s3://{}/{key}", self.bucket), e)),
+                                }
+                            }
+                        }
+                    }
+                })
+                .buffered(self.concurrency * 4)
+                .try_collect(),
+        )
+    }
+
     fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()> {
         let run = format!("{prefix}{run_id}/");
         self.rt.block_on(async {
@@ -707,5 +872,61 @@ impl Read for BodyReader {
         let n = buf.len().min(self.chunk.len());
         buf[..n].copy_from_slice(&self.chunk.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        let mut p = Params::new();
+        for (k, v) in pairs {
+            p.set(k, *v);
+        }
+        p
+    }
+
+    #[test]
+    fn part_size_and_concurrency_out_of_range_are_refused() {
+        assert_eq!(tuning(&params(&[])), Ok((8, 4)));
+        assert_eq!(tuning(&params(&[("PART_SIZE_MB", "5"), ("UPLOAD_CONCURRENCY", "16")])), Ok((5, 16)));
+        assert_eq!(tuning(&params(&[("PART_SIZE_MB", "512"), ("UPLOAD_CONCURRENCY", "1")])), Ok((512, 1)));
+        let problems = validate(&params(&[("PART_SIZE_MB", "4"), ("UPLOAD_CONCURRENCY", "17")]));
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "PART_SIZE_MB: 4 is out of range: 5 to 512 (MiB per part; S3 refuses parts under 5 MiB)",
+                "UPLOAD_CONCURRENCY: 17 is out of range: 1 to 16 (requests in flight)"
+            ]
+        );
+        let text = validate(&params(&[("PART_SIZE_MB", "1024"), ("UPLOAD_CONCURRENCY", "0")]));
+        assert_eq!(text.len(), 2, "{text:?}");
+        let text = validate(&params(&[("UPLOAD_CONCURRENCY", "many")]));
+        assert_eq!(text[0].to_string(), "UPLOAD_CONCURRENCY: 'many' is not a whole number from 1 to 16");
+        // The client is never made with values out of range: a usage error (exit 2).
+        let e = S3::from_params(&params(&[("BUCKET_NAME", "b"), ("PART_SIZE_MB", "600")])).unwrap_err();
+        assert_eq!(e.exit_status(), ncb_core::ExitStatus::Usage);
+        assert!(e.to_string().starts_with("--PART_SIZE_MB: 600 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn manifests_stay_standard() {
+        assert!(is_manifest("web1/20261122T010000Z-dddd/RUN-MANIFEST.json"));
+        assert!(is_manifest("web1/r/files.tar.gz.enc.manifest.json"));
+        assert!(!is_manifest("web1/r/files.tar.gz.enc.000"));
+        assert!(!is_manifest("web1/r/RUN-MANIFEST.json.bak"));
+    }
+
+    #[test]
+    fn restore_header_tells_the_thaw_state() {
+        assert_eq!(thaw_state(None), Thaw::Frozen);
+        assert_eq!(thaw_state(Some(r#"ongoing-request="true""#)), Thaw::Thawing);
+        assert_eq!(
+            thaw_state(Some(r#"ongoing-request="false", expiry-date="Fri, 21 Dec 2012 00:00:00 GMT""#)),
+            Thaw::Thawed { until: "Fri, 21 Dec 2012 00:00:00 GMT".into() }
+        );
+        assert_eq!(thaw_state(Some(r#"ongoing-request="false""#)), Thaw::Thawed { until: String::new() });
     }
 }
