@@ -97,6 +97,9 @@ pub struct Options {
     /// Replace an existing file at the destination (else the archive fails: it is never
     /// written over an earlier backup).
     pub replace_existing: bool,
+    /// Leave out unfinished outputs of any stage (`.NAME.partial-*`) and the runner's own
+    /// `.ncb-*` files: for archives of work folders, never of users' data.
+    pub skip_temporaries: bool,
 }
 
 /// What went into an archive.
@@ -221,6 +224,12 @@ impl Writer<'_> {
     fn excluded(&self, path: &Path) -> bool {
         let abs = path.as_os_str().as_bytes();
         let name = path.file_name().map_or(abs, OsStrExt::as_bytes);
+        if self.opts.skip_temporaries
+            && let Some(n) = path.file_name()
+            && (ncb_core::atomic::is_partial(n) || ncb_core::journal::is_runner_own(&n.to_string_lossy()))
+        {
+            return true;
+        }
         self.opts.excludes.iter().any(|x| x.hits(abs, name))
     }
 

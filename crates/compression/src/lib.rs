@@ -77,6 +77,8 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         ignore_missing: false,
         compression: Settings::from_params(p)?,
         replace_existing: true,
+        // A killed stage's hidden temporary in a work folder is never part of a backup.
+        skip_temporaries: true,
     };
     let remove = p.flag("REMOVE_OBJECTIVES", false)?;
     // Inputs about to be deleted must be archived whole: an unreadable, vanished or changing

@@ -27,6 +27,9 @@ pub mod env {
     pub const LINEAGE: &str = "NCB_LINEAGE";
     /// `NCB_PARAM_<KEY>`: a secret parameter, passed outside argv.
     pub const PARAM_PREFIX: &str = "NCB_PARAM_";
+    /// Set to 1 when an earlier section of the run failed (ON_FAILURE continue): retention
+    /// then deletes nothing.
+    pub const EARLIER_FAILED: &str = "NCB_EARLIER_FAILED";
 }
 
 /// The GENERAL section.
@@ -113,11 +116,13 @@ pub struct StageCtx {
     pub started: DateTime<Utc>,
     /// What earlier sections of the run made (empty when run by hand).
     pub lineage: crate::lineage::Lineage,
+    /// An earlier section of this run failed (the run goes on under ON_FAILURE continue).
+    pub earlier_failed: bool,
 }
 
 impl StageCtx {
     pub fn new(general: General, run_id: String, section: String) -> Self {
-        StageCtx { general, run_id, section, started: Utc::now(), lineage: Default::default() }
+        StageCtx { general, run_id, section, started: Utc::now(), lineage: Default::default(), earlier_failed: false }
     }
 
     /// `HOST_SECTION_20261122T040000Z`: the stem of this stage's artifact names.

@@ -6,6 +6,7 @@
 //! - [`error`]: the error type and exit codes (0 ok, 1 runtime, 2 usage/config)
 //! - [`stage`]: `StageDef` and `stage_main`, which every stage's `main.rs` calls
 //! - [`atomic`]: outputs written under a temporary name, fsynced, renamed
+//! - [`journal`]: the run journal in WORK_FOLDER, which lets the next run complete a killed one
 //! - [`progress`]: progress bars on a terminal, silence elsewhere
 //! - [`logging`], [`hash`], [`sys`]
 
@@ -13,6 +14,7 @@ pub mod atomic;
 pub mod context;
 pub mod error;
 pub mod hash;
+pub mod journal;
 pub mod lineage;
 pub mod logging;
 pub mod params;

@@ -134,3 +134,57 @@ pub fn kill_pid(pid: u32, sig: i32) -> io::Result<()> {
     let r = unsafe { libc::kill(pid, sig) };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
+
+/// The name mark of files that hold a secret for one process: `.ncb-secret-<PID>-<what>`.
+pub const SECRET_MARK: &str = ".ncb-secret-";
+
+/// The name of a secret file of this process (`what` must be unique within it).
+pub fn secret_name(what: &str) -> String {
+    format!("{SECRET_MARK}{}-{what}", std::process::id())
+}
+
+/// Removes secret files in `dir` whose process is gone (killed before it could remove them);
+/// returns their names. Files of live processes stay.
+pub fn sweep_secrets(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(SECRET_MARK) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(process_alive) {
+            continue;
+        }
+        if std::fs::remove_file(e.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
+/// The child `cmd` starts gets `sig` when this process dies (even by SIGKILL), so no stage or
+/// dump runs on after a killed runner. Set from the thread that lives as long as the child
+/// must (the kernel's parent-death signal follows the spawning thread).
+pub fn dies_with_parent(cmd: &mut std::process::Command, sig: i32) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the hook only makes async-signal-safe calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || die_with_parent(sig, parent));
+    }
+}
+
+/// In the child, before exec: `sig` when the parent dies; exits at once if the parent is
+/// already gone (`parent` is the pid it had when it spawned us).
+fn die_with_parent(sig: i32, parent: u32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid take no pointers.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::c_ulong::try_from(sig).unwrap_or(15), 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if u32::try_from(libc::getppid()).ok() != Some(parent) {
+            libc::_exit(128 + sig);
+        }
+    }
+    Ok(())
+}

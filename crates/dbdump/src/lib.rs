@@ -144,12 +144,16 @@ impl SecretFile {
     pub fn create(dir: &Path, stem: &str, content: &[u8]) -> Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
         ncb_core::atomic::ensure_dir(dir, 0o700)?;
+        for stale in ncb_core::sys::sweep_secrets(dir) {
+            log::info!("removed {stale}, left by a killed stage");
+        }
         let mut rnd = [0u8; 8];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut rnd))
             .at("cannot read", Path::new("/dev/urandom"))?;
         let name: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-        let path = dir.join(format!(".{stem}-{name}"));
+        // Named for its process: if we are killed, the next run (or stage) removes it.
+        let path = dir.join(ncb_core::sys::secret_name(&format!("{stem}-{name}")));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -242,6 +246,8 @@ fn spawn(cmd: &mut Command, what: &str) -> Result<Child> {
             cmd.env_remove(k);
         }
     }
+    // A killed stage takes its dump client with it.
+    ncb_core::sys::dies_with_parent(cmd, ncb_core::sys::SIGTERM);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

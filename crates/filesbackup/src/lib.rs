@@ -85,6 +85,7 @@ pub fn options(p: &Params) -> Result<Options> {
         ignore_missing: p.flag("IGNORE_MISSING", false)?,
         compression: Settings::from_params(p)?,
         replace_existing: false,
+        skip_temporaries: false,
     })
 }
 

@@ -55,6 +55,8 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // A killed runner takes its stage with it: no stage runs on beside the next run.
+    sys::dies_with_parent(&mut cmd, sys::SIGTERM);
     let mut child = cmd.spawn()?;
     let pgid = child.id();
     let (tx, rx) = mpsc::channel();

@@ -1,6 +1,9 @@
-//! One run per config at a time: an flock on a lock file in WORK_FOLDER, named after the
-//! config's path. The kernel drops the lock when the holder dies, even by SIGKILL, so a stale
-//! lock never blocks the next run.
+//! One run per WORK_FOLDER at a time: an flock on `WORK_FOLDER/.backup-runner.lock`. It
+//! guards what runs share (the work folders, the run journals), so two configs, or one config
+//! reached through a copy or a link, never run side by side on the same WORK_FOLDER. The kernel
+//! drops the lock when the last holder dies, even by SIGKILL, so a stale lock never blocks the
+//! next run. Stages die with the runner (a parent-death signal, see exec.rs), so none runs
+//! on unlocked.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -8,7 +11,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ncb_core::{Error, IoContext, Result};
-use sha2::{Digest, Sha256};
 
 /// Held for the whole run; dropping it (or dying) releases the lock.
 #[derive(Debug)]
@@ -16,16 +18,14 @@ pub struct RunLock {
     _file: File,
 }
 
-/// The lock file of a config: `WORK_FOLDER/.backup-runner-<hash of the config path>.lock`.
-pub fn lock_path(work: &Path, config: &Path) -> PathBuf {
-    let canon = config.canonicalize().unwrap_or_else(|_| config.to_path_buf());
-    let h = hex::encode(Sha256::digest(canon.as_os_str().as_encoded_bytes()));
-    work.join(format!(".backup-runner-{}.lock", &h[..16]))
+/// The lock file of a work folder.
+pub fn lock_path(work: &Path) -> PathBuf {
+    work.join(".backup-runner.lock")
 }
 
 /// Takes the lock or fails at once, naming the holder.
 pub fn acquire(work: &Path, config: &Path, run_id: &str) -> Result<RunLock> {
-    let path = lock_path(work, config);
+    let path = lock_path(work);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -41,17 +41,19 @@ pub fn acquire(work: &Path, config: &Path, run_id: &str) -> Result<RunLock> {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             return Err(Error::runtime(format!(
-                "another run of {} is in progress ({}); lock file {}",
-                config.display(),
+                "another run is in progress in WORK_FOLDER {} ({}; lock file {}); {} was not started",
+                work.display(),
                 holder.trim(),
-                path.display()
+                path.display(),
+                config.display()
             )));
         }
         Err(TryLockError::Error(e)) => return Err(Error::path("cannot lock", &path, e)),
     }
     file.set_len(0).at("cannot write lock file", &path)?;
     file.rewind().at("cannot write lock file", &path)?;
-    writeln!(file, "pid {}, run {run_id}", std::process::id()).at("cannot write lock file", &path)?;
+    writeln!(file, "pid {}, run {run_id} of {}", std::process::id(), config.display())
+        .at("cannot write lock file", &path)?;
     log::debug!("holding lock {}", path.display());
     Ok(RunLock { _file: file })
 }

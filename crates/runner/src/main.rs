@@ -6,7 +6,9 @@ mod exec;
 mod lock;
 mod notify;
 mod plan;
+mod prune;
 mod readback;
+mod recover;
 mod registry;
 mod report;
 mod restore;
@@ -104,6 +106,17 @@ fn cli() -> Command {
                 .arg(json_arg()),
         )
         .subcommand(
+            Command::new("prune")
+                .about("Apply the retention (KEEP_*) of the config's storage sections without making a backup")
+                .arg(
+                    Arg::new("dry-run")
+                        .long("dry-run")
+                        .action(ArgAction::SetTrue)
+                        .help("List what would be deleted, delete nothing"),
+                )
+                .arg(json_arg()),
+        )
+        .subcommand(
             Command::new("daemon")
                 .about("Run configs on their GENERAL SCHEDULE without cron: one process for several configs")
                 .arg(
@@ -189,6 +202,7 @@ fn main() -> ExitCode {
         Some(("verify", sm)) => Some(verify_main(&m, sm)),
         Some(("restore", sm)) => Some(restore_main(&m, sm)),
         Some(("daemon", sm)) => Some(daemon_main(&m, sm).map(|()| ExitStatus::Success)),
+        Some(("prune", sm)) => Some(prune_main(&m, sm)),
         _ => None,
     };
     if let Some(r) = sub {
@@ -399,6 +413,36 @@ fn restore_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     Ok(ExitStatus::Success)
 }
 
+fn prune_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
+    let config = load_config(m, "backup-runner prune")?;
+    let dry = sm.get_flag("dry-run");
+    let reports = prune::prune(&config, dry)?;
+    if sm.get_flag("json") {
+        let all: serde_json::Map<String, serde_json::Value> = reports
+            .iter()
+            .map(|(section, r)| (section.clone(), serde_json::Value::Object(r.data.clone())))
+            .collect();
+        print_json(&all);
+        return Ok(ExitStatus::Success);
+    }
+    let mut out = std::io::stdout().lock();
+    for (section, r) in &reports {
+        let list = |k: &str| -> Vec<String> {
+            r.data.get(k).and_then(|v| v.as_array()).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        };
+        for d in list(if dry { "would_delete" } else { "deleted" }) {
+            let _ = writeln!(out, "[{section}] {} {d}", if dry { "would delete" } else { "deleted" });
+        }
+        for k in list("kept") {
+            let _ = writeln!(out, "[{section}] keep {k}");
+        }
+        for w in &r.warnings {
+            let _ = writeln!(out, "[{section}] warning: {w}");
+        }
+    }
+    Ok(ExitStatus::Success)
+}
+
 fn daemon_main(m: &ArgMatches, sm: &ArgMatches) -> Result<(), Error> {
     let mut configs: Vec<PathBuf> = m.get_one::<String>("config").map(PathBuf::from).into_iter().collect();
     configs.extend(sm.get_many::<String>("configs").into_iter().flatten().map(PathBuf::from));
@@ -465,7 +509,15 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     log::info!("run {run_id} of {} on {}: {} section(s)", path.display(), general.hostname, steps.len());
 
     config.notify.started();
-    let report = run::run_all(&config, &steps, &run_id, started, &signal);
+    for stale in ncb_core::sys::sweep_secrets(&work) {
+        log::warn!("removed {stale} from WORK_FOLDER: a secret left by a stage that was killed");
+    }
+    let recovered = recover::recover_all(&config, &work, &signal);
+    let mut journal = ncb_core::journal::Journal::new(&run_id, &config.path, started);
+    let walk = run::Walk { work: &work, journal: &mut journal, completing: false };
+    let mut report = run::run_all(&config, &steps, started, &signal, walk);
+    report.recovered = recovered;
+    report.tally();
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     let mut report_path = None;
     if let Some(dir) = general.log_dir() {
@@ -475,12 +527,12 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
             Err(e) => log::error!("cannot write the run report: {}", ncb_core::stage::error_chain(&e)),
         }
     }
-    config.notify.finished(report.failures().is_empty(), &run_id, &json, report_path.as_deref());
+    config.notify.finished(!report.failed(), &run_id, &json, report_path.as_deref());
     if m.get_flag("json") {
         let _ = writeln!(std::io::stdout().lock(), "{json}");
     }
     let failures = report.failures();
-    if failures.is_empty() {
+    if !report.failed() {
         log::info!(
             "run {run_id} ok: {} artifacts, {} bytes, {} warnings",
             report.artifacts,
@@ -497,8 +549,15 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
             f.error.as_deref().unwrap_or("")
         );
     }
+    for r in report.recovered.iter().filter(|r| r.outcome.is_failure()) {
+        log::error!("earlier run {}: {}", r.run_id, r.detail);
+    }
     let names: Vec<&str> = failures.iter().map(|f| f.name.as_str()).collect();
-    log::error!("run {run_id} {:?}: section(s) {}", report.status, names.join(", "));
+    if names.is_empty() {
+        log::error!("run {run_id}: its sections succeeded, but an earlier run is still not complete (see above)");
+    } else {
+        log::error!("run {run_id} {:?}: section(s) {}", report.status, names.join(", "));
+    }
     Ok(ExitStatus::Failure)
 }
 

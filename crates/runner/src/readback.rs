@@ -39,14 +39,14 @@ impl Source {
     }
 }
 
-fn steps(config: &Config) -> Result<Vec<Step>> {
+pub(crate) fn steps(config: &Config) -> Result<Vec<Step>> {
     plan::plan(config, "restore", chrono::Utc::now()).map_err(|problems| {
         let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
         Error::config(format!("{}: {}", config.path.display(), all.join("; ")))
     })
 }
 
-fn is_stage(step: &Step, name: &str) -> bool {
+pub(crate) fn is_stage(step: &Step, name: &str) -> bool {
     matches!(&step.target, Target::Stage { def, .. } | Target::Load { def, .. } if def.name == name)
 }
 

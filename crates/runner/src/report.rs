@@ -47,6 +47,9 @@ pub struct RunReport {
     pub artifacts: usize,
     pub bytes: u64,
     pub warnings: usize,
+    /// Earlier runs left unfinished, and what this run did with them (before its own sections).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<crate::recover::Recovery>,
 }
 
 impl RunReport {
@@ -55,9 +58,10 @@ impl RunReport {
         self.bytes = self.sections.iter().flat_map(|s| &s.artifacts).map(|a| a.bytes).sum();
         self.warnings = self.sections.iter().map(|s| s.warnings.len()).sum();
         let failed = |st: Status| self.sections.iter().any(|s| s.status == st);
+        let recovery_failed = self.recovered.iter().any(|r| r.outcome.is_failure());
         self.status = if failed(Status::Interrupted) {
             Status::Interrupted
-        } else if failed(Status::Failed) || failed(Status::Timeout) {
+        } else if failed(Status::Failed) || failed(Status::Timeout) || recovery_failed {
             Status::Failed
         } else {
             Status::Ok
@@ -67,5 +71,10 @@ impl RunReport {
     /// The sections that did not succeed, for the closing message.
     pub fn failures(&self) -> Vec<&SectionReport> {
         self.sections.iter().filter(|s| !matches!(s.status, Status::Ok | Status::Skipped)).collect()
+    }
+
+    /// Whether anything failed: a section, or the completion of an earlier run.
+    pub fn failed(&self) -> bool {
+        !matches!(self.status, Status::Ok)
     }
 }

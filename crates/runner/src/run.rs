@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ncb_core::context::env;
+use ncb_core::journal::{Journal, SectionEntry, SectionState};
 use ncb_core::lineage::Lineage;
 use ncb_core::stage::error_chain;
 use ncb_core::{StageCtx, StageReport, sys};
@@ -26,17 +27,30 @@ pub fn watch_signals() -> std::io::Result<Arc<AtomicUsize>> {
     Ok(cell)
 }
 
+/// How a walk over the steps keeps its journal, and whether it completes an earlier run.
+pub struct Walk<'a> {
+    pub work: &'a std::path::Path,
+    pub journal: &'a mut Journal,
+    /// Completing an earlier run: sections it finished are not run again, source sections
+    /// (which read live data) are not run at all, and OBJECTIVES are narrowed to what exists.
+    pub completing: bool,
+}
+
+/// Walks the steps in order. The journal is saved before and after every section; it is
+/// closed (removed) once every section was walked, and kept when the run stopped early, for
+/// the next run to complete.
 pub fn run_all(
     config: &Config,
     steps: &[Step],
-    run_id: &str,
     started: chrono::DateTime<chrono::Utc>,
     signal: &Arc<AtomicUsize>,
+    walk: Walk,
 ) -> RunReport {
     let clock = Instant::now();
     let general = general_of(config);
+    let run_id = walk.journal.run_id.clone();
     let mut report = RunReport {
-        run_id: run_id.to_owned(),
+        run_id: run_id.clone(),
         host: general.hostname.clone(),
         config: config.path.display().to_string(),
         started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -47,18 +61,45 @@ pub fn run_all(
         artifacts: 0,
         bytes: 0,
         warnings: 0,
+        recovered: Vec::new(),
     };
     let mut stopped = false;
-    let mut lineage = Lineage::default();
-    let lineage_file = general.work_dir().join(format!(".ncb-lineage-{run_id}.json"));
+    let mut earlier_failed = false;
+    let mut lineage = walk.journal.lineage.clone();
+    let lineage_file = walk.work.join(format!(".ncb-lineage-{run_id}.json"));
     for (i, step) in steps.iter().enumerate() {
+        if signal.load(Ordering::SeqCst) != 0 {
+            stopped = true;
+        }
         if stopped {
             report.sections.push(skipped(step));
             continue;
         }
+        let step = if walk.completing {
+            match completion_step(walk.journal, step) {
+                Ok(s) => s,
+                Err(note) => {
+                    log::info!("[{}] {note}", step.section);
+                    report.sections.push(SectionReport { warnings: vec![note], ..skipped(step) });
+                    continue;
+                }
+            }
+        } else {
+            step.clone()
+        };
+        let step = &step;
         log::info!("[{}] section {}/{}: {} {}", step.section, i + 1, steps.len(), step.action(), step.target_name());
-        let mut ctx = StageCtx::new(general.clone(), run_id.to_owned(), step.section.clone());
+        if let Err(e) = journal_start(walk.journal, walk.work, step) {
+            let mut s = skipped(step);
+            fail(&mut s, Status::Failed, format!("cannot write the run journal: {}", error_chain(&e)));
+            log_outcome(&s);
+            report.sections.push(s);
+            stopped = true;
+            continue;
+        }
+        let mut ctx = StageCtx::new(general.clone(), run_id.clone(), step.section.clone());
         ctx.lineage = lineage.clone();
+        ctx.earlier_failed = earlier_failed;
         let json = serde_json::to_vec(&lineage).unwrap_or_default();
         let lineage_env = match ncb_core::atomic::write_file(&lineage_file, &json, 0o600) {
             Ok(()) => Some(&lineage_file),
@@ -67,14 +108,22 @@ pub fn run_all(
                 None
             }
         };
-        let s = run_step(step, &ctx, config, signal, lineage_env.map(|p| p.as_path()));
+        let mut s = run_step(step, &ctx, config, signal, lineage_env.map(|p| p.as_path()));
         log_outcome(&s);
         if s.status == Status::Ok {
             let objectives = step.params().paths("OBJECTIVES").unwrap_or_default();
             let made: Vec<_> = s.artifacts.iter().map(|a| a.path.clone()).collect();
             lineage.record(&step.section, &step.target_name(), &objectives, &made);
         }
+        if let Err(e) = journal_end(walk.journal, walk.work, &s, &lineage) {
+            let msg = format!("cannot write the run journal: {}", error_chain(&e));
+            log::error!("[{}] {msg}", step.section);
+            if s.status == Status::Ok {
+                fail(&mut s, Status::Failed, msg);
+            }
+        }
         let failed = s.status != Status::Ok;
+        earlier_failed |= failed;
         let interrupted = s.status == Status::Interrupted || signal.load(Ordering::SeqCst) != 0;
         report.sections.push(s);
         if interrupted || (failed && step.on_failure == OnFailure::Stop) {
@@ -91,11 +140,92 @@ pub fn run_all(
             error: Some(format!("interrupted by {name}; the following sections were not run")),
             ..skipped_named("(run)")
         });
+        stopped = true;
+    }
+    if !stopped {
+        // Every section was walked: nothing is left for a later run to complete.
+        if let Err(e) = Journal::close(walk.work, &run_id) {
+            log::error!("{}", error_chain(&e));
+        }
     }
     report.finished = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     report.duration_ms = ms(clock);
     report.tally();
     report
+}
+
+/// The step as a completion runs it, or why it is not run.
+fn completion_step(journal: &Journal, step: &Step) -> Result<Step, String> {
+    if journal.section(&step.section).is_some_and(|e| e.status == SectionState::Ok) {
+        return Err("finished by the run itself".into());
+    }
+    let params = step.params();
+    if !params.has("OBJECTIVES") {
+        return Err("not run again: it reads live data, which tonight's run backs up".into());
+    }
+    let objectives = params.paths("OBJECTIVES").unwrap_or_default();
+    let present: Vec<String> = objectives
+        .iter()
+        .filter(|o| std::fs::symlink_metadata(o).is_ok())
+        .map(|o| o.display().to_string())
+        .collect();
+    if present.is_empty() {
+        return Err("nothing of the run is left in its OBJECTIVES".into());
+    }
+    let mut out = step.clone();
+    if present.len() < objectives.len() {
+        let list = serde_json::to_string(&present).unwrap_or_default();
+        for (k, v) in &mut out.args {
+            if ncb_core::params::canonical_key(k) == "OBJECTIVES" {
+                v.clone_from(&list);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The folder a built-in stage writes its outputs into.
+pub fn dest_of(step: &Step) -> Option<std::path::PathBuf> {
+    let (Target::Stage { def, .. } | Target::Load { def, .. }) = &step.target else { return None };
+    if !matches!(def.name, "filesbackup" | "mysql-dump" | "pg-dump" | "compression" | "encryption") {
+        return None;
+    }
+    step.params().path("DESTINATION")
+}
+
+/// Entries a snapshot of a destination may hold before it is not taken (a folder that big is
+/// not a work folder; a kill there is then cleaned by the stage's own temporaries only).
+const SNAPSHOT_LIMIT: usize = 100_000;
+
+fn journal_start(journal: &mut Journal, work: &std::path::Path, step: &Step) -> ncb_core::Result<()> {
+    let params = step.params();
+    let dest = dest_of(step);
+    let dest_before = dest.as_deref().and_then(|d| ncb_core::journal::snapshot(d, SNAPSHOT_LIMIT));
+    journal.put(SectionEntry {
+        name: step.section.clone(),
+        stage: step.target_name(),
+        status: SectionState::Started,
+        dest,
+        dest_before,
+        objectives: params.paths("OBJECTIVES").unwrap_or_default(),
+        remove_objectives: params.flag("REMOVE_OBJECTIVES", false).unwrap_or(false),
+        artifacts: Vec::new(),
+    });
+    journal.save(work)
+}
+
+fn journal_end(
+    journal: &mut Journal,
+    work: &std::path::Path,
+    s: &SectionReport,
+    lineage: &Lineage,
+) -> ncb_core::Result<()> {
+    if let Some(e) = journal.section_mut(&s.name) {
+        e.status = if s.status == Status::Ok { SectionState::Ok } else { SectionState::Failed };
+        e.artifacts.clone_from(&s.artifacts);
+    }
+    journal.lineage = lineage.clone();
+    journal.save(work)
 }
 
 fn ms(t: Instant) -> u64 {
@@ -171,6 +301,9 @@ fn run_step(
             ];
             if let Some(l) = lineage {
                 envs.push((env::LINEAGE.to_owned(), l.display().to_string()));
+            }
+            if ctx.earlier_failed {
+                envs.push((env::EARLIER_FAILED.to_owned(), "1".to_owned()));
             }
             envs.extend(step.secret_env());
             match exec::run(&step.section, &program, &args, &envs, step.timeout, signal) {

@@ -1,7 +1,9 @@
 //! storage: puts a run's files into each destination under `<PREFIX><RUN_ID>/`, skipping files
 //! already there with the same size and SHA-256, and writes the run manifest last, so a run
 //! without it is visibly incomplete; fetches a run back (`--download`), checking every file;
-//! applies retention (KEEP_LAST/DAILY/WEEKLY/MONTHLY, restic semantics).
+//! applies retention (KEEP_LAST/HOURLY/DAILY/WEEKLY/MONTHLY/YEARLY/WITHIN, restic semantics)
+//! to complete, authenticated runs only, never deleting the newest one, and never after a run
+//! that failed or stored nothing.
 //!
 //! Destinations: local folders (DESTINATION local, and GENERAL LOCAL_BACKUP), S3 or any
 //! S3-compatible store (DESTINATION s3), and every cloud rclone knows (DESTINATION rclone).
@@ -21,7 +23,7 @@ use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
 use retention::Policy;
 
-pub static PARAMS: [ParamSpec; 27] = [
+pub static PARAMS: [ParamSpec; 32] = [
     ParamSpec::new(
         "DESTINATION",
         Kind::List,
@@ -37,15 +39,32 @@ pub static PARAMS: [ParamSpec; 27] = [
     ),
     ParamSpec::new("MAX_UPLOAD_FILES", Kind::Int, "Refuse a run of more files than this"),
     ParamSpec::new(
+        "ALLOW_EMPTY",
+        Kind::Bool,
+        "No file in OBJECTIVES is not an error: nothing is stored and retention does not run (default False)",
+    ),
+    ParamSpec::new(
         "KEY_FILE",
         Kind::Path,
         "The encryption key: the run manifest is authenticated with it (backup-runner passes the encryption section's)",
     ),
     ParamSpec::new("UPLOAD_COMMAND", Kind::Ignored, "nc-backup-py: the aws cli command"),
-    ParamSpec::new("KEEP_LAST", Kind::Int, "Retention: keep the N most recent runs"),
+    ParamSpec::new("KEEP_LAST", Kind::Int, "Retention: keep the N most recent complete runs"),
+    ParamSpec::new("KEEP_HOURLY", Kind::Int, "Retention: keep the newest run of each of the last N hours with runs"),
     ParamSpec::new("KEEP_DAILY", Kind::Int, "Retention: keep the newest run of each of the last N days with runs"),
     ParamSpec::new("KEEP_WEEKLY", Kind::Int, "Retention: likewise for ISO weeks"),
     ParamSpec::new("KEEP_MONTHLY", Kind::Int, "Retention: likewise for months"),
+    ParamSpec::new("KEEP_YEARLY", Kind::Int, "Retention: likewise for years"),
+    ParamSpec::new(
+        "KEEP_WITHIN",
+        Kind::Str,
+        "Retention: keep every run within this duration (2y5m7d3h) of the newest run",
+    ),
+    ParamSpec::new(
+        "REMOVE_INCOMPLETE_AFTER",
+        Kind::Str,
+        "Retention: incomplete runs older than this (default 7d) are deleted, unless their run is still pending here",
+    ),
     ParamSpec::new("DRY_RUN", Kind::Bool, "Retention: list what would be deleted, delete nothing"),
     ParamSpec::new("DOWNLOAD", Kind::Switch, "Fetch a run back instead of storing"),
     ParamSpec::new(
@@ -115,6 +134,16 @@ fn validate(p: &Params) -> Vec<Problem> {
         }
         return problems;
     }
+    if p.str("OBJECTIVES").is_none() {
+        bad("OBJECTIVES", "missing required parameter (the folder or files to store)".into());
+    }
+    for key in ["KEEP_WITHIN", "REMOVE_INCOMPLETE_AFTER"] {
+        if let Some(v) = p.str(key)
+            && let Err(e) = retention::Span::parse(v)
+        {
+            bad(key, e);
+        }
+    }
     let kinds = p.list("DESTINATION").unwrap_or_default();
     if kinds.is_empty() {
         bad("DESTINATION", "missing required parameter (local)".into());
@@ -155,12 +184,22 @@ pub fn prefix_for(p: &Params, general: &ncb_core::context::General) -> String {
 
 fn policy(p: &Params) -> Result<Policy> {
     let n = |k: &str| -> Result<usize> { Ok(usize::try_from(p.u64(k)?.unwrap_or(0)).unwrap_or(usize::MAX)) };
+    let within = p.str("KEEP_WITHIN").map(|v| retention::Span::parse(v).map_err(|e| Error::usage(format!("--KEEP_WITHIN: {e}")))).transpose()?;
     Ok(Policy {
         last: n("KEEP_LAST")?,
+        hourly: n("KEEP_HOURLY")?,
         daily: n("KEEP_DAILY")?,
         weekly: n("KEEP_WEEKLY")?,
         monthly: n("KEEP_MONTHLY")?,
+        yearly: n("KEEP_YEARLY")?,
+        within,
     })
+}
+
+/// How old an incomplete run must be before retention deletes it.
+fn incomplete_after(p: &Params) -> Result<retention::Span> {
+    retention::Span::parse(p.str("REMOVE_INCOMPLETE_AFTER").unwrap_or("7d"))
+        .map_err(|e| Error::usage(format!("--REMOVE_INCOMPLETE_AFTER: {e}")))
 }
 
 fn backends(p: &Params, ctx: &StageCtx) -> Result<Vec<Box<dyn Backend>>> {
@@ -207,8 +246,21 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         }
         return Ok(report);
     }
-    let dests = backends(p, ctx)?;
     let files = collect(p)?;
+    if files.is_empty() {
+        let objectives: Vec<String> = p.paths("OBJECTIVES")?.iter().map(|o| o.display().to_string()).collect();
+        if !p.flag("ALLOW_EMPTY", false)? {
+            return Err(Error::runtime(format!(
+                "nothing to store: OBJECTIVES ({}) hold no file (an earlier section made nothing?); nothing was stored and no run was deleted (set ALLOW_EMPTY True if an empty run is normal here)",
+                objectives.join(" ")
+            )));
+        }
+        report.warn(format!("OBJECTIVES ({}) hold no file: nothing stored, retention not applied (ALLOW_EMPTY)", objectives.join(" ")));
+        report.set("files", 0);
+        report.set("bytes", 0);
+        return Ok(report);
+    }
+    let dests = backends(p, ctx)?;
     if let Some(max) = p.u64("MAX_UPLOAD_FILES")?
         && files.len() as u64 > max
     {
@@ -227,19 +279,41 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         store_run(d.as_ref(), ctx, &prefix, &mut infos, key.as_ref(), &mut report)?;
     }
     if p.flag("REMOVE_OBJECTIVES", false)? && !infos.is_empty() {
-        for obj in p.paths("OBJECTIVES")? {
-            ncb_core::atomic::remove_input(&obj)?;
-        }
+        remove_stored(p, &infos)?;
     }
     let pol = policy(p)?;
     if !pol.is_empty() {
-        for d in &dests {
-            apply_retention(d.as_ref(), &prefix, pol, &ctx.run_id, p.flag("DRY_RUN", false)?, &mut report)?;
+        if ctx.earlier_failed {
+            report.warn("an earlier section of this run failed: retention deletes nothing tonight");
+        } else {
+            let rules = Rules {
+                policy: pol,
+                current: Some(&ctx.run_id),
+                key: key.as_ref(),
+                incomplete_after: incomplete_after(p)?,
+                pending: ctx.general.work_folder.as_deref().map(ncb_core::journal::pending_runs).unwrap_or_default(),
+                dry: p.flag("DRY_RUN", false)?,
+            };
+            for d in &dests {
+                apply_retention(d.as_ref(), &prefix, &rules, &mut report)?;
+            }
         }
     }
     report.set("files", infos.len());
     report.set("bytes", infos.iter().map(|(_, i)| i.size).sum::<u64>());
     Ok(report)
+}
+
+/// REMOVE_OBJECTIVES: encryption manifests first (a kill then leaves parts without their
+/// manifest, never a manifest without its parts), then the objectives.
+fn remove_stored(p: &Params, infos: &[(PathBuf, FileInfo)]) -> Result<()> {
+    for (path, _) in infos.iter().filter(|(_, i)| i.name.ends_with(encryption::manifest::SUFFIX)) {
+        ncb_core::atomic::remove_input(path)?;
+    }
+    for obj in p.paths("OBJECTIVES")? {
+        ncb_core::atomic::remove_input(&obj)?;
+    }
+    Ok(())
 }
 
 /// Every regular file of the objectives, with its name in the run (relative to the objective's
@@ -441,35 +515,112 @@ pub fn find_run(d: &dyn Backend, prefix: &str, wanted: &str) -> Result<(String, 
     Ok((wanted.to_owned(), m))
 }
 
-fn apply_retention(
-    d: &dyn Backend,
-    prefix: &str,
-    pol: Policy,
-    current: &str,
-    dry: bool,
-    report: &mut StageReport,
-) -> Result<()> {
+/// What retention needs besides the destination.
+#[derive(Debug)]
+pub struct Rules<'a> {
+    pub policy: Policy,
+    /// The run just stored: always kept.
+    pub current: Option<&'a str>,
+    /// The encryption key: run manifests are authenticated with it.
+    pub key: Option<&'a encryption::key::MasterKey>,
+    pub incomplete_after: retention::Span,
+    /// Runs still pending in WORK_FOLDER (a journal there): never deleted.
+    pub pending: Vec<String>,
+    pub dry: bool,
+}
+
+/// A stored run as retention sees it.
+enum Standing {
+    Complete,
+    Incomplete,
+    /// Manifest present but not authenticated: never counted, never deleted.
+    Doubtful(String),
+}
+
+fn standing(d: &dyn Backend, prefix: &str, run: &str, key: Option<&encryption::key::MasterKey>) -> Result<Standing> {
+    let Some(bytes) = d.get_bytes(&format!("{prefix}{run}/{RUN_MANIFEST}"))? else {
+        return Ok(Standing::Incomplete);
+    };
+    let m = match RunManifest::parse(&bytes) {
+        Ok(m) => m,
+        Err(e) => return Ok(Standing::Doubtful(e)),
+    };
+    let Some(k) = key else { return Ok(Standing::Complete) };
+    let encrypted = m.files.iter().any(|f| f.name.ends_with(encryption::manifest::SUFFIX));
+    Ok(match m.authenticity(k) {
+        backend::Authenticity::Valid => Standing::Complete,
+        backend::Authenticity::Unsigned if !encrypted => Standing::Complete,
+        backend::Authenticity::Unsigned => Standing::Doubtful("its run manifest carries no MAC".into()),
+        backend::Authenticity::Invalid => Standing::Doubtful("its run manifest's MAC does not match the key".into()),
+    })
+}
+
+/// Applies retention to one destination: the rules over complete, authenticated runs (the
+/// newest always kept), then incomplete runs past their age that no run here still owns.
+pub fn apply_retention(d: &dyn Backend, prefix: &str, rules: &Rules, report: &mut StageReport) -> Result<()> {
     let runs = d.runs(prefix)?;
     let mut complete = Vec::new();
+    let mut stale = Vec::new();
+    let now = chrono::Utc::now();
     for r in &runs {
-        if manifest_of(d, prefix, r)?.is_some() {
-            complete.push(r.clone());
-        } else if r != current {
-            report
-                .warn(format!("{}: run {r} is incomplete (no run manifest); retention leaves it alone", d.describe()));
+        match standing(d, prefix, r, rules.key)? {
+            Standing::Complete => complete.push(r.clone()),
+            Standing::Doubtful(why) => report.warn(format!(
+                "{}: run {r} is not authenticated ({why}); retention neither counts nor deletes it",
+                d.describe()
+            )),
+            Standing::Incomplete => {
+                let owned = Some(r.as_str()) == rules.current || rules.pending.contains(r);
+                let old = retention::run_time(r).is_some_and(|t| t < rules.incomplete_after.before(now));
+                if !owned && old {
+                    stale.push(r.clone());
+                } else if !owned {
+                    report.warn(format!("{}: run {r} is incomplete (no run manifest); left alone until it is older", d.describe()));
+                }
+            }
         }
     }
-    let decisions = retention::decide(&complete, pol, Some(current));
+    let decisions = retention::decide(&complete, rules.policy, rules.current);
     let mut removed = Vec::new();
-    for dec in decisions.iter().filter(|d| !d.keep) {
-        if dry {
-            log::info!("{}: would delete run {} (DRY_RUN)", d.describe(), dec.run_id);
+    let doomed = decisions.iter().filter(|d| !d.keep).map(|d| (d.run_id.clone(), "by the KEEP rules"));
+    for (run, why) in doomed.chain(stale.into_iter().map(|r| (r, "incomplete and old"))) {
+        if rules.dry {
+            log::info!("{}: would delete run {run} ({why}; DRY_RUN)", d.describe());
         } else {
-            d.delete_run(prefix, &dec.run_id)?;
-            log::info!("{}: deleted run {}", d.describe(), dec.run_id);
+            d.delete_run(prefix, &run)?;
+            log::info!("{}: deleted run {run} ({why})", d.describe());
         }
-        removed.push(dec.run_id.clone());
+        removed.push(run);
     }
-    report.set(if dry { "would_delete" } else { "deleted" }, removed);
+    let kept = decisions.iter().filter(|d| d.keep).map(|d| format!("{} ({})", d.run_id, d.reasons.join(", ")));
+    append(report, if rules.dry { "would_delete" } else { "deleted" }, removed.into_iter(), &d.describe());
+    append(report, "kept", kept, &d.describe());
     Ok(())
+}
+
+/// Adds `items` to the list `key` of the report, each tagged with its destination.
+fn append(report: &mut StageReport, key: &str, items: impl Iterator<Item = String>, dest: &str) {
+    let mut list = match report.data.remove(key) {
+        Some(serde_json::Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    list.extend(items.map(|i| serde_json::Value::String(format!("{dest}: {i}"))));
+    report.set(key, list);
+}
+
+/// `backup-runner prune`: a storage section's retention applied to its destinations without
+/// storing anything. Fails when no KEEP_* rule is set.
+pub fn prune(p: &Params, general: &ncb_core::context::General, pending: Vec<String>, dry: bool) -> Result<StageReport> {
+    let pol = policy(p)?;
+    if pol.is_empty() {
+        return Err(Error::usage("no KEEP_* rule in this storage section: nothing to prune"));
+    }
+    let key = p.path("KEY_FILE").map(|k| encryption::key::load(&k)).transpose()?;
+    let rules = Rules { policy: pol, current: None, key: key.as_ref(), incomplete_after: incomplete_after(p)?, pending, dry };
+    let mut report = StageReport::new(STAGE.name);
+    for dest in destinations(p, general)? {
+        apply_retention(dest.backend.as_ref(), &dest.prefix, &rules, &mut report)
+            .map_err(|e| e.context(&dest.backend.describe()))?;
+    }
+    Ok(report)
 }
