@@ -1,7 +1,9 @@
-//! Key files. Format: 64 hexadecimal characters (32 random bytes), optionally followed by a
-//! newline — what `encryption --generate-key` writes, mode 0600. Any other file of at least 32
-//! bytes (an nc-backup-py key file) is used whole as high-entropy key material. A key file
-//! that group or others may access is refused.
+//! Key files. Two forms, nothing else: 64 hexadecimal digits (32 random bytes), optionally
+//! surrounded by whitespace (a trailing newline) — what `encryption --generate-key` writes,
+//! mode 0600; or exactly 32 raw bytes (one trailing newline ignored). Anything else is refused
+//! naming the file, rather than used whole as some other key: a hex key with a comment line
+//! after it must not silently become a different key. A key file that group or others may
+//! access is refused.
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -66,22 +68,35 @@ pub fn load(path: &Path) -> Result<MasterKey> {
             path.display()
         )));
     }
-    let raw = std::fs::read(path).at("cannot read key file", path)?;
-    let text = String::from_utf8_lossy(&raw);
-    let t = text.trim();
-    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let key = hex::decode(t).map_err(|e| Error::usage(format!("key file {}: {e}", path.display())))?;
-        return Ok(MasterKey(key));
+    let mut raw = std::fs::read(path).at("cannot read key file", path)?;
+    let key = parse(&raw).map_err(|what| {
+        Error::usage(format!(
+            "key file {}: {what}; expected 64 hexadecimal digits (optionally followed by a newline), as `encryption --generate-key FILE` writes, or exactly 32 raw bytes",
+            path.display()
+        ))
+    });
+    raw.iter_mut().for_each(|b| *b = 0);
+    key
+}
+
+/// The key in a key file's bytes, or what is wrong with them (never quoting them).
+fn parse(raw: &[u8]) -> std::result::Result<MasterKey, String> {
+    let t = raw.trim_ascii();
+    if t.len() == 64 && t.iter().all(u8::is_ascii_hexdigit) {
+        return hex::decode(t).map(MasterKey).map_err(|e| e.to_string());
     }
-    let material = raw.strip_suffix(b"\n").unwrap_or(&raw).to_vec();
-    if material.len() < 32 {
-        return Err(Error::usage(format!(
-            "key file {} holds {} bytes: too short to be a key (generate one with: encryption --generate-key FILE)",
-            path.display(),
-            material.len()
-        )));
+    let bytes = match raw {
+        [b @ .., b'\n'] if b.len() == 32 => b,
+        b => b,
+    };
+    if bytes.len() == 32 {
+        return Ok(MasterKey(bytes.to_vec()));
     }
-    Ok(MasterKey(material))
+    let first_line = raw.split(|&b| b == b'\n').next().unwrap_or_default().trim_ascii();
+    if first_line.len() == 64 && first_line.iter().all(u8::is_ascii_hexdigit) {
+        return Err("64 hexadecimal digits followed by more lines (a comment?): leave only the key in the file".into());
+    }
+    Err(format!("it holds {} bytes, which are neither form", raw.len()))
 }
 
 /// Writes a new random key, mode 0600. Never overwrites: an existing file may be the only
@@ -119,12 +134,40 @@ mod tests {
         assert!(e.contains("chmod 600") && e.contains("0640"), "{e}");
     }
 
-    #[test]
-    fn short_legacy_keys_are_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let k = d.path().join("key");
-        std::fs::write(&k, b"password\n").unwrap();
+    fn write_key(dir: &Path, bytes: &[u8]) -> std::path::PathBuf {
+        let k = dir.join("key");
+        std::fs::write(&k, bytes).unwrap();
         std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(load(&k).unwrap_err().to_string().contains("too short"));
+        k
+    }
+
+    #[test]
+    fn only_the_documented_forms_are_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let hex64 = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let want = hex::decode(hex64).unwrap();
+        for ok in [hex64.to_owned(), format!("{hex64}\n"), format!("  {hex64}\r\n\n")] {
+            let k = write_key(d.path(), ok.as_bytes());
+            assert_eq!(load(&k).unwrap().bytes(), want, "{ok:?}");
+        }
+        let raw: Vec<u8> = (0u8..32).map(|b| b.wrapping_mul(37)).collect();
+        assert_eq!(load(&write_key(d.path(), &raw)).unwrap().bytes(), raw);
+        assert_eq!(load(&write_key(d.path(), &[raw.as_slice(), b"\n"].concat())).unwrap().bytes(), raw);
+        let refused = [
+            (format!("{hex64}\n# made 2026-01-01 for web1\n").into_bytes(), "followed by more lines"),
+            (b"12345".to_vec(), "holds 5 bytes"),
+            (b"password\n".to_vec(), "holds 9 bytes"),
+            (vec![7u8; 33], "holds 33 bytes"),
+            (vec![b'a'; 48], "holds 48 bytes"),
+            (Vec::new(), "holds 0 bytes"),
+        ];
+        for (bytes, why) in refused {
+            let k = write_key(d.path(), &bytes);
+            let e = load(&k).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(why) && msg.contains(&k.display().to_string()), "{msg}");
+            assert!(msg.contains("64 hexadecimal digits") && msg.contains("32 raw bytes"), "{msg}");
+            assert_eq!(e.exit_status(), ncb_core::ExitStatus::Usage);
+        }
     }
 }

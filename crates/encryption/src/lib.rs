@@ -69,6 +69,12 @@ fn validate(p: &Params) -> Vec<Problem> {
     if p.u64("FILE_SIZE").ok().flatten() == Some(0) {
         problems.push(Problem { key: "FILE_SIZE".into(), message: "must be at least 1 (MB)".into() });
     }
+    // Its mode and its form, as the run will find them (the key itself is dropped at once).
+    if let Some(k) = p.path("KEY_FILE")
+        && let Err(e) = key::load(&k)
+    {
+        problems.push(Problem { key: "KEY_FILE".into(), message: e.to_string() });
+    }
     problems
 }
 
@@ -176,4 +182,30 @@ fn encrypt(p: &Params, master: &key::MasterKey, report: &mut StageReport) -> Res
     report.set("files", files.len());
     report.set("plaintext_bytes", plain);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// `--check` (and the stage before it starts) refuses a key file the run would refuse.
+    #[test]
+    fn validate_checks_the_key_file() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("key");
+        key::generate(&k).unwrap();
+        let mut p = Params::new();
+        p.set("KEY_FILE", k.display().to_string());
+        p.set("OBJECTIVES", "/x");
+        p.set("DESTINATION", "/y");
+        assert_eq!(STAGE.check(&p), []);
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let found = STAGE.check(&p);
+        assert!(found.len() == 1 && found[0].key == "KEY_FILE" && found[0].message.contains("chmod 600"), "{found:?}");
+        std::fs::write(&k, b"12345").unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let found = STAGE.check(&p);
+        assert!(found.len() == 1 && found[0].message.contains("holds 5 bytes"), "{found:?}");
+    }
 }
