@@ -8,8 +8,8 @@ use ncb_archive::{Exclude, Options, Root, Settings};
 use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Result, StageCtx, StageDef, StageReport};
 
-pub static PARAMS: [ParamSpec; 11] = [
-    ParamSpec::new("FILESET_INCLUDE", Kind::Paths, "Files and folders to back up").required(),
+pub static PARAMS: [ParamSpec; 12] = [
+    ParamSpec::new("FILESET_INCLUDE", Kind::Paths, "Files and folders to back up [required unless ALLOW_EMPTY]"),
     ParamSpec::new(
         "FILESET_EXCLUDE",
         Kind::List,
@@ -33,6 +33,11 @@ pub static PARAMS: [ParamSpec; 11] = [
         Kind::Bool,
         "An include path that does not exist is a warning (default False: an error)",
     ),
+    ParamSpec::new(
+        "ALLOW_EMPTY",
+        Kind::Bool,
+        "An empty FILESET_INCLUDE makes an empty archive (default False: an error)",
+    ),
     FORMAT_PARAM,
     LEVEL_PARAM,
     ParamSpec::new("TAR_COMMAND", Kind::Ignored, "nc-backup-py's tar command line"),
@@ -51,6 +56,9 @@ pub static STAGE: StageDef = StageDef {
 fn validate(p: &Params) -> Vec<Problem> {
     let mut problems = Vec::new();
     problems.extend(Settings::check(p));
+    if let Err(message) = check_not_empty(p) {
+        problems.push(Problem { key: "FILESET_INCLUDE".into(), message });
+    }
     if !p.flag("IGNORE_MISSING", false).unwrap_or(false) {
         let missing: Vec<String> = p
             .paths("FILESET_INCLUDE")
@@ -67,6 +75,16 @@ fn validate(p: &Params) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// An empty FILESET_INCLUDE (absent, "" or []) would back up nothing, night after night,
+/// without failing: an error unless ALLOW_EMPTY says it is meant.
+fn check_not_empty(p: &Params) -> std::result::Result<(), String> {
+    if p.flag("ALLOW_EMPTY", false).unwrap_or(false) || !p.list("FILESET_INCLUDE").unwrap_or_default().is_empty() {
+        return Ok(());
+    }
+    let what = if p.has("FILESET_INCLUDE") { "is empty" } else { "missing required parameter" };
+    Err(format!("{what}: nothing would be backed up (ALLOW_EMPTY True if an empty archive is meant)"))
 }
 
 /// Reads the options shared with `compression`.
@@ -90,6 +108,7 @@ pub fn options(p: &Params) -> Result<Options> {
 }
 
 fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
+    check_not_empty(p).map_err(|e| ncb_core::Error::usage(format!("--FILESET_INCLUDE: {e}")))?;
     let opts = options(p)?;
     if p.has("TAR_COMMAND") {
         log::info!("TAR_COMMAND is ignored: archives are written in-process");
@@ -119,4 +138,52 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     report.set("bytes_in", stats.bytes);
     report.artifacts.push(artifact);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(include: Option<&str>, allow_empty: Option<&str>) -> Params {
+        let mut p = Params::new();
+        if let Some(i) = include {
+            p.set("FILESET_INCLUDE", i);
+        }
+        if let Some(a) = allow_empty {
+            p.set("ALLOW_EMPTY", a);
+        }
+        p
+    }
+
+    #[test]
+    fn an_empty_include_is_an_error_unless_allowed() {
+        for (include, why) in
+            [(Some(""), "is empty"), (Some("[]"), "is empty"), (Some("  "), "is empty"), (None, "missing")]
+        {
+            let found = STAGE.check(&params(include, None));
+            assert!(
+                found.len() == 1 && found[0].key == "FILESET_INCLUDE" && found[0].message.contains(why),
+                "{include:?}: {found:?}"
+            );
+            assert!(found[0].message.contains("ALLOW_EMPTY"), "{found:?}");
+            assert_eq!(STAGE.check(&params(include, Some("True"))), [], "{include:?}");
+        }
+        assert_eq!(STAGE.check(&params(Some("/"), None)), []);
+    }
+
+    #[test]
+    fn an_empty_include_fails_the_run_and_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = StageCtx::new(ncb_core::General::default(), "r1".into(), "FILES".into());
+        let mut p = params(Some("[]"), None);
+        p.set("DESTINATION", d.path().join("out").display().to_string());
+        let e = STAGE.execute(&ctx, &p).unwrap_err();
+        assert_eq!(e.exit_status(), ncb_core::ExitStatus::Usage);
+        assert!(e.to_string().contains("FILESET_INCLUDE") && e.to_string().contains("ALLOW_EMPTY"), "{e}");
+        assert!(!d.path().join("out").exists());
+        p.set("ALLOW_EMPTY", "True");
+        let report = STAGE.execute(&ctx, &p).unwrap();
+        assert_eq!(report.artifacts.len(), 1);
+        assert_eq!(report.data["files"], 0);
+    }
 }
