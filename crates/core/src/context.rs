@@ -79,6 +79,61 @@ pub fn log_file_of(log_folder: &Path) -> PathBuf {
     if is_file { log_folder.to_path_buf() } else { log_folder.join("nc-backup.log") }
 }
 
+/// Why the run must not append its log to `log_file`, when it already exists and is not a
+/// log: the config itself (same file, by device and inode), a JSON document, or not text.
+pub fn check_log_file(log_file: &Path, config: Option<&Path>) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(log_file) else {
+        return Ok(());
+    };
+    if !meta.is_file() {
+        return Ok(());
+    }
+    let shown = log_file.display();
+    if let Some(c) = config.and_then(|c| std::fs::metadata(c).ok())
+        && (c.dev(), c.ino()) == (meta.dev(), meta.ino())
+    {
+        return Err(format!("the log file {shown} is the config file itself: the run would append its log to it"));
+    }
+    const HEAD: u64 = 1 << 20;
+    let mut head = Vec::new();
+    std::fs::File::open(log_file)
+        .and_then(|f| f.take(HEAD).read_to_end(&mut head))
+        .map_err(|e| format!("cannot read the log file {shown}: {e}"))?;
+    let first = head.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first, Some(b'{' | b'['))
+        && meta.len() <= HEAD
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&head).is_ok()
+    {
+        return Err(format!(
+            "the log file {shown} is a JSON file, not a log: the run would append its log to it (give a folder or a .log file)"
+        ));
+    }
+    if !looks_like_text(&head) {
+        return Err(format!(
+            "the log file {shown} is not a text file, not a log: the run would append its log to it (give a folder or a .log file)"
+        ));
+    }
+    Ok(())
+}
+
+/// No NUL byte, and at most one character in ten unprintable (or not UTF-8).
+fn looks_like_text(head: &[u8]) -> bool {
+    if head.contains(&0) {
+        return false;
+    }
+    let text = String::from_utf8_lossy(head);
+    let (mut all, mut odd) = (0usize, 0usize);
+    for c in text.chars() {
+        all += 1;
+        if c == char::REPLACEMENT_CHARACTER || (c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\x0c' | '\x1b')) {
+            odd += 1;
+        }
+    }
+    odd * 10 <= all
+}
+
 /// This machine's host name (used when HOSTNAME is not set).
 pub fn system_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -163,6 +218,32 @@ mod tests {
         assert_eq!(log_file_of(&f), f);
         let plain = d.path().join("logs");
         assert_eq!(log_file_of(&plain), plain.join("nc-backup.log"));
+    }
+
+    #[test]
+    fn log_files_that_are_not_logs_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("conf.json");
+        std::fs::write(&conf, "{\"GENERAL\": {}}\n").unwrap();
+        let e = check_log_file(&conf, Some(&conf)).unwrap_err();
+        assert!(e.contains("the config file itself"), "{e}");
+        // The same file by another name (a symbolic link) is still the config.
+        let link = d.path().join("l.log");
+        std::os::unix::fs::symlink(&conf, &link).unwrap();
+        assert!(check_log_file(&link, Some(&conf)).unwrap_err().contains("config file itself"));
+        // Some other JSON file, or a binary one.
+        let other = d.path().join("other.json");
+        std::fs::write(&other, "[1, 2]").unwrap();
+        assert!(check_log_file(&other, Some(&conf)).unwrap_err().contains("JSON file"));
+        let bin = d.path().join("data.log");
+        std::fs::write(&bin, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]).unwrap();
+        assert!(check_log_file(&bin, None).unwrap_err().contains("not a text file"));
+        // A log, a missing file and a folder are fine.
+        let log = d.path().join("nc.log");
+        std::fs::write(&log, "2026-01-01 04:00:00 INFO  [backup-runner] run started\n").unwrap();
+        assert_eq!(check_log_file(&log, Some(&conf)), Ok(()));
+        assert_eq!(check_log_file(&d.path().join("new.log"), Some(&conf)), Ok(()));
+        assert_eq!(check_log_file(d.path(), Some(&conf)), Ok(()));
     }
 
     #[test]

@@ -98,6 +98,40 @@ pub fn looks_secret(key: &str) -> bool {
         || k.ends_with("_KEY")
 }
 
+/// Keys starting with `_`, and keys named COMMENT or DESCRIPTION (any case), are notes for
+/// people: a config may hold them at any level, and they never reach a stage.
+pub fn is_note(key: &str) -> bool {
+    key.starts_with('_') || key.eq_ignore_ascii_case("COMMENT") || key.eq_ignore_ascii_case("DESCRIPTION")
+}
+
+/// Where the passwords of URLs (`scheme://user:PASSWORD@host/...`) are in `v`, as byte ranges;
+/// every URL in the value counts (lists hold several).
+pub fn url_passwords(v: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = v[from..].find("://") {
+        let start = from + i + 3;
+        let rest = &v[start..];
+        let end = rest
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | ']') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let authority = &rest[..end];
+        if let Some(at) = authority.rfind('@')
+            && let Some(colon) = authority[..at].find(':')
+            && colon + 1 < at
+        {
+            out.push(start + colon + 1..start + at);
+        }
+        from = start + end;
+    }
+    out
+}
+
+/// True when `v` holds a URL with a password in it.
+pub fn has_url_password(v: &str) -> bool {
+    !url_passwords(v).is_empty()
+}
+
 /// A parameter problem found by [`check`]: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -247,7 +281,7 @@ pub fn json_to_arg(v: &serde_json::Value) -> std::result::Result<String, String>
 pub fn check(specs: &[&ParamSpec], params: &Params) -> Vec<Problem> {
     let mut problems = Vec::new();
     for key in params.keys() {
-        if !specs.iter().any(|s| s.key == key) {
+        if !specs.iter().any(|s| s.key == key) && !is_note(key) {
             let mut message = "unknown parameter".to_owned();
             if let Some(near) = nearest(key, specs) {
                 message.push_str(&format!(" (did you mean {near}?)"));
@@ -442,6 +476,28 @@ mod tests {
         assert!(looks_secret("AWS_SECRET_ACCESS_KEY"));
         assert!(!looks_secret("KEY_FILE"));
         assert!(!looks_secret("CREDENTIAL_PATH"));
+    }
+
+    #[test]
+    fn notes_are_not_parameters() {
+        static SPECS: [ParamSpec; 1] = [ParamSpec::new("OBJECTIVES", Kind::Paths, "")];
+        let mut p = Params::new();
+        p.set("OBJECTIVES", "/x");
+        p.set("_comment", "why");
+        p.set("DESCRIPTION", "what");
+        assert!(check(&[&SPECS[0]], &p).is_empty());
+        assert!(is_note("_x") && is_note("Comment") && is_note("DESCRIPTION") && !is_note("OBJECTIVES"));
+    }
+
+    #[test]
+    fn url_passwords_are_found() {
+        let v = "https://u:pw@h/x";
+        assert_eq!(url_passwords(v).into_iter().map(|r| &v[r]).collect::<Vec<_>>(), ["pw"]);
+        let list = r#"["s3://a:one@h", "/x", "ftp://b:two@h:21/p"]"#;
+        assert_eq!(url_passwords(list).into_iter().map(|r| &list[r]).collect::<Vec<_>>(), ["one", "two"]);
+        for clean in ["https://u@h/x", "https://h/x@y", "/plain", "https://h:443/p", "https://u:@h/"] {
+            assert!(!has_url_password(clean), "{clean}");
+        }
     }
 
     #[test]

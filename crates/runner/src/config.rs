@@ -70,6 +70,8 @@ pub struct Config {
     pub sections: Vec<RawSection>,
     /// The NOTIFY section (reserved name, like GENERAL).
     pub notify: crate::notify::Notify,
+    /// How many sections the file declares besides GENERAL and NOTIFY (with problems or not).
+    pub declared_sections: usize,
 }
 
 /// Keys of GENERAL: (key, required).
@@ -118,13 +120,13 @@ pub fn load(path: &Path) -> Result<Parsed, Vec<ConfigProblem>> {
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<ConfigProblem>> {
-    let root: Value = serde_json::from_str(text).map_err(|e| {
+    let (root, duplicates) = json::parse(text).map_err(|e| {
         vec![ConfigProblem::new(None, None, format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column()))]
     })?;
     let Value::Object(root) = root else {
         return Err(vec![ConfigProblem::new(None, None, "the config must be a JSON object of sections")]);
     };
-    let mut problems = Vec::new();
+    let mut problems: Vec<ConfigProblem> = duplicates.iter().filter_map(|d| duplicate_problem(d)).collect();
     let general = match root.get("GENERAL") {
         None => {
             problems.push(ConfigProblem::new(Some("GENERAL"), None, "missing mandatory section GENERAL"));
@@ -138,15 +140,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<ConfigProblem>> {
     };
     let mut sections = Vec::new();
     let mut notify = crate::notify::Notify::default();
+    let mut declared_sections = 0;
     for (name, value) in root.iter().filter(|(k, _)| k.as_str() != "GENERAL") {
-        if is_comment(name) {
+        if is_note(name) {
             continue;
         }
         if name == crate::notify::SECTION {
             match value {
-                Value::Object(body) => notify = crate::notify::parse(body, &mut problems),
+                Value::Object(body) => notify = crate::notify::parse(&without_notes(body), &mut problems),
                 _ => problems.push(ConfigProblem::new(Some(name), None, "must be an object")),
             }
+            continue;
+        }
+        declared_sections += 1;
+        if name.trim().is_empty() {
+            problems.push(ConfigProblem::new(Some(&format!("{name:?}")), None, "a section needs a name"));
             continue;
         }
         match value {
@@ -158,18 +166,66 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<ConfigProblem>> {
             _ => problems.push(ConfigProblem::new(Some(name), None, "a section must be an object")),
         }
     }
-    Ok((Config { path: path.to_path_buf(), general, sections, notify }, problems))
+    Ok((Config { path: path.to_path_buf(), general, sections, notify, declared_sections }, problems))
+}
+
+/// A key repeated in one JSON object, as a problem; None inside notes.
+fn duplicate_problem(path: &[String]) -> Option<ConfigProblem> {
+    if path.iter().any(|k| is_note(k)) {
+        return None;
+    }
+    match path {
+        [] => None,
+        [section] => Some(ConfigProblem::new(Some(section), None, "duplicate section name")),
+        [section, key @ ..] => Some(ConfigProblem::new(Some(section), Some(&key.join(".")), "duplicate key")),
+    }
 }
 
 /// Keys starting with `_` or named COMMENT/DESCRIPTION are notes for people.
-fn is_comment(key: &str) -> bool {
-    key.starts_with('_') || key.eq_ignore_ascii_case("COMMENT") || key.eq_ignore_ascii_case("DESCRIPTION")
+fn is_note(key: &str) -> bool {
+    ncb_core::params::is_note(key)
+}
+
+fn without_notes(body: &Map<String, Value>) -> Map<String, Value> {
+    body.iter().filter(|(k, _)| !is_note(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A NUL cannot be passed in an argument: the run would fail to start the stage.
+fn check_nul(value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        Err("contains a NUL character, which no program argument can hold".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// A GENERAL value: a string (a number is taken as text); SCHEDULE may be a list of strings.
+fn general_value(k: &str, v: &Value) -> Result<String, String> {
+    let found = match v {
+        Value::String(s) => {
+            check_nul(s)?;
+            if k == "HOSTNAME"
+                && let Some(c) = s.chars().find(|c| c.is_control())
+            {
+                return Err(format!("contains a control character ({:?}); a host name is one line of text", c));
+            }
+            return Ok(s.clone());
+        }
+        Value::Number(n) if k != "HOSTNAME" => return Ok(n.to_string()),
+        Value::Array(_) if k == "SCHEDULE" => return ncb_core::params::json_to_arg(v),
+        Value::Number(_) => "a number",
+        Value::Array(_) => "a list",
+        Value::Bool(_) => "a boolean",
+        Value::Object(_) => "an object",
+        Value::Null => "null",
+    };
+    Err(format!("must be a string, not {found}"))
 }
 
 fn parse_general(g: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (k, v) in g {
-        if is_comment(k) {
+        if is_note(k) {
             continue;
         }
         if !GENERAL_KEYS.iter().any(|(key, _)| key == k) {
@@ -181,7 +237,7 @@ fn parse_general(g: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> V
             ));
             continue;
         }
-        match ncb_core::params::json_to_arg(v) {
+        match general_value(k, v) {
             Ok(s) => {
                 if k == "SCHEDULE"
                     && let Err(e) = crate::schedule::parse_list(&s)
@@ -195,7 +251,8 @@ fn parse_general(g: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> V
     }
     for (key, required) in GENERAL_KEYS {
         let present = out.iter().any(|(k, v)| k == key && !v.trim().is_empty());
-        if required && !present {
+        let refused = problems.iter().any(|p| p.section.as_deref() == Some("GENERAL") && p.key.as_deref() == Some(key));
+        if required && !present && !refused {
             problems.push(ConfigProblem::new(Some("GENERAL"), Some(key), "missing mandatory key"));
         }
     }
@@ -218,7 +275,7 @@ fn text(name: &str, body: &Map<String, Value>, key: &str, problems: &mut Vec<Con
 fn parse_section(name: &str, body: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> Option<RawSection> {
     let before = problems.len();
     for k in body.keys() {
-        if !SECTION_KEYS.contains(&k.as_str()) && !is_comment(k) {
+        if !SECTION_KEYS.contains(&k.as_str()) && !is_note(k) {
             let hint = if k.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
                 " (stage parameters belong inside PARAMETERS)"
             } else {
@@ -251,7 +308,8 @@ fn parse_section(name: &str, body: &Map<String, Value>, problems: &mut Vec<Confi
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Object(p)) => p
             .iter()
-            .filter_map(|(k, v)| match ncb_core::params::json_to_arg(v) {
+            .filter(|(k, _)| !is_note(k))
+            .filter_map(|(k, v)| match ncb_core::params::json_to_arg(v).and_then(|s| check_nul(&s).map(|()| s)) {
                 Ok(s) => Some((k.clone(), s)),
                 Err(e) => {
                     problems.push(ConfigProblem::new(Some(name), Some(&format!("PARAMETERS.{k}")), e));
@@ -297,6 +355,91 @@ fn parse_section(name: &str, body: &Map<String, Value>, problems: &mut Vec<Confi
         on_failure,
     };
     (problems.len() == before).then_some(section)
+}
+
+/// JSON read into the same [`Value`] serde_json builds (objects in file order, a repeated key
+/// keeping its first place and its last value), recording every repeated key with its path,
+/// which serde_json alone would drop without a word.
+mod json {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    /// The document and the paths of the repeated keys (`["STORAGE"]`, `["S", "PARAMETERS", "K"]`).
+    pub fn parse(text: &str) -> serde_json::Result<(Value, Vec<Vec<String>>)> {
+        let mut duplicates = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let value = Node { path: Vec::new(), duplicates: &mut duplicates }.deserialize(&mut de)?;
+        de.end()?;
+        Ok((value, duplicates))
+    }
+
+    struct Node<'a> {
+        path: Vec<String>,
+        duplicates: &'a mut Vec<Vec<String>>,
+    }
+
+    impl Node<'_> {
+        fn child(&mut self, key: String) -> Node<'_> {
+            let mut path = self.path.clone();
+            path.push(key);
+            Node { path, duplicates: self.duplicates }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Node<'_> {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Node<'_> {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(v) = seq.next_element_seed(self.child(items.len().to_string()))? {
+                items.push(v);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value = map.next_value_seed(self.child(key.clone()))?;
+                if out.contains_key(&key) {
+                    let mut path = self.path.clone();
+                    path.push(key.clone());
+                    self.duplicates.push(path);
+                }
+                out.insert(key, value);
+            }
+            Ok(Value::Object(out))
+        }
+    }
 }
 
 /// `3600`, `"90"`, `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"1h30m"`.
@@ -361,5 +504,94 @@ mod tests {
         assert_eq!(names, ["Z", "A"]);
         let (_, e) = parse(Path::new("c.json"), r#"{"X":{"ACTION":"run","OBJECTIVES":"/a"}}"#).unwrap();
         assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    const G: &str = r#""GENERAL":{"HOSTNAME":"h","WORK_FOLDER":"/w","LOG_FOLDER":"/l"}"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(Path::new("c.json"), text) {
+            Ok((_, p)) | Err(p) => p.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn repeated_keys_are_reported_where_they_are() {
+        let p = problems(&format!(
+            r#"{{{G}, "STORAGE": {{"ACTION": "load", "NAME": "size-calc", "ACTION": "load",
+                "PARAMETERS": {{"OBJECTIVES": "/a", "OBJECTIVES": "/b"}}}},
+              "STORAGE": {{"ACTION": "load", "NAME": "size-calc"}},
+              "GENERAL": {{"HOSTNAME": "h", "WORK_FOLDER": "/w", "LOG_FOLDER": "/l", "LOG_FOLDER": "/m"}}}}"#
+        ));
+        for want in [
+            "section STORAGE, key ACTION: duplicate key",
+            "section STORAGE, key PARAMETERS.OBJECTIVES: duplicate key",
+            "section STORAGE: duplicate section name",
+            "section GENERAL: duplicate section name",
+            "section GENERAL, key LOG_FOLDER: duplicate key",
+        ] {
+            assert!(p.iter().any(|l| l == want), "no {want:?} in {p:#?}");
+        }
+        assert_eq!(p.len(), 5, "{p:#?}");
+        // Notes may repeat: they are ignored anyway.
+        let p = problems(&format!(
+            r#"{{"_c": 1, "_c": 2, {G}, "S": {{"_note": "a", "_note": "b", "ACTION": "load", "NAME": "size-calc",
+                "PARAMETERS": {{"OBJECTIVES": "/a", "COMMENT": "x", "COMMENT": "y"}}}}}}"#
+        ));
+        assert!(p.is_empty(), "{p:#?}");
+    }
+
+    #[test]
+    fn general_values_must_be_text() {
+        for (value, found) in [("[\"a\"]", "a list"), ("true", "a boolean"), ("{}", "an object"), ("null", "null")] {
+            let p =
+                problems(&format!(r#"{{"GENERAL": {{"HOSTNAME": "h", "WORK_FOLDER": {value}, "LOG_FOLDER": "/l"}}}}"#));
+            assert!(p.contains(&format!("section GENERAL, key WORK_FOLDER: must be a string, not {found}")), "{p:#?}");
+        }
+        let p = problems(r#"{"GENERAL": {"HOSTNAME": 7, "WORK_FOLDER": 1, "LOG_FOLDER": "/l"}}"#);
+        assert_eq!(p, ["section GENERAL, key HOSTNAME: must be a string, not a number"]);
+        for bad in [r"web\u0000", r"web\n1", r"w\teb"] {
+            let p = problems(&format!(
+                r#"{{"GENERAL": {{"HOSTNAME": "{bad}", "WORK_FOLDER": "/w", "LOG_FOLDER": "/l"}}}}"#
+            ));
+            assert!(p.len() == 1 && p[0].starts_with("section GENERAL, key HOSTNAME: contains a"), "{bad}: {p:#?}");
+        }
+        let (c, p) = parse(
+            Path::new("c.json"),
+            r#"{"GENERAL": {"HOSTNAME": "h", "WORK_FOLDER": "/w", "LOG_FOLDER": "/l", "SCHEDULE": ["@daily"]}}"#,
+        )
+        .unwrap();
+        assert!(p.is_empty() && c.general("SCHEDULE") == Some(r#"["@daily"]"#), "{p:?}");
+    }
+
+    #[test]
+    fn empty_section_names_are_refused() {
+        let p = problems(&format!(r#"{{{G}, "": {{"ACTION": "load", "NAME": "size-calc"}}}}"#));
+        assert_eq!(p, [r#"section "": a section needs a name"#]);
+    }
+
+    #[test]
+    fn notes_are_ignored_at_every_level() {
+        let (c, p) = parse(
+            Path::new("c.json"),
+            &format!(
+                r#"{{"_comment": [1], "DESCRIPTION": {{}}, {G},
+                  "NOTIFY": {{"_why": null, "COMMENT": 5, "RETRIES": 1}},
+                  "S": {{"ACTION": "execute", "NAME": "size-calc", "description": "x", "_": {{"a": null}},
+                    "PARAMETERS": {{"_comment": "about OBJECTIVES", "OBJECTIVES": "/a", "Comment": null}}}}}}"#
+            ),
+        )
+        .unwrap();
+        assert!(p.is_empty(), "{p:#?}");
+        assert_eq!(c.declared_sections, 1);
+        assert_eq!(c.sections[0].params, [("OBJECTIVES".to_owned(), "/a".to_owned())]);
+        assert_eq!(c.notify.retries, 1);
+    }
+
+    #[test]
+    fn nul_in_a_parameter_is_refused() {
+        let p = problems(&format!(
+            r#"{{{G}, "S": {{"ACTION": "load", "NAME": "size-calc", "PARAMETERS": {{"OBJECTIVES": "/a\u0000b"}}}}}}"#
+        ));
+        assert!(p.len() == 1 && p[0].starts_with("section S, key PARAMETERS.OBJECTIVES: contains a NUL"), "{p:#?}");
     }
 }

@@ -57,18 +57,29 @@ impl Step {
         spec_secret || looks_secret(key)
     }
 
+    /// What stays out of argv: secret keys, and for built-in stages (which read
+    /// `NCB_PARAM_<KEY>` for any of their parameters) any value holding a URL password. A user
+    /// program would not know to look there: `--check` refuses those instead.
+    fn is_hidden(&self, key: &str, value: &str) -> bool {
+        self.is_secret(key) || (!matches!(self.target, Target::External { .. }) && params::has_url_password(value))
+    }
+
     /// Secret parameters, which travel in the environment (`NCB_PARAM_KEY`), never in argv.
     pub fn secret_env(&self) -> Vec<(String, String)> {
         self.args
             .iter()
-            .filter(|(k, _)| self.is_secret(k))
+            .filter(|(k, v)| self.is_hidden(k, v))
             .map(|(k, v)| (format!("{}{}", env::PARAM_PREFIX, params::canonical_key(k)), v.clone()))
             .collect()
     }
 
     /// argv after the program: `--KEY value` for every non-secret parameter.
     pub fn flags(&self) -> Vec<String> {
-        self.args.iter().filter(|(k, _)| !self.is_secret(k)).flat_map(|(k, v)| [format!("--{k}"), v.clone()]).collect()
+        self.args
+            .iter()
+            .filter(|(k, v)| !self.is_hidden(k, v))
+            .flat_map(|(k, v)| [format!("--{k}"), v.clone()])
+            .collect()
     }
 
     /// The parameters as a stage receives them.
@@ -114,6 +125,18 @@ pub fn plan(
     let vars = placeholder_vars(&general, run_id, started);
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut problems = Vec::new();
+    if config.declared_sections == 0 {
+        problems.push(ConfigProblem::new(
+            None,
+            None,
+            "nothing to run: the config has no section besides GENERAL and NOTIFY",
+        ));
+    }
+    if let Some(log) = general.log_file()
+        && let Err(e) = ncb_core::context::check_log_file(&log, Some(&config.path))
+    {
+        problems.push(ConfigProblem::new(Some("GENERAL"), Some("LOG_FOLDER"), e));
+    }
     let mut steps = Vec::new();
     for s in &config.sections {
         let before = problems.len();
@@ -199,10 +222,51 @@ fn check_step(step: &Step, s: &RawSection, problems: &mut Vec<ConfigProblem>) {
             }
             *def
         }
-        Target::External { .. } => return,
+        Target::External { .. } => return check_external_args(step, s, problems),
     };
-    for p in def.check(&step.params()) {
+    let found = def.check(&step.params());
+    let key_file_ok = !found.iter().any(|p| p.key == "KEY_FILE");
+    for p in found {
         problems.push(ConfigProblem::new(Some(&s.name), Some(&format!("PARAMETERS.{}", p.key)), p.message));
+    }
+    // storage authenticates the run manifest with KEY_FILE: the same key rules as encryption
+    // (a KEY_FILE it inherits is checked in the encryption section).
+    if def.name == "storage"
+        && key_file_ok
+        && s.params.iter().any(|(k, _)| params::canonical_key(k) == "KEY_FILE")
+        && let Some(path) = step.params().path("KEY_FILE")
+    {
+        let found = match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!("does not exist: {}", path.display())),
+            _ => encryption::key::load(&path).err().map(|e| e.to_string()),
+        };
+        if let Some(message) = found {
+            problems.push(ConfigProblem::new(Some(&s.name), Some("PARAMETERS.KEY_FILE"), message));
+        }
+    }
+}
+
+/// A user program gets its parameters in argv, which every user of the machine can read: a
+/// password in a URL there is refused (secret keys travel in the environment instead).
+fn check_external_args(step: &Step, s: &RawSection, problems: &mut Vec<ConfigProblem>) {
+    for (k, v) in &step.args {
+        if step.is_secret(k) || !params::has_url_password(v) {
+            continue;
+        }
+        let (section, key) = if s.params.iter().any(|(p, _)| p == k) {
+            (s.name.as_str(), format!("PARAMETERS.{k}"))
+        } else {
+            ("GENERAL", k.clone())
+        };
+        problems.push(ConfigProblem::new(
+            Some(section),
+            Some(&key),
+            format!(
+                "holds a password in a URL ({}), which would reach the program's argv, readable by every user: put the password in a key whose name marks it secret, e.g. {}_PASSWORD, or in a file",
+                mask_url_password(v),
+                params::canonical_key(k)
+            ),
+        ));
     }
 }
 
@@ -316,7 +380,13 @@ fn external(config: &Config, s: &RawSection, exe: &str, problem: &mut impl FnMut
         return None;
     };
     let interpreter = match s.execute_with.as_deref() {
-        None => None,
+        None => {
+            if let Err(e) = check_executable(&program) {
+                problem("EXECUTABLE", e);
+                return None;
+            }
+            None
+        }
         Some(w) => match find_interpreter(w) {
             Some(i) => Some(i),
             None => {
@@ -326,6 +396,29 @@ fn external(config: &Config, s: &RawSection, exe: &str, problem: &mut impl FnMut
         },
     };
     Some(Target::External { program, interpreter })
+}
+
+/// A program run without EXECUTE_WITH must carry an execute bit the runner's user can use.
+fn check_executable(program: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?;
+    let mode = meta.mode();
+    let euid = ncb_core::sys::euid();
+    let runnable = if euid == 0 {
+        mode & 0o111 != 0
+    } else if meta.uid() == euid {
+        mode & 0o100 != 0
+    } else {
+        mode & 0o011 != 0
+    };
+    if runnable {
+        return Ok(());
+    }
+    Err(format!(
+        "program {} is not executable (mode {:04o}): chmod +x it, or set EXECUTE_WITH to its interpreter (bash, python)",
+        program.display(),
+        mode & 0o7777
+    ))
 }
 
 /// `python` falls back to `python3` on systems that ship only the latter.
@@ -353,20 +446,17 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
     beside.filter(|p| p.is_file()).or_else(|| which(name))
 }
 
-/// `https://user:pass@host` -> `https://user:****@host`.
+/// `https://user:pass@host` -> `https://user:****@host`, for every URL in the value.
 pub fn mask_url_password(v: &str) -> String {
-    let Some(scheme_end) = v.find("://") else {
-        return v.to_owned();
-    };
-    let rest = &v[scheme_end + 3..];
-    let auth_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..auth_end].rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!("{}{}:****{}", &v[..scheme_end + 3], &rest[..colon], &rest[at..]),
-            None => v.to_owned(),
-        },
-        None => v.to_owned(),
+    let mut out = String::with_capacity(v.len());
+    let mut last = 0;
+    for r in params::url_passwords(v) {
+        out.push_str(&v[last..r.start]);
+        out.push_str("****");
+        last = r.end;
     }
+    out.push_str(&v[last..]);
+    out
 }
 
 /// The command line of a step as a shell would take it, secrets masked.
@@ -398,5 +488,39 @@ mod tests {
         assert_eq!(mask_url_password("https://u:p@h/x"), "https://u:****@h/x");
         assert_eq!(mask_url_password("https://h/x@y"), "https://h/x@y");
         assert_eq!(mask_url_password("/plain"), "/plain");
+        assert_eq!(mask_url_password("s3://a:b@h ftp://c:d@i/"), "s3://a:****@h ftp://c:****@i/");
+    }
+
+    /// A built-in stage reads any of its parameters from `NCB_PARAM_<KEY>`: a value holding a
+    /// URL password goes there, not into argv.
+    #[test]
+    fn url_passwords_reach_built_in_stages_outside_argv() {
+        let step = Step {
+            section: "S".into(),
+            target: Target::Stage { def: &storage::STAGE, program: Some(PathBuf::from("/bin/storage")) },
+            args: vec![
+                ("ENDPOINT_URL".into(), "https://user:hunter2@s3.example".into()),
+                ("BUCKET_NAME".into(), "b".into()),
+            ],
+            timeout: None,
+            on_failure: OnFailure::Stop,
+        };
+        assert_eq!(step.flags(), ["--BUCKET_NAME", "b"]);
+        assert_eq!(step.secret_env(), [("NCB_PARAM_ENDPOINT_URL".into(), "https://user:hunter2@s3.example".into())]);
+        let shown = display(&step);
+        assert!(shown.contains("NCB_PARAM_ENDPOINT_URL=****") && !shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn programs_without_an_execute_bit_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let prog = d.path().join("backup.sh");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = check_executable(&prog).unwrap_err();
+        assert!(e.contains("not executable (mode 0644)") && e.contains("EXECUTE_WITH"), "{e}");
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_executable(&prog), Ok(()));
     }
 }
