@@ -183,6 +183,58 @@ fn mysql_dump_warns_when_routines_would_be_lost() {
     my_admin(&s, &format!("DROP DATABASE {db}"));
 }
 
+/// A user without the EVENT privilege: `mysqldump --events` would fail the whole dump, while
+/// missing routine grants only lose routines. EVENTS auto (the default) dumps without events
+/// and says what to grant; True insists; with the grant, events are in the dump.
+#[test]
+fn mysql_dump_without_event_privilege_warns_and_dumps_the_rest() {
+    let s = Servers::get();
+    let sb = Sandbox::new();
+    let db = make_mysql_db(&s);
+    let user = unique("ncbnoev");
+    let pw = s.var("NCB_MYSQL_PASSWORD");
+    my_admin(
+        &s,
+        &format!(
+            "CREATE EVENT {db}.nightly ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM {db}.audit;
+             CREATE USER '{user}'@'%' IDENTIFIED BY '{pw}';
+             GRANT SELECT, SHOW VIEW, TRIGGER, LOCK TABLES ON {db}.* TO '{user}'@'%';"
+        ),
+    );
+    let creds = my_creds(&sb, &s, &user, &pw);
+    let dump = |dest: &str, extra: &[&str]| {
+        run(cmd(&bin("mysql-dump"))
+            .arg("--CREDENTIAL_PATH")
+            .arg(&creds)
+            .args(["--HOST", "127.0.0.1", "--PORT", &s.var("NCB_MYSQL_PORT"), "--DATABASES", &db])
+            .arg("--DESTINATION")
+            .arg(sb.join(dest))
+            .arg("--WORK_FOLDER")
+            .arg(sb.join("work"))
+            .args(extra))
+    };
+    let sql = |dest: &str| {
+        let f = only_file(&sb.join(dest), ".sql.gz");
+        sh(&format!("gzip -dc '{}'", f.display()), &[])
+    };
+    let out = dump("auto", &[]).expect(0);
+    let w = out.json()["warnings"].to_string();
+    assert!(w.contains("EVENT privilege") && w.contains(&format!("GRANT EVENT ON `{db}`.* TO '{user}'@'%'")), "{w}");
+    assert!(!sql("auto").contains("EVENT `nightly`"));
+    mysql_restore_matches(&s, &db, &only_file(&sb.join("auto"), ".sql.gz"), false);
+    // EVENTS True: the dump needs them, and fails as mysqldump does, leaving nothing.
+    assert_failed_clean(dump("strict", &["--EVENTS", "True"]), &sb.join("strict"), &[&db, "Access denied"]);
+    // With the grant, the events are dumped and nothing is said about them.
+    my_admin(&s, &format!("GRANT EVENT ON {db}.* TO '{user}'@'%'"));
+    let out = dump("granted", &[]).expect(0);
+    assert!(!out.json()["warnings"].to_string().contains("EVENT"), "{}", out.stdout);
+    assert!(sql("granted").contains("EVENT `nightly`"));
+    // EVENTS False: never.
+    dump("never", &["--EVENTS", "False"]).expect(0);
+    assert!(!sql("never").contains("EVENT `nightly`"));
+    my_admin(&s, &format!("DROP USER '{user}'@'%'; DROP DATABASE {db}"));
+}
+
 fn pg_admin(s: &Servers, db: &str, sql: &str) -> String {
     sh(
         &format!(

@@ -1,5 +1,6 @@
 //! mysql-dump: one consistent dump per database (`--single-transaction --routines --triggers
-//! --events`), streamed through the parallel compressor into
+//! --events`; without `--events` where the user lacks the EVENT privilege, with a warning
+//! saying what to grant, as for routines), streamed through the parallel compressor into
 //! `DESTINATION/PREFIX_FOLDER/<db>_<UTC time>.sql.gz`, written atomically. Locally, over SSH
 //! or in a container. Credentials reach mysqldump only through an option file given as its
 //! first option: a 0600 file in WORK_FOLDER locally (removed after), `/dev/stdin` remotely.
@@ -16,7 +17,7 @@ use ncb_dbdump::{SecretFile, Transport};
 
 pub use creds::Creds;
 
-pub static PARAMS: [ParamSpec; 27] = [
+pub static PARAMS: [ParamSpec; 28] = [
     ParamSpec::new(
         "CREDENTIAL_PATH",
         Kind::Path,
@@ -34,6 +35,11 @@ pub static PARAMS: [ParamSpec; 27] = [
     ParamSpec::new("MYSQL_DUMP_BINARY", Kind::Str, "mysqldump program (default mysqldump)"),
     ParamSpec::new("MYSQL_BINARY", Kind::Str, "mysql client program (default mysql)"),
     ParamSpec::new("MY_INSTANCES", Kind::List, "Ports of the local instances to dump (when PORT is not set)"),
+    ParamSpec::new(
+        "EVENTS",
+        Kind::Choice(&["auto", "true", "false"]),
+        "Dump scheduled events: True, False, or auto (default): where the user lacks the EVENT privilege, without them and with a warning",
+    ),
     ParamSpec::new(
         "BINLOG_PATH",
         Kind::Path,
@@ -112,6 +118,35 @@ impl Server<'_> {
         let args = vec![self.defaults_arg(), "-N".into(), "-B".into(), "-e".into(), sql.into()];
         ncb_dbdump::capture(self.transport.command(&self.client_bin, &args, ""), self.stdin(), what)
     }
+
+    /// Whether the user may read the events of `db`, as `mysqldump --events` does (`SHOW
+    /// EVENTS`, which needs the EVENT privilege). Any other failure says yes: mysqldump then
+    /// reports the real problem.
+    fn can_read_events(&self, db: &str) -> bool {
+        match self.query(&format!("SHOW EVENTS FROM {}", quote_ident(db)), &format!("checking events of {db}")) {
+            Ok(_) => true,
+            Err(e) => !e.to_string().contains("Access denied"),
+        }
+    }
+
+    /// The account the server knows the user as, quoted for GRANT: `'backup'@'localhost'`.
+    fn account(&self) -> String {
+        let current = self.query("SELECT CURRENT_USER()", "reading the current user").unwrap_or_default();
+        match current.trim().rsplit_once('@') {
+            Some((user, host)) => format!("{}@{}", quote_string(user), quote_string(host)),
+            None => "<user>".into(),
+        }
+    }
+}
+
+/// A database name in SQL: `name`, with backquotes doubled.
+fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A string literal in SQL: 'text', with quotes and backslashes escaped.
+fn quote_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 fn dump_binary(p: &Params, report: &mut StageReport) -> String {
@@ -223,27 +258,49 @@ fn dump_server(
     }
     let stamp = ncb_core::context::stamp(ctx.started);
     let ext = format!(".sql{}", settings.format.suffix());
+    let events = p.choice("EVENTS", &["auto", "true", "false"], "auto")?;
     let mut dumped = Vec::new();
+    let mut without_events = Vec::new();
     for db in &databases {
         let file = dest.join(format!("{}{suffix}_{stamp}{ext}", ncb_dbdump::file_stem(db)));
-        let args = vec![
+        let with_events = match events.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => s.can_read_events(db),
+        };
+        if events == "auto" && !with_events {
+            without_events.push(db.clone());
+        }
+        let mut args = vec![
             s.defaults_arg(),
             "--single-transaction".into(),
             "--routines".into(),
             "--triggers".into(),
-            "--events".into(),
             "--hex-blob".into(),
             "--quick".into(),
             "--default-character-set=utf8mb4".into(),
-            "--".into(),
-            db.clone(),
         ];
+        if with_events {
+            args.insert(4, "--events".into());
+        }
+        args.extend(["--".into(), db.clone()]);
         let what = format!("dump of database {db} on {}", s.label);
         let (artifact, raw) =
             ncb_dbdump::dump_to_file(s.transport.command(&s.dump_bin, &args, ""), s.stdin(), settings, &file, &what)?;
         log::info!("{db}: {raw} bytes of SQL -> {} ({} bytes)", artifact.path.display(), artifact.bytes);
         dumped.push(serde_json::json!({"database": db, "sql_bytes": raw, "file": artifact.path}));
         report.artifacts.push(artifact);
+    }
+    if !without_events.is_empty() {
+        let account = s.account();
+        let grants: Vec<String> =
+            without_events.iter().map(|db| format!("GRANT EVENT ON {}.* TO {account}", quote_ident(db))).collect();
+        report.warn(format!(
+            "the user lacks the EVENT privilege on {} on {}: dumped without their scheduled events; grant it with: {} (or set EVENTS False to leave events out without this warning)",
+            without_events.join(", "),
+            s.label,
+            grants.join("; ")
+        ));
     }
     // mysqldump leaves routines out, silently, when the user cannot read mysql.proc.
     if s.query("SELECT COUNT(*) FROM mysql.proc", &format!("checking routine access on {}", s.label)).is_err() {
@@ -304,4 +361,28 @@ fn copy_file(from: &Path, to: &Path) -> Result<Artifact> {
     std::io::copy(&mut src, &mut out).at("cannot copy", from)?;
     let (file, bytes, sha256) = out.finish();
     Ok(Artifact { path: file.commit()?, bytes, sha256 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_quoted_for_sql() {
+        assert_eq!(quote_ident("shop"), "`shop`");
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+        assert_eq!(quote_string("o'k\\"), "'o\\'k\\\\'");
+    }
+
+    #[test]
+    fn events_is_true_false_or_auto() {
+        let mut p = Params::new();
+        for ok in ["True", "false", "AUTO"] {
+            p.set("EVENTS", ok);
+            assert_eq!(STAGE.check(&p), [], "{ok}");
+        }
+        p.set("EVENTS", "sometimes");
+        let found = STAGE.check(&p);
+        assert!(found.len() == 1 && found[0].key == "EVENTS", "{found:?}");
+    }
 }
