@@ -85,8 +85,15 @@ fn cli() -> Command {
                     Arg::new("to")
                         .long("to")
                         .value_name("DIR")
-                        .required(true)
+                        .required_unless_present("thaw")
                         .help("The folder to restore into (created if missing; must be empty unless --force)"),
+                )
+                .arg(
+                    Arg::new("thaw")
+                        .long("thaw")
+                        .value_name("DAYS")
+                        .value_parser(clap::value_parser!(u32).range(1..=365))
+                        .help("Restore nothing: ask the store to thaw the run's objects in GLACIER or DEEP_ARCHIVE for DAYS days (1-365); run the same restore without --thaw once they are readable"),
                 )
                 .arg(
                     Arg::new("only")
@@ -375,6 +382,17 @@ fn verify_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
 
 fn restore_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     let config = load_config(m, "backup-runner restore")?;
+    if let Some(&days) = sm.get_one::<u32>("thaw") {
+        let run = sm.get_one::<String>("run").map_or("latest", String::as_str);
+        let only: Vec<String> = sm.get_many::<String>("only").map(|v| v.cloned().collect()).unwrap_or_default();
+        let t = restore::thaw(&readback::sources(&config)?, run, &only, days)?;
+        if sm.get_flag("json") {
+            print_json(&t);
+        } else {
+            let _ = writeln!(std::io::stdout().lock(), "{}", t.message());
+        }
+        return Ok(ExitStatus::Success);
+    }
     let opts = restore::Options {
         run: sm.get_one::<String>("run").cloned().unwrap_or_else(|| "latest".into()),
         to: sm.get_one::<String>("to").map(PathBuf::from).ok_or_else(|| Error::usage("restore needs --to DIR"))?,

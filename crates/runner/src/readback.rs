@@ -13,7 +13,7 @@ use encryption::manifest::{self, Manifest};
 use ncb_core::pipe::pipe;
 use ncb_core::stage::error_chain;
 use ncb_core::{Error, Result};
-use storage::backend::{Backend, FileInfo, RunManifest};
+use storage::backend::{Archived, Backend, FileInfo, RunManifest};
 
 use crate::config::Config;
 use crate::plan::{self, Step, Target};
@@ -285,6 +285,31 @@ pub fn with_plaintext<T>(
             })
         }
     }
+}
+
+/// The objects of `items` (stored files of run `run`) kept in an archive storage class, each
+/// with its thaw state: none where the store has no such classes.
+pub fn archived(src: &Source, run: &str, items: &[&Item]) -> Result<Vec<Archived>> {
+    let all = src.backend().archived(&src.key(run, ""))?;
+    if all.is_empty() {
+        return Ok(all);
+    }
+    let needed: std::collections::HashSet<String> =
+        items.iter().flat_map(|i| i.stored()).map(|f| src.key(run, &f.name)).collect();
+    Ok(all.into_iter().filter(|a| needed.contains(&a.key)).collect())
+}
+
+/// Those of `items` that cannot be read now: archived and not thawed (or still thawing).
+pub fn frozen(src: &Source, run: &str, items: &[&Item]) -> Result<Vec<Archived>> {
+    Ok(archived(src, run, items)?.into_iter().filter(|a| !a.thaw.readable()).collect())
+}
+
+/// What to do about objects that must be thawed first.
+pub fn thaw_hint(run: &str) -> String {
+    format!(
+        "`backup-runner restore -c CONF --run {run} --thaw DAYS` asks for readable copies for DAYS days; restore (or verify --read-data) once they are thawed ({})",
+        storage::s3::THAW_TIMES
+    )
 }
 
 /// Counts the bytes read through it.

@@ -10,6 +10,8 @@
 //!   been read, checked and unpacked is it moved into place. A failed restore leaves DIR as it
 //!   was, and the next destination that holds the run is tried.
 //! - Nothing is written outside DIR, whatever an archive holds (see `ncb_archive::extract`).
+//! - Objects kept in an archive storage class (GLACIER, DEEP_ARCHIVE) are named before anything
+//!   is read when they are not thawed; `--thaw DAYS` ([`thaw`]) asks the store to thaw them.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -22,6 +24,8 @@ use ncb_core::progress::Progress;
 use ncb_core::stage::error_chain;
 use ncb_core::{Error, IoContext, Result};
 use serde::Serialize;
+
+use storage::backend::{Archived, RUN_MANIFEST, Thaw};
 
 use crate::readback::{self, Item, Source};
 
@@ -68,6 +72,23 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
             failures.push(error_chain(&e));
             continue;
         }
+        // Objects that cannot be read yet are named before anything is read.
+        let refs: Vec<&Item> = items.iter().collect();
+        let frozen = readback::frozen(src, &run, &refs).and_then(|f| match f.is_empty() {
+            true => Ok(()),
+            false => Err(Error::runtime(format!(
+                "{} object(s) must be thawed before they can be read: {}; {}",
+                f.len(),
+                f.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                readback::thaw_hint(&run)
+            ))),
+        });
+        if let Err(e) = frozen {
+            let msg = format!("{}: {}", src.describe(), error_chain(&e));
+            log::error!("run {run}: {msg}");
+            failures.push(msg);
+            continue;
+        }
         let names: HashSet<String> = manifest.sources.values().flat_map(|s| s.artifacts.iter().cloned()).collect();
         log::info!("restoring run {run} from {} into {}", src.describe(), o.to.display());
         let staged = match stage(src, &run, &items, &names, key, &o.to) {
@@ -105,6 +126,126 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
         o.to.display(),
         failures.join("; ")
     )))
+}
+
+/// What `restore --thaw` did in one destination.
+#[derive(Debug, Serialize)]
+pub struct Thawed {
+    pub run_id: String,
+    pub destination: String,
+    pub days: u32,
+    /// Thaws asked for now.
+    pub requested: usize,
+    /// Thaws already under way.
+    pub in_progress: usize,
+    /// Archived objects that can already be read.
+    pub readable: usize,
+    /// The archive classes involved.
+    pub classes: Vec<String>,
+}
+
+impl Thawed {
+    /// What happened and when to come back.
+    pub fn message(&self) -> String {
+        let (run, dest) = (&self.run_id, &self.destination);
+        let thawing = self.requested + self.in_progress;
+        if thawing == 0 {
+            return format!(
+                "run {run} in {dest}: nothing to thaw ({} archived object(s), all readable now): run the same restore without --thaw",
+                self.readable
+            );
+        }
+        format!(
+            "run {run} in {dest}: {thawing} object(s) thawing ({} asked for now, for {} day(s); {} already under way; {} already readable) in {}; run the same restore without --thaw in a few hours ({})",
+            self.requested,
+            self.days,
+            self.in_progress,
+            self.readable,
+            self.classes.join(", "),
+            storage::s3::THAW_TIMES
+        )
+    }
+}
+
+/// `restore --thaw DAYS`: asks the first destination holding the run for readable copies of
+/// the objects the restore needs (`only` as for a restore) that sit in an archive storage class,
+/// for `days` days, and restores nothing. Objects already thawed or thawing are left alone. A
+/// run whose manifest is itself archived (stored before manifests were kept in STANDARD) is
+/// thawed whole when asked for by id.
+pub fn thaw(sources: &[Source], wanted: &str, only: &[String], days: u32) -> Result<Thawed> {
+    let picked = match readback::pick(sources, wanted) {
+        Ok(p) => p,
+        Err(e) if wanted == "latest" => return Err(e),
+        Err(e) => {
+            return match thaw_whole_run(sources, wanted, only, days) {
+                Ok(Some(t)) => Ok(t),
+                Ok(None) => Err(e),
+                Err(e2) => Err(Error::runtime(format!("{}; {}", error_chain(&e), error_chain(&e2)))),
+            };
+        }
+    };
+    let mut failures = Vec::new();
+    for (src, run, manifest) in picked {
+        let items = select(&readback::items(&manifest), only, &run)?;
+        let refs: Vec<&Item> = items.iter().collect();
+        match readback::archived(src, &run, &refs).and_then(|a| thaw_in(src, &run, &a, days)) {
+            Ok(t) => return Ok(t),
+            Err(e) => {
+                let msg = format!("{}: {}", src.describe(), error_chain(&e));
+                log::error!("thaw of run {run}: {msg}");
+                failures.push(msg);
+            }
+        }
+    }
+    Err(Error::runtime(format!("cannot thaw run {wanted}: {}", failures.join("; "))))
+}
+
+/// A run whose run manifest cannot be read because it is archived: every archived object of
+/// the run folder, in the first destination that has some; `None` when none has.
+fn thaw_whole_run(sources: &[Source], run: &str, only: &[String], days: u32) -> Result<Option<Thawed>> {
+    for src in sources {
+        let archived = match src.backend().archived(&src.key(run, "")) {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("{}: {}", src.describe(), error_chain(&e));
+                continue;
+            }
+        };
+        if !archived.iter().any(|a| a.key == src.key(run, RUN_MANIFEST)) {
+            continue;
+        }
+        if !only.is_empty() {
+            log::warn!("the run manifest of run {run} is archived: the whole run is thawed, whatever --only says");
+        }
+        log::warn!(
+            "{}: the run manifest of run {run} is in an archive storage class (stored by an older version): thawing the whole run",
+            src.describe()
+        );
+        return thaw_in(src, run, &archived, days).map(Some);
+    }
+    Ok(None)
+}
+
+fn thaw_in(src: &Source, run: &str, archived: &[Archived], days: u32) -> Result<Thawed> {
+    let todo: Vec<String> = archived.iter().filter(|a| a.thaw == Thaw::Frozen).map(|a| a.key.clone()).collect();
+    let mut classes: Vec<String> = archived.iter().map(|a| a.class.clone()).collect();
+    classes.sort();
+    classes.dedup();
+    for k in &todo {
+        log::info!("{}: thawing {k} for {days} day(s)", src.describe());
+    }
+    let after = src.backend().thaw(&todo, days)?;
+    let readable =
+        archived.iter().filter(|a| a.thaw.readable()).count() + after.iter().filter(|t| t.readable()).count();
+    Ok(Thawed {
+        run_id: run.to_owned(),
+        destination: src.describe(),
+        days,
+        requested: after.iter().filter(|t| **t == Thaw::Thawing).count(),
+        in_progress: archived.iter().filter(|a| a.thaw == Thaw::Thawing).count(),
+        readable,
+        classes,
+    })
 }
 
 /// The items `--only` asks for (all without it).

@@ -1,7 +1,9 @@
 //! `backup-runner runs` lists the runs in each destination; `backup-runner verify` checks runs
 //! against their run manifests: every file present with its size, and with `--read-data` (or a
 //! random `--read-data-subset`) read back and hashed, encrypted files decrypted and
-//! authenticated when the key is at hand.
+//! authenticated when the key is at hand. Objects in an archive storage class that are not
+//! thawed are named as problems instead of read (the manifests, kept in STANDARD, and the
+//! listing are all that runs and the size check need).
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
@@ -230,7 +232,22 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>, al
     }
     let items = readback::items(&manifest);
     v.items = items.len();
-    let picked = pick_items(&items, read);
+    let mut picked = pick_items(&items, read);
+    // Objects in an archive storage class are named, not read: they must be thawed first.
+    match readback::frozen(s, run, &picked) {
+        Ok(frozen) if !frozen.is_empty() => {
+            let keys: HashSet<&str> = frozen.iter().map(|a| a.key.as_str()).collect();
+            for a in &frozen {
+                v.problems.push(format!("{a}: must be thawed before it can be read"));
+            }
+            v.notes.push(format!("{} object(s) to thaw: {}", frozen.len(), readback::thaw_hint(run)));
+            picked.retain(|i| !i.stored().iter().any(|f| keys.contains(s.key(run, &f.name).as_str())));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            v.problems.push(format!("cannot tell which objects are in archive storage classes: {}", error_chain(&e)))
+        }
+    }
     let total: u64 = picked.iter().map(|i| i.stored_bytes()).sum();
     let bar = Progress::new(format!("verify {run}"), total);
     for item in picked {
