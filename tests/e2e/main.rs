@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod check;
+mod classes;
 mod cli;
 mod crypto;
 mod daemon;
