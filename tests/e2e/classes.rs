@@ -3,7 +3,7 @@
 //! `verify` work from the manifests and the listing; `verify --read-data` and `restore` name
 //! the objects to thaw; `restore --thaw` thaws them; the restore then brings the bytes back;
 //! retention works on such runs; a run stored with its manifest archived (older versions) is
-//! thawed whole.
+//! thawed whole; a thaw in progress is neither asked for twice nor read.
 
 use std::path::Path;
 use std::process::Command;
@@ -140,6 +140,8 @@ fn write_data(root: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn glacier_run_listed_verified_thawed_and_restored_on_moto() {
     let m = Moto::new();
+    // moto's default: a restore is done at once.
+    moto_api(&m.endpoint, "unset-transition", r#"{"model_name": "s3::keyrestore"}"#);
     let sb = Sandbox::new();
     let files = write_data(&sb.join("data"));
     run(cmd(&bin("encryption")).arg("--generate-key").arg(sb.join("key_file"))).expect(0);
@@ -247,6 +249,67 @@ fn glacier_run_listed_verified_thawed_and_restored_on_moto() {
     for (rel, bytes) in &files {
         assert!(std::fs::read(restored.join(rel)).unwrap() == *bytes, "{rel} differs (run 2)");
     }
+
+    // A thaw that takes a while: moto's state manager moves a restore one step once an object
+    // has been read 3 times (a HEAD counts 2), so two HEADs after RestoreObject see it in progress.
+    let slow = SlowThaw::set(&m.endpoint, 3);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let report = run(m.runner().arg("-r").arg("-c").arg(&conf2).arg("--json")).expect(0).json();
+    let run3 = report["run_id"].as_str().unwrap().to_owned();
+    let frozen3 = m.classes(&format!("{prefix}/{run3}/")).iter().filter(|(_, c)| c == "GLACIER").count();
+    let thaw = || run(m.runner().arg("restore").arg("-c").arg(&conf2).args(["--thaw", "1", "--json"])).expect(0).json();
+    let t = thaw();
+    assert_eq!((t["run_id"].as_str(), t["requested"].as_u64()), (Some(run3.as_str()), Some(frozen3 as u64)), "{t}");
+    // Asked again while in progress: nothing asked twice.
+    let t = thaw();
+    assert_eq!((t["requested"].as_u64(), t["in_progress"].as_u64()), (Some(0), Some(frozen3 as u64)), "{t}");
+    let to3 = sb.join("restored3");
+    let r = run(m.runner().arg("restore").arg("-c").arg(&conf2).arg("--to").arg(&to3)).expect(1);
+    assert!(r.stderr.contains("(GLACIER, thawing in progress)"), "{}", r.stderr);
+    // Thawed now.
+    run(m.runner().arg("restore").arg("-c").arg(&conf2).arg("--to").arg(&to3)).expect(0);
+    drop(slow);
+    let restored = to3.join(sb.join("data").strip_prefix("/").unwrap());
+    for (rel, bytes) in &files {
+        assert!(std::fs::read(restored.join(rel)).unwrap() == *bytes, "{rel} differs (run 3)");
+    }
+}
+
+/// moto's state manager (`/moto-api/state-manager`): restores move one step (not restored, in
+/// progress, restored) once an object has been read `reads` times; back to immediate on drop.
+struct SlowThaw<'a> {
+    endpoint: &'a str,
+}
+
+impl<'a> SlowThaw<'a> {
+    fn set(endpoint: &'a str, reads: u32) -> Self {
+        let t = format!(
+            r#"{{"model_name": "s3::keyrestore", "transition": {{"progression": "manual", "times": {reads}}}}}"#
+        );
+        moto_api(endpoint, "set-transition", &t);
+        SlowThaw { endpoint }
+    }
+}
+
+impl Drop for SlowThaw<'_> {
+    fn drop(&mut self) {
+        moto_api(self.endpoint, "unset-transition", r#"{"model_name": "s3::keyrestore"}"#);
+    }
+}
+
+fn moto_api(endpoint: &str, call: &str, body: &str) {
+    use std::io::{Read, Write};
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "POST /moto-api/state-manager/{call} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2')), "moto {call}: {answer}");
 }
 
 /// PART_SIZE_MB and UPLOAD_CONCURRENCY out of range: refused (exit 2) before anything is
