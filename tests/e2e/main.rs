@@ -8,6 +8,7 @@ mod crypto;
 mod daemon;
 mod db;
 mod files;
+mod nights;
 mod notify;
 mod pipeline;
 mod restore;

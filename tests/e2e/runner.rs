@@ -133,7 +133,7 @@ fn a_second_run_is_refused_and_a_killed_run_does_not_block() {
         runner(&sb, &conf).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     assert!(wait_for(Duration::from_secs(10), || sb.join("rec/HOLD.pid").exists()));
     let second = run(&mut runner(&sb, &conf)).expect(1);
-    assert!(second.stderr.contains("another run of"), "{}", second.stderr);
+    assert!(second.stderr.contains("another run is in progress in WORK_FOLDER"), "{}", second.stderr);
     assert!(second.stderr.contains(&format!("pid {}", first.id())), "{}", second.stderr);
     // kill -9 the runner: its lock must not outlive it.
     first.kill().unwrap();
@@ -169,7 +169,7 @@ fn dry_run_prints_the_plan_without_secrets() {
     let secrets = ["hunter2", "tok-123456", "s3cr3t-key", "pa55word"];
     let conf = sb.config(&[
         ("S1", script(json!({"PARAMETERS": {"DB_PASSWORD": secrets[0], "API_TOKEN": secrets[1]}}))),
-        ("S2", script(json!({"PARAMETERS": {"AWS_SECRET_ACCESS_KEY": secrets[2], "WEBHOOK": format!("https://user:{}@example.invalid/hook", secrets[3])}}))),
+        ("S2", script(json!({"PARAMETERS": {"AWS_SECRET_ACCESS_KEY": secrets[2], "WEBHOOK_TOKEN": format!("https://user:{}@example.invalid/hook", secrets[3])}}))),
         ("SIZE", json!({"ACTION": "load", "NAME": "size-calc", "PARAMETERS": {"OBJECTIVES": "/etc"}})),
     ]);
     let out = run(cmd(&bin("backup-runner")).args(["--dry-run", "-c"]).arg(&conf)).expect(0);

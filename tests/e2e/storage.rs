@@ -99,7 +99,7 @@ fn retention_keeps_what_the_rules_say_and_never_the_current_run() {
                 .as_bytes(),
         );
     }
-    sb.write("store/web1/20261030T000000Z-0000/f", b"incomplete, left alone");
+    sb.write("store/web1/20261030T000000Z-0000/f", b"incomplete, and older than REMOVE_INCOMPLETE_AFTER");
     sb.write("data/new", b"n");
     let current = "20261104T000000Z-0006";
     let args = ["--DESTINATION", "local", "--KEEP_LAST", "1", "--KEEP_DAILY", "2"];
@@ -108,8 +108,9 @@ fn retention_keeps_what_the_rules_say_and_never_the_current_run() {
     let dry = storage(current, &[&args[..], &["--DRY_RUN", "True"]].concat(), &extra).expect(0).json();
     let would: Vec<&str> =
         dry["data"]["would_delete"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    // last 1 = the current run; daily 2 = the newest of 11-04 (current) and of 11-03 (0005).
-    assert_eq!(would.len(), 4, "{would:?}");
+    // last 1 = the current run; daily 2 = the newest of 11-04 (current) and of 11-03 (0005);
+    // and the incomplete run of 10-30, older than 7 days.
+    assert_eq!(would.len(), 5, "{would:?}");
     assert!(sb.join("store/web1/20261101T010000Z-0001").exists(), "DRY_RUN deleted");
     storage(current, &args, &extra).expect(0);
     let mut left: Vec<String> = std::fs::read_dir(sb.join("store/web1"))
@@ -117,7 +118,7 @@ fn retention_keeps_what_the_rules_say_and_never_the_current_run() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["20261030T000000Z-0000", "20261103T200000Z-0005", current]);
+    assert_eq!(left, ["20261103T200000Z-0005", current]);
 }
 
 /// DESTINATION rclone, to an SFTP remote served by the test sshd on 127.0.0.1.

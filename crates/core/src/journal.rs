@@ -91,7 +91,8 @@ impl Journal {
             version: 1,
             run_id: run_id.to_owned(),
             config: config.to_path_buf(),
-            started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            // Milliseconds: runs started within one second still complete in their order.
+            started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             pid: std::process::id(),
             attempts: 1,
             sections: Vec::new(),
@@ -154,14 +155,19 @@ impl Journal {
 pub fn list(work: &Path) -> Vec<(PathBuf, Result<Journal>)> {
     let dir = work.join(DIR);
     let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let mut paths: Vec<PathBuf> = entries
+    let paths: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json") && !crate::atomic::is_partial(p.as_os_str()))
         .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
-    paths.sort();
-    paths.into_iter().map(|p| (p.clone(), Journal::load(&p))).collect()
+    let mut all: Vec<(PathBuf, Result<Journal>)> = paths.into_iter().map(|p| (p.clone(), Journal::load(&p))).collect();
+    // Oldest first: by start time (an unreadable journal first, by name).
+    all.sort_by(|(pa, a), (pb, b)| {
+        let key = |j: &Result<Journal>| j.as_ref().map(|j| j.started.clone()).unwrap_or_default();
+        key(a).cmp(&key(b)).then_with(|| pa.cmp(pb))
+    });
+    all
 }
 
 /// Run ids with a journal in WORK_FOLDER: runs not finished yet, which retention must not

@@ -1,9 +1,10 @@
-//! Key files. Two forms, nothing else: 64 hexadecimal digits (32 random bytes), optionally
-//! surrounded by whitespace (a trailing newline) — what `encryption --generate-key` writes,
-//! mode 0600; or exactly 32 raw bytes (one trailing newline ignored). Anything else is refused
-//! naming the file, rather than used whole as some other key: a hex key with a comment line
-//! after it must not silently become a different key. A key file that group or others may
-//! access is refused.
+//! Key files: 64 hexadecimal digits (32 random bytes), optionally surrounded by whitespace (a
+//! trailing newline) — what `encryption --generate-key` writes, mode 0600; or, for key files
+//! inherited from nc-backup-py (a passphrase for gpg), any other file of at least 32 bytes,
+//! used whole (one trailing newline removed). A file whose first line is a hex key but that
+//! holds more is refused naming the file: a hex key with a comment line after it must not
+//! silently become a different key. Shorter files are refused, and so is a key file that
+//! group or others may access.
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -71,7 +72,7 @@ pub fn load(path: &Path) -> Result<MasterKey> {
     let mut raw = std::fs::read(path).at("cannot read key file", path)?;
     let key = parse(&raw).map_err(|what| {
         Error::usage(format!(
-            "key file {}: {what}; expected 64 hexadecimal digits (optionally followed by a newline), as `encryption --generate-key FILE` writes, or exactly 32 raw bytes",
+            "key file {}: {what}; expected 64 hexadecimal digits (optionally followed by a newline), as `encryption --generate-key FILE` writes, or at least 32 raw bytes (an nc-backup-py key file, used whole)",
             path.display()
         ))
     });
@@ -85,18 +86,18 @@ fn parse(raw: &[u8]) -> std::result::Result<MasterKey, String> {
     if t.len() == 64 && t.iter().all(u8::is_ascii_hexdigit) {
         return hex::decode(t).map(MasterKey).map_err(|e| e.to_string());
     }
-    let bytes = match raw {
-        [b @ .., b'\n'] if b.len() == 32 => b,
-        b => b,
-    };
-    if bytes.len() == 32 {
-        return Ok(MasterKey(bytes.to_vec()));
-    }
     let first_line = raw.split(|&b| b == b'\n').next().unwrap_or_default().trim_ascii();
     if first_line.len() == 64 && first_line.iter().all(u8::is_ascii_hexdigit) {
         return Err("64 hexadecimal digits followed by more lines (a comment?): leave only the key in the file".into());
     }
-    Err(format!("it holds {} bytes, which are neither form", raw.len()))
+    let bytes = match raw {
+        [b @ .., b'\n'] => b,
+        b => b,
+    };
+    if bytes.len() >= 32 {
+        return Ok(MasterKey(bytes.to_vec()));
+    }
+    Err(format!("it holds {} bytes, fewer than the 32 a key needs", bytes.len()))
 }
 
 /// Writes a new random key, mode 0600. Never overwrites: an existing file may be the only
@@ -156,11 +157,12 @@ mod tests {
         let refused = [
             (format!("{hex64}\n# made 2026-01-01 for web1\n").into_bytes(), "followed by more lines"),
             (b"12345".to_vec(), "holds 5 bytes"),
-            (b"password\n".to_vec(), "holds 9 bytes"),
-            (vec![7u8; 33], "holds 33 bytes"),
-            (vec![b'a'; 48], "holds 48 bytes"),
+            (b"password\n".to_vec(), "holds 8 bytes"),
             (Vec::new(), "holds 0 bytes"),
         ];
+        // An nc-backup-py key file (a passphrase of 32 bytes or more) is used whole.
+        let legacy = b"correct horse battery staple, and then some\n";
+        assert_eq!(load(&write_key(d.path(), legacy)).unwrap().bytes(), &legacy[..legacy.len() - 1]);
         for (bytes, why) in refused {
             let k = write_key(d.path(), &bytes);
             let e = load(&k).unwrap_err();

@@ -436,17 +436,21 @@ fn prune_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     let dry = sm.get_flag("dry-run");
     let reports = prune::prune(&config, dry)?;
     if sm.get_flag("json") {
-        let all: serde_json::Map<String, serde_json::Value> = reports
-            .iter()
-            .map(|(section, r)| (section.clone(), serde_json::Value::Object(r.data.clone())))
-            .collect();
+        let all: serde_json::Map<String, serde_json::Value> =
+            reports.iter().map(|(section, r)| (section.clone(), serde_json::Value::Object(r.data.clone()))).collect();
         print_json(&all);
         return Ok(ExitStatus::Success);
     }
     let mut out = std::io::stdout().lock();
     for (section, r) in &reports {
         let list = |k: &str| -> Vec<String> {
-            r.data.get(k).and_then(|v| v.as_array()).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+            r.data
+                .get(k)
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
         };
         for d in list(if dry { "would_delete" } else { "deleted" }) {
             let _ = writeln!(out, "[{section}] {} {d}", if dry { "would delete" } else { "deleted" });

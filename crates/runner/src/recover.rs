@@ -64,7 +64,13 @@ pub struct Recovery {
 
 impl Recovery {
     fn new(run_id: &str, outcome: Outcome, detail: impl Into<String>) -> Self {
-        Recovery { run_id: run_id.to_owned(), outcome, detail: detail.into(), cleaned: Vec::new(), sections: Vec::new() }
+        Recovery {
+            run_id: run_id.to_owned(),
+            outcome,
+            detail: detail.into(),
+            cleaned: Vec::new(),
+            sections: Vec::new(),
+        }
     }
 }
 
@@ -103,7 +109,8 @@ pub fn recover_all(config: &Config, work: &Path, signal: &Arc<AtomicUsize>) -> V
 }
 
 fn log_outcome(r: &Recovery) {
-    let msg = format!("earlier run {} {}: {}", r.run_id, serde_json::to_string(&r.outcome).unwrap_or_default(), r.detail);
+    let msg =
+        format!("earlier run {} {}: {}", r.run_id, serde_json::to_string(&r.outcome).unwrap_or_default(), r.detail);
     if r.outcome.is_failure() {
         log::error!("{msg}");
     } else {
@@ -319,10 +326,9 @@ fn pending(work: &Path, mut j: Journal, why: &str, sections: Vec<SectionReport>)
         Err(e) => r.detail.push_str(&format!("; cleaning failed: {}", error_chain(&e))),
     }
     match set_aside(&mut j, work) {
-        Ok(()) => r.detail.push_str(&format!(
-            "; its files wait in {} for the next run",
-            work.join(ASIDE).join(&j.run_id).display()
-        )),
+        Ok(()) => r
+            .detail
+            .push_str(&format!("; its files wait in {} for the next run", work.join(ASIDE).join(&j.run_id).display())),
         Err(e) => r.detail.push_str(&format!("; cannot set its files aside: {}", error_chain(&e))),
     }
     r
@@ -339,7 +345,8 @@ fn damaged(work: &Path, mut j: Journal, why: &str) -> Recovery {
     }
     let keep = work.join(ASIDE).join(&run_id).join("journal.json");
     match journal::move_file(&Journal::path(work, &run_id), &keep) {
-        Ok(()) => detail.push_str(&format!("; its files and journal are kept in {}", work.join(ASIDE).join(&run_id).display())),
+        Ok(()) => detail
+            .push_str(&format!("; its files and journal are kept in {}", work.join(ASIDE).join(&run_id).display())),
         Err(e) => detail.push_str(&format!("; cannot move its journal aside: {}", error_chain(&e))),
     }
     Recovery::new(&run_id, Outcome::Damaged, detail)

@@ -164,11 +164,8 @@ fn completion_step(journal: &Journal, step: &Step) -> Result<Step, String> {
         return Err("not run again: it reads live data, which tonight's run backs up".into());
     }
     let objectives = params.paths("OBJECTIVES").unwrap_or_default();
-    let present: Vec<String> = objectives
-        .iter()
-        .filter(|o| std::fs::symlink_metadata(o).is_ok())
-        .map(|o| o.display().to_string())
-        .collect();
+    let present: Vec<String> =
+        objectives.iter().filter(|o| std::fs::symlink_metadata(o).is_ok()).map(|o| o.display().to_string()).collect();
     if present.is_empty() {
         return Err("nothing of the run is left in its OBJECTIVES".into());
     }

@@ -184,7 +184,10 @@ pub fn prefix_for(p: &Params, general: &ncb_core::context::General) -> String {
 
 fn policy(p: &Params) -> Result<Policy> {
     let n = |k: &str| -> Result<usize> { Ok(usize::try_from(p.u64(k)?.unwrap_or(0)).unwrap_or(usize::MAX)) };
-    let within = p.str("KEEP_WITHIN").map(|v| retention::Span::parse(v).map_err(|e| Error::usage(format!("--KEEP_WITHIN: {e}")))).transpose()?;
+    let within = p
+        .str("KEEP_WITHIN")
+        .map(|v| retention::Span::parse(v).map_err(|e| Error::usage(format!("--KEEP_WITHIN: {e}"))))
+        .transpose()?;
     Ok(Policy {
         last: n("KEEP_LAST")?,
         hourly: n("KEEP_HOURLY")?,
@@ -255,7 +258,10 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
                 objectives.join(" ")
             )));
         }
-        report.warn(format!("OBJECTIVES ({}) hold no file: nothing stored, retention not applied (ALLOW_EMPTY)", objectives.join(" ")));
+        report.warn(format!(
+            "OBJECTIVES ({}) hold no file: nothing stored, retention not applied (ALLOW_EMPTY)",
+            objectives.join(" ")
+        ));
         report.set("files", 0);
         report.set("bytes", 0);
         return Ok(report);
@@ -575,7 +581,10 @@ pub fn apply_retention(d: &dyn Backend, prefix: &str, rules: &Rules, report: &mu
                 if !owned && old {
                     stale.push(r.clone());
                 } else if !owned {
-                    report.warn(format!("{}: run {r} is incomplete (no run manifest); left alone until it is older", d.describe()));
+                    report.warn(format!(
+                        "{}: run {r} is incomplete (no run manifest); left alone until it is older",
+                        d.describe()
+                    ));
                 }
             }
         }
@@ -616,7 +625,8 @@ pub fn prune(p: &Params, general: &ncb_core::context::General, pending: Vec<Stri
         return Err(Error::usage("no KEEP_* rule in this storage section: nothing to prune"));
     }
     let key = p.path("KEY_FILE").map(|k| encryption::key::load(&k)).transpose()?;
-    let rules = Rules { policy: pol, current: None, key: key.as_ref(), incomplete_after: incomplete_after(p)?, pending, dry };
+    let rules =
+        Rules { policy: pol, current: None, key: key.as_ref(), incomplete_after: incomplete_after(p)?, pending, dry };
     let mut report = StageReport::new(STAGE.name);
     for dest in destinations(p, general)? {
         apply_retention(dest.backend.as_ref(), &dest.prefix, &rules, &mut report)

@@ -196,7 +196,8 @@ mod tests {
         let d = decide(&runs, Policy { last: 1, ..Default::default() }, Some("20260101T000000Z-abcd"));
         assert!(d.iter().all(|d| d.keep), "{d:?}");
         // Rules that would keep nothing still keep the newest complete run.
-        let d = decide(&runs, Policy { within: Some(Span { hours: 0, ..Default::default() }), ..Default::default() }, None);
+        let d =
+            decide(&runs, Policy { within: Some(Span { hours: 0, ..Default::default() }), ..Default::default() }, None);
         assert_eq!(kept(&d), ["20260102T000000"]);
         let strange = vec!["notes".to_owned()];
         assert!(decide(&strange, Policy { last: 1, ..Default::default() }, None)[0].keep);
@@ -220,7 +221,10 @@ mod tests {
         let d = decide(&runs, Policy { within: Some(Span::parse("2d").unwrap()), ..Default::default() }, None);
         assert_eq!(kept(&d), ["20260101T020000", "20260103T020000"]);
         let d = decide(&runs, Policy { within: Some(Span::parse("1y1d").unwrap()), ..Default::default() }, None);
-        assert_eq!(kept(&d), ["20250101T010000", "20260101T010000", "20260101T013000", "20260101T020000", "20260103T020000"]);
+        assert_eq!(
+            kept(&d),
+            ["20250101T010000", "20260101T010000", "20260101T013000", "20260101T020000", "20260103T020000"]
+        );
     }
 
     #[test]

@@ -1,0 +1,330 @@
+//! The night after: a run that failed, was killed or found nothing never blocks, pollutes or
+//! destroys the next one. Each test makes one night go wrong for real (a destination that
+//! cannot be written, kill -9 mid-stage, a killed runner), then runs the next night with no
+//! hand work and checks that both nights' data are stored, verified and restorable.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nc_backup_e2e::{Out, Sandbox, alive, bin, cmd, fixture, run, wait_for};
+use serde_json::{Value, json};
+
+/// nc-backup-py's layout: every section shares fixed folders in WORK_FOLDER.
+fn pipeline(sb: &Sandbox, store: &Path) -> PathBuf {
+    let w = sb.join("work");
+    sb.config(&[
+        (
+            "FILESET",
+            json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
+                "FILESET_INCLUDE": sb.join("data"), "DESTINATION": w.join("files")}}),
+        ),
+        (
+            "COMPRESSION",
+            json!({"ACTION": "execute", "NAME": "compression", "PARAMETERS": {
+                "OBJECTIVES": w.join("files"), "DESTINATION": w.join("compressed"), "REMOVE_OBJECTIVES": "True"}}),
+        ),
+        (
+            "ENCRYPTION",
+            json!({"ACTION": "execute", "NAME": "encryption", "PARAMETERS": {
+                "KEY_FILE": sb.join("key_file"), "FILE_SIZE": "1", "OBJECTIVES": w.join("compressed"),
+                "DESTINATION": w.join("encrypted"), "REMOVE_OBJECTIVES": "True"}}),
+        ),
+        (
+            "STORAGE",
+            json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+                "OBJECTIVES": w.join("encrypted"), "DESTINATION": "local", "PATH": store,
+                "REMOVE_OBJECTIVES": "True", "KEEP_LAST": "5"}}),
+        ),
+    ])
+}
+
+fn setup(sb: &Sandbox) {
+    run(cmd(&bin("encryption")).arg("--generate-key").arg(sb.join("key_file"))).expect(0);
+    sb.write("data/night.txt", b"night 1\n");
+    sb.write("data/docs/a.txt", &b"alpha ".repeat(50_000));
+}
+
+/// Waits for the next second: run ids (and so the order of runs) count whole seconds.
+fn next_second() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    std::thread::sleep(Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos())) + Duration::from_millis(5));
+}
+
+fn runner(conf: &Path) -> Command {
+    next_second();
+    let mut c = cmd(&bin("backup-runner"));
+    c.arg("-r").arg("-c").arg(conf).arg("--json");
+    c
+}
+
+fn sub(conf: &Path, args: &[&str]) -> Out {
+    run(cmd(&bin("backup-runner")).args(&args[..1]).arg("-c").arg(conf).args(&args[1..]))
+}
+
+/// The complete runs the config's destinations hold, oldest first.
+fn complete_runs(conf: &Path) -> Vec<String> {
+    let list = sub(conf, &["runs", "--json"]).expect(0).json();
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["complete"].as_bool() == Some(true))
+        .map(|r| r["run_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Restores `run` and returns the folder holding the data as it was backed up.
+fn restore(sb: &Sandbox, conf: &Path, run: &str) -> PathBuf {
+    let to = sb.join(format!("restore-{run}"));
+    sub(conf, &["restore", "--run", run, "--to", to.to_str().unwrap()]).expect(0);
+    to.join(sb.join("data").strip_prefix("/").unwrap())
+}
+
+/// Nothing of an earlier run is left in WORK_FOLDER's shared folders, aside, or pending.
+fn assert_work_clean(sb: &Sandbox) {
+    for d in ["files", "compressed", "encrypted", ".ncb-journal"] {
+        let p = sb.join("work").join(d);
+        let left: Vec<_> =
+            std::fs::read_dir(&p).map(|e| e.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "{} still holds {left:?}", p.display());
+    }
+    let aside = sb.join("work/.ncb-aside");
+    let files = walk(&aside);
+    assert!(files.is_empty(), "set aside and never taken back: {files:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn recovered(report: &Value) -> Vec<(String, String)> {
+    report["recovered"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| (r["run_id"].as_str().unwrap().to_owned(), r["outcome"].as_str().unwrap().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Night 2 after a night 1 that went wrong: succeeds with no hand work, both nights stored,
+/// verified with every part decrypted, and night 1 restores as it was.
+fn next_night_completes_both(sb: &Sandbox, conf: &Path, night1: &str, outcome: &str) {
+    std::fs::write(sb.join("data/night.txt"), b"night 2\n").unwrap();
+    let out = run(&mut runner(conf)).expect(0);
+    let report = out.json();
+    assert_eq!(recovered(&report), [(night1.to_owned(), outcome.to_owned())], "{report:#}");
+    let night2 = report["run_id"].as_str().unwrap().to_owned();
+    let runs = complete_runs(conf);
+    if outcome == "completed" {
+        assert_eq!(runs, [night1.to_owned(), night2.clone()]);
+        assert_eq!(std::fs::read(restore(sb, conf, night1).join("night.txt")).unwrap(), b"night 1\n");
+    } else {
+        assert_eq!(runs, std::slice::from_ref(&night2));
+    }
+    sub(conf, &["verify", "--run", "all", "--read-data"]).expect(0);
+    let n2 = restore(sb, conf, &night2);
+    assert_eq!(std::fs::read(n2.join("night.txt")).unwrap(), b"night 2\n");
+    let names: Vec<String> = walk(&n2).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains(".partial-")), "a temporary was backed up: {names:?}");
+    assert_work_clean(sb);
+}
+
+#[test]
+fn a_destination_down_for_a_night_is_stored_the_next_night() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    // Night 1: the destination is under a regular file, so storage cannot write it.
+    sb.write("blocker", b"a file, not a folder");
+    let conf = pipeline(&sb, &sb.join("blocker/store"));
+    let out = run(&mut runner(&conf)).expect(1);
+    let night1 = out.json()["run_id"].as_str().unwrap().to_owned();
+    assert!(out.stderr.contains("STORAGE"), "{}", out.stderr);
+    assert!(sb.join(format!("work/.ncb-journal/{night1}.json")).is_file(), "no journal kept for the failed run");
+    // Night 2: the destination is back (the config fixed); the stranded run is stored first.
+    let conf = pipeline(&sb, &sb.join("store"));
+    next_night_completes_both(&sb, &conf, &night1, "completed");
+}
+
+#[test]
+fn a_destination_down_two_nights_keeps_both_runs_aside_until_it_is_back() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    sb.write("blocker", b"x");
+    let bad = pipeline(&sb, &sb.join("blocker/store"));
+    let night1 = run(&mut runner(&bad)).expect(1).json()["run_id"].as_str().unwrap().to_owned();
+    std::fs::write(sb.join("data/night.txt"), b"night 2\n").unwrap();
+    let report = run(&mut runner(&bad)).expect(1).json();
+    let night2 = report["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(recovered(&report), [(night1.clone(), "pending".to_owned())], "{report:#}");
+    // Both nights wait: night 1 aside, night 2 in place; tonight's encryption was not blocked.
+    assert!(!walk(&sb.join(format!("work/.ncb-aside/{night1}"))).is_empty());
+    assert_eq!(report["sections"][2]["status"], "ok", "encryption blocked by leftovers: {report:#}");
+    std::fs::write(sb.join("data/night.txt"), b"night 3\n").unwrap();
+    let good = pipeline(&sb, &sb.join("store"));
+    let report = run(&mut runner(&good)).expect(0).json();
+    let night3 = report["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        recovered(&report),
+        [(night1.clone(), "completed".to_owned()), (night2.clone(), "completed".to_owned())],
+        "{report:#}"
+    );
+    assert_eq!(complete_runs(&good), [night1.clone(), night2.clone(), night3.clone()]);
+    sub(&good, &["verify", "--run", "all", "--read-data"]).expect(0);
+    for (run, text) in [(&night1, "night 1\n"), (&night2, "night 2\n"), (&night3, "night 3\n")] {
+        assert_eq!(std::fs::read(restore(&sb, &good, run).join("night.txt")).unwrap(), text.as_bytes(), "{run}");
+    }
+    assert_work_clean(&sb);
+}
+
+/// Starts a night in its own process group and SIGKILLs the group once `cond` holds.
+fn kill_night_when(conf: &Path, what: &str, mut cond: impl FnMut() -> bool) -> String {
+    let mut c = runner(conf);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    let mut child: Child = c.spawn().unwrap();
+    let hit = wait_for(Duration::from_secs(60), &mut cond);
+    let pgid = child.id();
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
+    let _ = child.wait();
+    assert!(hit, "the night ended before {what}");
+    // The run id of the killed night: its journal's name.
+    let journals: Vec<String> = std::fs::read_dir(conf.parent().unwrap().join("work/.ncb-journal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().trim_end_matches(".json").to_owned())
+        .collect();
+    let listing = walk(&conf.parent().unwrap().join("work"));
+    assert_eq!(journals.len(), 1, "{journals:?} in {listing:?}");
+    journals[0].clone()
+}
+
+fn random_file(sb: &Sandbox, rel: &str, mib: usize) {
+    let p = sb.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let ok = Command::new("head")
+        .args(["-c", &format!("{}", mib << 20), "/dev/urandom"])
+        .stdout(std::fs::File::create(&p).unwrap())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn has(dir: &Path, pred: impl Fn(&str) -> bool) -> bool {
+    walk(dir).iter().any(|p| pred(&p.file_name().unwrap().to_string_lossy()))
+}
+
+#[test]
+fn killed_in_filesbackup_its_temporary_is_never_backed_up() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    random_file(&sb, "data/big.bin", 96);
+    let conf = pipeline(&sb, &sb.join("store"));
+    let files = sb.join("work/files");
+    let night1 = kill_night_when(&conf, "filesbackup wrote", || has(&files, |n| n.contains(".partial-")));
+    std::fs::remove_file(sb.join("data/big.bin")).unwrap();
+    // Nothing of night 1 was finished: there is nothing to complete, its temporary goes.
+    next_night_completes_both(&sb, &conf, &night1, "abandoned");
+}
+
+#[test]
+fn killed_in_encryption_the_run_is_encrypted_again_and_stored() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    random_file(&sb, "data/big.bin", 64);
+    let conf = pipeline(&sb, &sb.join("store"));
+    let enc = sb.join("work/encrypted");
+    // Some parts committed, others not yet: half an encryption.
+    let night1 = kill_night_when(&conf, "encryption wrote parts", || has(&enc, |n| n.ends_with(".enc.005")));
+    assert!(!has(&enc, |n| n.ends_with(".manifest.json")), "killed too late");
+    next_night_completes_both(&sb, &conf, &night1, "completed");
+}
+
+#[test]
+fn killed_in_storage_the_run_is_stored_the_next_night() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    random_file(&sb, "data/big.bin", 64);
+    let conf = pipeline(&sb, &sb.join("store"));
+    let store = sb.join("store");
+    let night1 = kill_night_when(&conf, "storage wrote", || has(&store, |n| n.contains(".enc.0")));
+    next_night_completes_both(&sb, &conf, &night1, "completed");
+}
+
+/// A section run as a program: the recording fixture (sleeps when told to).
+fn script_section() -> Value {
+    json!({"ACTION": "execute", "NAME": "tests", "EXECUTABLE": fixture("record.sh")})
+}
+
+#[test]
+fn one_work_folder_one_run_even_through_a_copy_of_the_config() {
+    let sb = Sandbox::new();
+    let rec = sb.join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    std::fs::write(rec.join("SLOW.sleep"), b"").unwrap();
+    let conf = sb.config(&[("SLOW", script_section())]);
+    let copy = sb.join("copy.json");
+    std::fs::copy(&conf, &copy).unwrap();
+    let mut first = runner(&conf).env("RECORD", &rec).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    assert!(wait_for(Duration::from_secs(20), || rec.join("SLOW.pid").is_file()));
+    let out = run(runner(&copy).env("RECORD", &rec)).expect(1);
+    assert!(out.stderr.contains("another run is in progress in WORK_FOLDER"), "{}", out.stderr);
+    let _ = first.kill();
+    let _ = first.wait();
+}
+
+#[test]
+fn a_killed_runner_takes_its_stage_with_it() {
+    let sb = Sandbox::new();
+    let rec = sb.join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    std::fs::write(rec.join("SLOW.sleep"), b"").unwrap();
+    let conf = sb.config(&[("SLOW", script_section())]);
+    let mut child = runner(&conf).env("RECORD", &rec).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    assert!(wait_for(Duration::from_secs(20), || rec.join("SLOW.pid").is_file()));
+    let stage: u32 = std::fs::read_to_string(rec.join("SLOW.pid")).unwrap().trim().parse().unwrap();
+    // SIGKILL to the runner alone: its stage is in a process group of its own.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_for(Duration::from_secs(10), || !alive(stage)), "the stage {stage} runs on without its runner");
+    assert!(rec.join("SLOW.term").is_file(), "the stage was not sent SIGTERM");
+    // The next night starts (no stage holds anything) and reports the killed run.
+    std::fs::remove_file(rec.join("SLOW.sleep")).unwrap();
+    let report = run(runner(&conf).env("RECORD", &rec)).expect(0).json();
+    assert_eq!(recovered(&report).len(), 1, "{report:#}");
+    assert_eq!(recovered(&report)[0].1, "abandoned");
+}
+
+#[test]
+fn a_secret_left_by_a_killed_stage_is_gone_after_the_next_run() {
+    let sb = Sandbox::new();
+    sb.write("data/a", b"a");
+    // A dump killed by SIGKILL leaves its option file; pid 2^22+1 is beyond pid_max's default.
+    let stale = sb.write("work/.ncb-secret-4194305-mysql-dump-options-00ff", b"[client]\npassword=hunter2\n");
+    let live = sb.write(&format!("work/.ncb-secret-{}-other-00ff", std::process::id()), b"x");
+    let conf = sb.config(&[(
+        "FILESET",
+        json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
+            "FILESET_INCLUDE": sb.join("data"), "DESTINATION": sb.join("work/files")}}),
+    )]);
+    run(&mut runner(&conf)).expect(0);
+    assert!(!stale.exists(), "the killed stage's secret is still on disk");
+    assert!(live.exists(), "a live process's secret was removed");
+}
