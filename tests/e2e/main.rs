@@ -12,6 +12,7 @@ mod nights;
 mod notify;
 mod pipeline;
 mod restore;
+mod retention;
 mod runner;
 mod s3;
 mod schedule;

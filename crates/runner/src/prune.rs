@@ -11,6 +11,7 @@ use crate::readback::{is_stage, steps};
 pub fn prune(config: &Config, dry: bool) -> Result<Vec<(String, StageReport)>> {
     let general = crate::plan::general_of(config);
     let work = general.work_dir();
+    ncb_core::atomic::ensure_dir(&work, 0o700)?;
     let _lock = crate::lock::acquire(&work, &config.path, "prune")?;
     let pending = ncb_core::journal::pending_runs(&work);
     let mut out = Vec::new();

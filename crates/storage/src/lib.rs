@@ -145,6 +145,11 @@ fn validate(p: &Params) -> Vec<Problem> {
         }
     }
     let kinds = p.list("DESTINATION").unwrap_or_default();
+    if kinds.iter().any(|k| k.eq_ignore_ascii_case("s3")) {
+        for pr in s3::validate(p) {
+            bad(&pr.key, pr.message);
+        }
+    }
     if kinds.is_empty() {
         bad("DESTINATION", "missing required parameter (local)".into());
     }

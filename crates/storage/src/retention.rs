@@ -217,10 +217,11 @@ mod tests {
         assert_eq!(kept(&d), ["20260101T020000", "20260103T020000"]);
         let d = decide(&runs, Policy { yearly: 3, ..Default::default() }, None);
         assert_eq!(kept(&d), ["20240601T000000", "20250101T010000", "20260103T020000"]);
-        // Within 2d of the newest run (01-03 02:00): from 01-01 02:00 on.
+        // Within 2d of the newest run (01-03 02:00): from 01-01 02:00 on; 1y2d1h: from
+        // 2025-01-01 01:00 on, that run included.
         let d = decide(&runs, Policy { within: Some(Span::parse("2d").unwrap()), ..Default::default() }, None);
         assert_eq!(kept(&d), ["20260101T020000", "20260103T020000"]);
-        let d = decide(&runs, Policy { within: Some(Span::parse("1y1d").unwrap()), ..Default::default() }, None);
+        let d = decide(&runs, Policy { within: Some(Span::parse("1y2d1h").unwrap()), ..Default::default() }, None);
         assert_eq!(
             kept(&d),
             ["20250101T010000", "20260101T010000", "20260101T013000", "20260101T020000", "20260103T020000"]
