@@ -118,7 +118,9 @@ fn gnu_tar_restores_every_kind_of_entry_with_its_metadata() {
     let report = out.json();
     let archive = only_archive(&dest);
     let name = archive.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("testhost_filesbackup_") && name.ends_with("Z.tar.gz"), "{name}");
+    // HOST_SECTION_<RUN_ID>: a time, and a random suffix so that runs never share a name.
+    let stem = name.strip_prefix("testhost_filesbackup_").and_then(|n| n.strip_suffix(".tar.gz")).unwrap_or("");
+    assert!(stem.len() == 21 && stem.as_bytes()[15] == b'Z' && stem.as_bytes()[16] == b'-', "{name}");
     // The report's sha256 and size are the file's.
     let bytes = std::fs::read(&archive).unwrap();
     assert_eq!(report["artifacts"][0]["bytes"], bytes.len());
@@ -440,20 +442,21 @@ fn follow_symlinks_survives_a_loop() {
 
 #[test]
 fn a_backup_never_replaces_an_earlier_one() {
-    // An earlier archive under the very name this run will use (same host, section, second).
+    // An earlier archive under the very name this run will use (same host, section, run id).
     let sb = Sandbox::new();
     sb.write("src/f", b"new");
     let dest = sb.join("out");
     std::fs::create_dir(&dest).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    for t in now..now + 5 {
-        let stamp = sh_out(&format!("date -u -d @{t} +%Y%m%dT%H%M%SZ"));
-        std::fs::write(dest.join(format!("testhost_filesbackup_{}.tar.gz", stamp.trim())), b"earlier backup").unwrap();
-    }
+    let run_id = "20261122T040000Z-3fa9";
+    std::fs::write(dest.join(format!("testhost_filesbackup_{run_id}.tar.gz")), b"earlier backup").unwrap();
     let src = sb.join("src");
-    let out =
-        filesbackup(&[OsStr::new("--FILESET_INCLUDE"), src.as_os_str(), OsStr::new("--DESTINATION"), dest.as_os_str()])
-            .expect(1);
+    let out = run(cmd(&bin("filesbackup"))
+        .env("NCB_RUN_ID", run_id)
+        .args(["--HOSTNAME", "testhost", "--FILESET_INCLUDE"])
+        .arg(&src)
+        .arg("--DESTINATION")
+        .arg(&dest))
+    .expect(1);
     assert!(out.stderr.contains("File exists"), "{}", out.stderr);
     for e in std::fs::read_dir(&dest).unwrap() {
         let e = e.unwrap();
@@ -461,6 +464,25 @@ fn a_backup_never_replaces_an_earlier_one() {
     }
 }
 
-fn sh_out(script: &str) -> String {
-    String::from_utf8(Command::new("sh").arg("-c").arg(script).output().unwrap().stdout).unwrap()
+#[test]
+fn two_backups_in_the_same_second_get_two_names() {
+    let sb = Sandbox::new();
+    sb.write("src/f", b"x");
+    let (src, dest) = (sb.join("src"), sb.join("out"));
+    let args = [OsStr::new("--FILESET_INCLUDE"), src.as_os_str(), OsStr::new("--DESTINATION"), dest.as_os_str()];
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            cmd(&bin("filesbackup"))
+                .args(args)
+                .args(["--HOSTNAME", "testhost"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        Out::from(c.wait_with_output().unwrap()).expect(0);
+    }
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 2);
 }

@@ -376,3 +376,39 @@ mkdir -p store && gzip -c a.tar > store/evil.tar.gz"#,
     assert!(out.stderr.contains("writable by others"), "{}", out.stderr);
     assert!(!shared.join("r").exists(), "created before the check");
 }
+
+#[test]
+fn one_entry_that_cannot_be_created_costs_that_entry_only() {
+    let sb = Sandbox::new();
+    let src = sb.join("src");
+    std::fs::create_dir_all(src.join("store")).unwrap();
+    std::fs::write(src.join("ok.txt"), "fine").unwrap();
+    std::fs::write(src.join("long.txt"), "too long a name").unwrap();
+    // A name of 300 bytes in one component: no Linux file system takes it (ENAMETOOLONG).
+    let long = "n".repeat(300);
+    let script = format!(
+        r#"set -e
+cd {src}
+tar --format=gnu -cf a.tar --transform 's,^long.txt$,{long},' long.txt ok.txt
+gzip -c a.tar > store/files.tar.gz
+printf 'plain dump\n' > store/db.sql
+printf 'compressed dump\n' | gzip -c > store/db.sql.gz"#,
+        src = src.display()
+    );
+    let st = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let conf = sb.config(&[(
+        "STORAGE",
+        serde_json::json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+            "OBJECTIVES": src.join("store"), "DESTINATION": "local", "PATH": sb.join("backups")}}),
+    )]);
+    run(cmd(&bin("backup-runner")).arg("-r").arg("-c").arg(&conf)).expect(0);
+    let to = sb.join("to");
+    let out = run(cmd(&bin("backup-runner")).arg("restore").arg("-c").arg(&conf).arg("--to").arg(&to)).expect(1);
+    assert!(out.stderr.contains(&long) && out.stderr.contains("File name too long"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(to.join("ok.txt")).unwrap(), "fine");
+    // db.sql beside db.sql.gz: both come back, the compressed one as it was stored.
+    assert_eq!(std::fs::read_to_string(to.join("db.sql")).unwrap(), "plain dump\n");
+    let gz = Command::new("gzip").arg("-dc").arg(to.join("db.sql.gz")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&gz.stdout), "compressed dump\n");
+}

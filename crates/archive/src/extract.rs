@@ -231,7 +231,13 @@ pub fn extract(
                         stats.refused.push(format!("{shown}: a non-folder of that name is already there (refused)"));
                         continue;
                     }
-                    Err(_) => std::fs::create_dir(&path).at("cannot create folder", &path)?,
+                    Err(_) => {
+                        // One folder that cannot be made costs that folder, not the restore.
+                        if let Err(e) = std::fs::create_dir(&path) {
+                            stats.refused.push(format!("{shown}: cannot create folder: {e}"));
+                            continue;
+                        }
+                    }
                 }
                 dirs.push(PendingDir { path, mode, mtime, owner });
                 stats.dirs += 1;
@@ -247,11 +253,21 @@ pub fn extract(
                     stats.refused.push(format!("{shown}: {why} (refused)"));
                     continue;
                 }
-                let mut out = create_new(&path)?;
+                // A file that cannot be created (a name the file system refuses, a place
+                // taken) is listed and skipped; a failing write (a full disk) stops the restore.
+                let mut out = match create_new(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        stats.refused.push(format!("{shown}: {}", ncb_core::stage::error_chain(&e)));
+                        continue;
+                    }
+                };
                 let n = io::copy(&mut entry, &mut out).at("cannot write", &path)?;
                 stats.bytes += n;
                 stats.files += 1;
-                finish_file(&out, &path, mode, mtime, owner, opts)?;
+                if let Err(e) = finish_file(&out, &path, mode, mtime, owner, opts) {
+                    stats.refused.push(format!("{shown}: restored, but {}", ncb_core::stage::error_chain(&e)));
+                }
             }
             EntryType::Symlink | EntryType::Link => {
                 let Some(target) = entry.link_name_bytes().map(|b| b.into_owned()) else {

@@ -180,9 +180,20 @@ impl StageCtx {
         StageCtx { general, run_id, section, started: Utc::now(), lineage: Default::default(), earlier_failed: false }
     }
 
-    /// `HOST_SECTION_20261122T040000Z`: the stem of this stage's artifact names.
+    /// `HOST_SECTION_20261122T040000Z-3fa9`: the stem of this stage's artifact names.
     pub fn artifact_stem(&self) -> String {
-        format!("{}_{}_{}", safe_name(&self.general.hostname), safe_name(&self.section), stamp(self.started))
+        format!("{}_{}_{}", safe_name(&self.general.hostname), safe_name(&self.section), self.name_stamp())
+    }
+
+    /// The time part of artifact names: the run id (a time and a random suffix, so two runs
+    /// in the same second never make the same name), or the stage's start time when the run
+    /// id is not one.
+    pub fn name_stamp(&self) -> String {
+        let is_run_id = self.run_id.len() == 21
+            && self.run_id.as_bytes()[16] == b'-'
+            && chrono::NaiveDateTime::parse_from_str(&self.run_id[..16], "%Y%m%dT%H%M%SZ").is_ok()
+            && self.run_id[17..].bytes().all(|b| b.is_ascii_hexdigit());
+        if is_run_id { self.run_id.clone() } else { stamp(self.started) }
     }
 
     /// Values for `{NAME}` placeholders.

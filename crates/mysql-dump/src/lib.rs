@@ -256,7 +256,7 @@ fn dump_server(
         report.warn(format!("no database to dump on {}", s.label));
         return Ok(());
     }
-    let stamp = ncb_core::context::stamp(ctx.started);
+    let stamp = ctx.name_stamp();
     let ext = format!(".sql{}", settings.format.suffix());
     let events = p.choice("EVENTS", &["auto", "true", "false"], "auto")?;
     let mut dumped = Vec::new();

@@ -206,7 +206,7 @@ fn dump_all(
     } else {
         wanted
     };
-    let stamp = ncb_core::context::stamp(ctx.started);
+    let stamp = ctx.name_stamp();
     let mut dumped = Vec::new();
     for db in &databases {
         let what = format!("dump of database {db} on {}", c.label);

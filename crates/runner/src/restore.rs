@@ -383,7 +383,8 @@ fn stage(
     getrandom::fill(&mut tag).map_err(|e| Error::runtime(format!("no randomness: {e}")))?;
     let staging = Staging(to.join(format!("{STAGING}{}-{}", std::process::id(), hex::encode(tag))));
     std::fs::DirBuilder::new().mode(0o700).create(&staging.0).at("cannot create", &staging.0)?;
-    let unpack = Unpack { root: &staging.0, sources, opts: ExtractOptions::default() };
+    let names: HashSet<String> = items.iter().map(|i| i.name.clone()).collect();
+    let unpack = Unpack { root: &staging.0, sources, names: &names, opts: ExtractOptions::default() };
     let total: u64 = items.iter().map(Item::stored_bytes).sum();
     let bar = Progress::new(format!("restore {run}"), total);
     let mut stats = Extracted::default();
@@ -404,6 +405,9 @@ struct Unpack<'a> {
     root: &'a Path,
     /// File names that source sections of the run made: unpacked even inside an archive.
     sources: &'a HashSet<String>,
+    /// Every item's name in the run: a dump is decompressed only when no item of the run
+    /// already has the decompressed name (`db.sql` beside `db.sql.gz` stays compressed).
+    names: &'a HashSet<String>,
     opts: ExtractOptions,
 }
 
@@ -421,6 +425,10 @@ impl Unpack<'_> {
         let kind = if in_pg_dir(rel) { Kind::Plain } else { kind };
         match kind {
             Kind::Tar => self.untar(r, depth),
+            Kind::Compressed if self.names.contains(&rel.with_file_name(stem).to_string_lossy().into_owned()) => {
+                log::warn!("{name}: kept compressed, since the run also holds {stem}");
+                self.write(rel, r)
+            }
             Kind::Compressed => self.write(&rel.with_file_name(stem), &mut decode(r).at("cannot read", rel)?),
             Kind::Plain => self.write(rel, r),
         }
