@@ -17,6 +17,5 @@ mod restore;
 mod retention;
 mod runner;
 mod s3;
-mod s3_faults;
 mod schedule;
 mod storage;
