@@ -486,3 +486,31 @@ fn two_backups_in_the_same_second_get_two_names() {
     }
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 2);
 }
+
+#[test]
+fn paths_deeper_than_path_max_are_archived_as_gnu_tar_does() {
+    let sb = Sandbox::new();
+    let src = sb.join("src");
+    // 30 folders of 200 bytes: a file about 6,100 bytes deep, past PATH_MAX (4,096).
+    let seg = "d".repeat(200);
+    let script = format!(
+        "set -e; cd {}; mkdir -p src; cd src; for i in $(seq 1 30); do mkdir {seg}; cd {seg}; done; printf deep > f",
+        sb.path().display()
+    );
+    let st = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let dest = sb.join("out");
+    let out =
+        filesbackup(&[OsStr::new("--FILESET_INCLUDE"), src.as_os_str(), OsStr::new("--DESTINATION"), dest.as_os_str()])
+            .expect(0);
+    assert!(!out.stderr.contains("cannot read"), "{}", out.stderr);
+    let archive = only_archive(&dest);
+    let listing = Command::new("tar").arg("-tzf").arg(&archive).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let deepest = listing.lines().map(str::len).max().unwrap_or(0);
+    assert!(deepest > 6000, "the deep file is missing from the archive (longest name {deepest})");
+    // GNU tar reads it back, byte for byte.
+    let got = Command::new("tar").arg("-xzOf").arg(&archive).args(["--wildcards", "*/f"]).output().unwrap();
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(got.stdout, b"deep");
+}

@@ -18,6 +18,7 @@ use tar::{EntryType, Header};
 
 use crate::encoder::{Compressor, Settings};
 use crate::glob;
+use crate::longpath::Short;
 use crate::owners::Owners;
 
 /// A tree to archive: `path` on disk, stored under `name` in the archive.
@@ -203,7 +204,8 @@ impl Writer<'_> {
     }
 
     fn stat(&self, p: &Path) -> io::Result<Metadata> {
-        if self.opts.follow_symlinks { std::fs::metadata(p) } else { std::fs::symlink_metadata(p) }
+        let s = Short::of(p)?;
+        if self.opts.follow_symlinks { std::fs::metadata(&s.path) } else { std::fs::symlink_metadata(&s.path) }
     }
 
     /// A file that could not be read: a warning, or fatal with STRICT.
@@ -260,7 +262,7 @@ impl Writer<'_> {
         if self.opts.one_file_system && meta.dev() != self.root_dev {
             return Ok(());
         }
-        let entries = match std::fs::read_dir(path) {
+        let entries = match Short::of(path).and_then(|s| std::fs::read_dir(&s.path)) {
             Ok(e) => e,
             Err(e) => return self.trouble(path, &e, "folder vanished before it was read"),
         };
@@ -314,7 +316,7 @@ impl Writer<'_> {
         let mut h = self.header(meta);
         h.set_size(0);
         if ft.is_symlink() {
-            let target = match std::fs::read_link(path) {
+            let target = match Short::of(path).and_then(|s| std::fs::read_link(&s.path)) {
                 Ok(t) => t,
                 Err(e) => return self.trouble(path, &e, "vanished before it was read"),
             };
@@ -363,7 +365,7 @@ impl Writer<'_> {
             self.stats.hardlinks += 1;
             return Ok(());
         }
-        let file = match File::open(path) {
+        let file = match Short::of(path).and_then(|s| File::open(&s.path)) {
             Ok(f) => f,
             Err(e) => return self.trouble(path, &e, "vanished before it was read"),
         };
