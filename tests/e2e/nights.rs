@@ -328,3 +328,26 @@ fn a_secret_left_by_a_killed_stage_is_gone_after_the_next_run() {
     assert!(!stale.exists(), "the killed stage's secret is still on disk");
     assert!(live.exists(), "a live process's secret was removed");
 }
+
+#[test]
+fn a_sigterm_in_storage_stops_the_night_and_the_next_one_stores_it() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    random_file(&sb, "data/big.bin", 64);
+    let conf = pipeline(&sb, &sb.join("store"));
+    let store = sb.join("store");
+    let mut c = runner(&conf);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    assert!(wait_for(Duration::from_secs(60), || has(&store, |n| n.contains(".enc.0"))), "storage never started");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = Out::from(child.wait_with_output().unwrap()).expect(1);
+    let report = out.json();
+    assert_eq!(report["status"], "interrupted", "{report:#}");
+    let night1 = report["run_id"].as_str().unwrap().to_owned();
+    assert!(
+        !sb.join(format!("store/testhost/{night1}/RUN-MANIFEST.json")).exists(),
+        "an interrupted run looks complete"
+    );
+    next_night_completes_both(&sb, &conf, &night1, "completed");
+}
