@@ -2,6 +2,8 @@
 //! commands run with a cleared environment so that the host cannot leak in.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod faultproxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
