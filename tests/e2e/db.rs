@@ -17,15 +17,20 @@ fn sh(script: &str, env: &[(&str, &str)]) -> String {
 }
 
 pub(crate) fn my_admin(s: &Servers, sql: &str) -> String {
+    // The SQL goes on stdin: a password in it (CREATE USER) never shows in a process's argv,
+    // where the argv watchers of other tests look.
     let mut c = Command::new("mariadb");
-    c.arg(format!("--defaults-file={}", s.var("NCB_MYSQL_ADMIN_CNF"))).args([
-        "--default-character-set=utf8mb4",
-        "-N",
-        "-B",
-        "-e",
-        sql,
-    ]);
-    let out = c.output().unwrap();
+    c.arg(format!("--defaults-file={}", s.var("NCB_MYSQL_ADMIN_CNF")))
+        .args(["--default-character-set=utf8mb4", "-N", "-B"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{sql}\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -351,3 +351,45 @@ fn a_sigterm_in_storage_stops_the_night_and_the_next_one_stores_it() {
     );
     next_night_completes_both(&sb, &conf, &night1, "completed");
 }
+
+#[test]
+fn a_dump_killed_mid_run_leaves_no_secret_after_the_next_night() {
+    let s = nc_backup_e2e::Servers::get();
+    let sb = Sandbox::new();
+    let db = crate::db::make_mysql_db(&s);
+    // Enough rows for mysqldump to take a few seconds.
+    crate::db::my_admin(
+        &s,
+        &format!(
+            "USE {db}; INSERT INTO items(name, price, note) SELECT CONCAT('bulk', seq), seq % 100, REPEAT('y', 200) FROM seq_1_to_300000"
+        ),
+    );
+    let creds = crate::db::my_creds(&sb, &s, "ncbadmin", &s.var("NCB_MYSQL_PASSWORD"));
+    let work = sb.join("work");
+    let conf = sb.config(&[(
+        "DBSBACKUP",
+        json!({"ACTION": "execute", "NAME": "mysql-dump", "PARAMETERS": {
+            "CREDENTIAL_PATH": creds, "HOST": "127.0.0.1", "PORT": s.var("NCB_MYSQL_PORT"),
+            "DATABASES": db, "DESTINATION": &work, "PREFIX_FOLDER": "mydump"}}),
+    )]);
+    let secrets = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|e| e.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<String>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n: &String| n.starts_with(".ncb-secret-"))
+            .collect()
+    };
+    let mydump = work.join("mydump");
+    let night1 = kill_night_when(&conf, "the dump was under way", || {
+        !secrets(&work).is_empty() && has(&mydump, |n| n.contains(".partial-"))
+    });
+    assert!(wait_for(Duration::from_secs(5), || !secrets(&work).is_empty()), "no option file to sweep: test is void");
+    assert_eq!(secrets(&work).len(), 1, "the killed dump left its option file: {:?}", secrets(&work));
+    let report = run(&mut runner(&conf)).expect(0).json();
+    assert_eq!(recovered(&report), [(night1, "abandoned".to_owned())], "{report:#}");
+    assert!(secrets(&work).is_empty(), "a secret is still in WORK_FOLDER: {:?}", secrets(&work));
+    let dumps: Vec<_> = walk(&mydump);
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    assert!(!dumps[0].to_string_lossy().contains(".partial-"), "{dumps:?}");
+}
