@@ -39,6 +39,9 @@
 #   NCB_SOAK_SEED         seed of the random choices (default: random, printed)
 #   NCB_SERVERS_DIR       the test servers (default /var/tmp/ncb-servers; started with
 #                         scripts/servers.sh start when none of them is up)
+#   NCB_SOAK_GARAGE       `shared` (default): the Garage of the test servers; `private`: a
+#                         Garage of the soak's own (other ports, its own bucket), for a long
+#                         soak beside tests that stop and restart the shared one
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -83,8 +86,11 @@ if ! my_up && ! s3_up; then
   echo "== starting the test servers (scripts/servers.sh start)" >&2
   scripts/servers.sh start >&2 || die "cannot start the test servers"
 fi
+GARAGE=${NCB_SOAK_GARAGE:-shared}
+[[ "$GARAGE" == shared || "$GARAGE" == private ]] || die "NCB_SOAK_GARAGE: shared or private, not '$GARAGE'"
 my_up || die "MariaDB of $NCB_SERVERS_DIR is not answering (and other servers are up: not restarting them)"
-s3_up || die "Garage of $NCB_SERVERS_DIR is not answering (and other servers are up: not restarting them)"
+[ "$GARAGE" = private ] || s3_up ||
+  die "Garage of $NCB_SERVERS_DIR is not answering (and other servers are up: not restarting them)"
 var() { sed -n "s/^$1=//p" "$ENVF" | head -n1; }
 MY_CNF=$(var NCB_MYSQL_ADMIN_CNF)
 MY_PORT=$(var NCB_MYSQL_PORT)
@@ -107,18 +113,56 @@ DB=ncbsoak_$$
 PREFIX_BASE=soak-$$-$(date -u +%H%M%S)
 EPOCH=0
 PREFIX=$PREFIX_BASE-$EPOCH
+GARAGE_PID=""
 cleanup() {
   sql -e "DROP DATABASE IF EXISTS $DB; DROP DATABASE IF EXISTS ${DB}_r" 2>/dev/null
   local e
-  for e in $(seq 0 "$EPOCH"); do
-    aws_ s3 rm --quiet --recursive "s3://$S3_BUCKET/$PREFIX_BASE-$e/" >/dev/null 2>&1
-  done
+  if [ -n "$GARAGE_PID" ]; then
+    kill "$GARAGE_PID" 2>/dev/null; wait "$GARAGE_PID" 2>/dev/null
+  else
+    for e in $(seq 0 "$EPOCH"); do
+      aws_ s3 rm --quiet --recursive "s3://$S3_BUCKET/$PREFIX_BASE-$e/" >/dev/null 2>&1
+    done
+  fi
   [ -n "${NCB_SOAK_DIR:-}" ] || rm -rf "$T"
 }
 trap cleanup EXIT
 trap 'echo "soak: interrupted" >&2; exit 130' INT TERM
 
 echo "== sandbox $T, results $RESULTS, seed $SEED" >&2
+if [ "$GARAGE" = private ]; then
+  # A single-node Garage as scripts/servers.sh starts the shared one, on free ports.
+  G=$T/garage
+  mkdir -p "$G/meta" "$G/data"
+  read -r GP GR < <(python3 -c 'import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))')
+  cat > "$G/garage.toml" <<CONF
+metadata_dir = "$G/meta"
+data_dir = "$G/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$GR"
+rpc_public_addr = "127.0.0.1:$GR"
+rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$GP"
+root_domain = ".s3.garage.localhost"
+CONF
+  AWS_ACCESS_KEY_ID="GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  AWS_SECRET_ACCESS_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  GARAGE_DEFAULT_ACCESS_KEY=$AWS_ACCESS_KEY_ID GARAGE_DEFAULT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY GARAGE_DEFAULT_BUCKET=soak \
+    garage -c "$G/garage.toml" server --single-node --default-bucket > "$G/garage.log" 2>&1 &
+  GARAGE_PID=$!
+  for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GP") 2>/dev/null && break; sleep 0.1; done
+  (exec 3<>"/dev/tcp/127.0.0.1/$GP") 2>/dev/null || die "private Garage did not start: $(tail -5 "$G/garage.log")"
+  sleep 0.5
+  S3_ENDPOINT=http://127.0.0.1:$GP S3_REGION=garage S3_BUCKET=soak
+  echo "== private Garage on 127.0.0.1:$GP" >&2
+fi
 DATA=$T/data
 mkdir -p "$DATA"
 # Real files: /usr/include and /usr/share/doc, in name order, up to 2/3 of the size.
@@ -203,7 +247,7 @@ runner -r -c "$CONF" --json > "$T/baseline.json" 2> "$T/baseline.err" || {
   cp "$T/baseline.json" "$T/baseline.err" "$RESULTS/" 2>/dev/null; die "the clean night failed: $(tail -5 "$T/baseline.err")"; }
 t1=$(now)
 NIGHT_MS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", (b - a) * 1000 }')
-say "soak: $N rounds, data $(du -sh "$DATA" | cut -f1), $ROWS rows, FILE_SIZE $FILE_SIZE, KEEP_LAST $KEEP_LAST, seed $SEED; a clean night takes $(secs "$t0" "$t1") s"
+say "soak: $N rounds, data $(du -sh "$DATA" | cut -f1), $ROWS rows, FILE_SIZE $FILE_SIZE, KEEP_LAST $KEEP_LAST, $GARAGE Garage $S3_ENDPOINT, seed $SEED; a clean night takes $(secs "$t0" "$t1") s"
 sections=$(json_get "$T/baseline.json" "' '.join('%s=%.1fs' % (s['name'], s['duration_ms']/1000) for s in d['sections'])")
 say "clean night: $sections"
 
