@@ -318,7 +318,14 @@ fn a_secret_left_by_a_killed_stage_is_gone_after_the_next_run() {
     sb.write("data/a", b"a");
     // A dump killed by SIGKILL leaves its option file; pid 2^22+1 is beyond pid_max's default.
     let stale = sb.write("work/.ncb-secret-4194305-mysql-dump-options-00ff", b"[client]\npassword=hunter2\n");
+    // A secret in use: its process holds it locked (and is alive).
     let live = sb.write(&format!("work/.ncb-secret-{}-other-00ff", std::process::id()), b"x");
+    let held = std::fs::File::open(&live).unwrap();
+    held.lock().unwrap();
+    // A secret of a process that is gone, whose pid was reused by a live one: nobody holds it.
+    let reused = sb.write(&format!("work/.ncb-secret-{}-reused-00ff", std::process::id()), b"x");
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&reused).unwrap().set_modified(old).unwrap();
     let conf = sb.config(&[(
         "FILESET",
         json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
@@ -326,7 +333,9 @@ fn a_secret_left_by_a_killed_stage_is_gone_after_the_next_run() {
     )]);
     run(&mut runner(&conf)).expect(0);
     assert!(!stale.exists(), "the killed stage's secret is still on disk");
-    assert!(live.exists(), "a live process's secret was removed");
+    assert!(!reused.exists(), "a secret nobody holds survived because its pid was reused");
+    assert!(live.exists(), "a secret in use was removed");
+    drop(held);
 }
 
 #[test]

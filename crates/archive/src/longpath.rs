@@ -31,7 +31,7 @@ impl Short {
         let mut cur = PathBuf::new();
         for c in parents {
             if cur.as_os_str().len() + c.as_os_str().len() + 1 >= STRETCH {
-                let base = dirs.last().map(|d| fd_path(d));
+                let base = dirs.last().map(fd_path);
                 let full = match base {
                     Some(b) => b.join(&cur),
                     None => cur.clone(),

@@ -55,8 +55,20 @@ pub struct SectionEntry {
     pub objectives: Vec<PathBuf>,
     #[serde(default)]
     pub remove_objectives: bool,
+    /// The files under OBJECTIVES when the section started (REMOVE_OBJECTIVES only): one of
+    /// them gone means the section had made every output durable (stages remove inputs only
+    /// then). `None` when there were too many to list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_before: Option<Vec<PathBuf>>,
     #[serde(default)]
     pub artifacts: Vec<Artifact>,
+    /// The order in which the sections of this run started (a completion starts some again).
+    #[serde(default)]
+    pub seq: u64,
+    /// The process group of the stage's program, while it runs: a runner killed with SIGKILL
+    /// cannot stop what that program started; the next run does (same boot only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<u32>,
 }
 
 /// A file moved out of the shared folders, and where it came from.
@@ -82,6 +94,13 @@ pub struct Journal {
     /// Leftovers set aside: they go back into place before the next attempt.
     #[serde(default)]
     pub aside: Vec<Moved>,
+    /// The kernel's boot id when the run started: process groups recorded in the journal
+    /// mean something only in the same boot.
+    #[serde(default)]
+    pub boot_id: String,
+    /// Why the run cannot be completed without a person, when recovery found out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 impl Journal {
@@ -98,7 +117,20 @@ impl Journal {
             sections: Vec::new(),
             lineage: Lineage::default(),
             aside: Vec::new(),
+            boot_id: boot_id(),
+            damaged: None,
         }
+    }
+
+    /// The next start sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.sections.iter().map(|s| s.seq).max().unwrap_or(0) + 1
+    }
+
+    /// The section the run stopped in: the last one started, when it did not end well.
+    pub fn stopped_in(&self) -> Option<usize> {
+        let (i, e) = self.sections.iter().enumerate().max_by_key(|(_, e)| e.seq)?;
+        matches!(e.status, SectionState::Started | SectionState::Failed).then_some(i)
     }
 
     pub fn path(work: &Path, run_id: &str) -> PathBuf {
@@ -170,6 +202,11 @@ pub fn list(work: &Path) -> Vec<(PathBuf, Result<Journal>)> {
     all
 }
 
+/// This boot's id (empty when the kernel does not say).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
 /// Run ids with a journal in WORK_FOLDER: runs not finished yet, which retention must not
 /// take for abandoned.
 pub fn pending_runs(work: &Path) -> Vec<String> {
@@ -185,7 +222,8 @@ pub fn pending_runs(work: &Path) -> Vec<String> {
 }
 
 /// Every file under `dir` (relative paths, sorted), skipping the runner's own `.ncb-*` and
-/// `.backup-runner-*` entries; `None` past `limit` entries (or when `dir` cannot be read).
+/// `.backup-runner*` entries at every depth; `None` past `limit` entries (or when `dir`
+/// cannot be read).
 pub fn snapshot(dir: &Path, limit: usize) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
@@ -197,7 +235,7 @@ pub fn snapshot(dir: &Path, limit: usize) -> Option<Vec<String>> {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if rel.is_empty() && is_runner_own(&name) {
+            if is_runner_own(&name) {
                 continue;
             }
             let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
@@ -222,25 +260,66 @@ pub fn is_runner_own(name: &str) -> bool {
 }
 
 /// Moves a file, across file systems when it must (copy, fsync, then remove the original).
+/// Resumable: when `to` already holds the same bytes (a move cut short after its copy), the
+/// original is simply removed.
 pub fn move_file(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
         crate::atomic::ensure_dir(parent, 0o700)?;
     }
-    match std::fs::rename(from, to) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let mut src = std::fs::File::open(from).at("cannot open", from)?;
-            let mut out = crate::atomic::AtomicFile::create(to)?;
-            std::io::copy(&mut src, &mut out).at("cannot copy", from)?;
-            out.commit()?;
-            std::fs::remove_file(from).at("cannot remove", from)?;
+    if std::fs::symlink_metadata(to).is_ok() {
+        let same =
+            crate::hash::sha256_file(from).ok().zip(crate::hash::sha256_file(to).ok()).is_some_and(|(a, b)| a == b);
+        if !same {
+            return Err(Error::runtime(format!(
+                "cannot move {} to {}: a different file is there",
+                from.display(),
+                to.display()
+            )));
         }
-        Err(e) => return Err(Error::path(&format!("cannot move to {}:", to.display()), from, e)),
+        std::fs::remove_file(from).at("cannot remove", from)?;
+    } else {
+        match std::fs::rename(from, to) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let mut src = std::fs::File::open(from).at("cannot open", from)?;
+                let mut out = crate::atomic::AtomicFile::create(to)?;
+                std::io::copy(&mut src, &mut out).at("cannot copy", from)?;
+                out.commit()?;
+                std::fs::remove_file(from).at("cannot remove", from)?;
+            }
+            Err(e) => return Err(Error::path(&format!("cannot move to {}:", to.display()), from, e)),
+        }
     }
-    if let Some(parent) = to.parent() {
-        crate::atomic::sync_dir(parent)?;
+    for dir in [to.parent(), from.parent()].into_iter().flatten() {
+        crate::atomic::sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Every regular file under `paths` (files themselves, folders walked), absolute, sorted;
+/// unfinished temporaries and the runner's own files left out; `None` past `limit`.
+pub fn files_under(paths: &[PathBuf], limit: usize) -> Option<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => {
+                for rel in snapshot(p, limit)? {
+                    let full = p.join(&rel);
+                    let name = full.file_name().unwrap_or_default();
+                    if !crate::atomic::is_partial(name) && std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_file()) {
+                        out.push(full);
+                    }
+                }
+            }
+            Ok(m) if m.is_file() => out.push(p.clone()),
+            _ => {}
+        }
+        if out.len() > limit {
+            return None;
+        }
+    }
+    out.sort();
+    Some(out)
 }
 
 #[cfg(test)]
@@ -260,6 +339,9 @@ mod tests {
             objectives: vec![],
             remove_objectives: false,
             artifacts: vec![],
+            inputs_before: None,
+            seq: 1,
+            pgid: None,
         });
         j.save(d.path()).unwrap();
         j.section_mut("FILESET").unwrap().status = SectionState::Ok;
@@ -279,8 +361,23 @@ mod tests {
         std::fs::write(d.path().join("a/b/f"), b"x").unwrap();
         std::fs::create_dir_all(d.path().join(DIR)).unwrap();
         std::fs::write(d.path().join(".backup-runner.lock"), b"").unwrap();
+        std::fs::create_dir_all(d.path().join("a/.ncb-aside")).unwrap();
         assert_eq!(snapshot(d.path(), 100).unwrap(), ["a", "a/b", "a/b/f"]);
         assert_eq!(snapshot(d.path(), 2), None);
         assert_eq!(snapshot(&d.path().join("missing"), 10).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_move_cut_short_after_its_copy_resumes() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("x/b"));
+        std::fs::write(&a, b"data").unwrap();
+        std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+        std::fs::write(&b, b"data").unwrap();
+        move_file(&a, &b).unwrap();
+        assert!(!a.exists() && std::fs::read(&b).unwrap() == b"data");
+        std::fs::write(&a, b"other").unwrap();
+        assert!(move_file(&a, &b).is_err(), "a different file was overwritten or dropped");
+        assert_eq!(std::fs::read(&a).unwrap(), b"other");
     }
 }

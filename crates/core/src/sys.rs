@@ -152,16 +152,28 @@ pub fn secret_name(what: &str) -> String {
     format!("{SECRET_MARK}{}-{what}", std::process::id())
 }
 
-/// Removes secret files in `dir` whose process is gone (killed before it could remove them);
-/// returns their names. Files of live processes stay.
+/// Removes secret files in `dir` that no process holds any more (killed before it could remove
+/// them); returns their names. A process holds its secret file locked (flock) while it uses
+/// it; a file nobody has locked is stale once its process is gone or it is over a minute old
+/// (its pid may have been reused).
 pub fn sweep_secrets(dir: &std::path::Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(SECRET_MARK) else { continue };
+        let Ok(file) = std::fs::File::open(e.path()) else { continue };
+        if file.try_lock().is_err() {
+            continue;
+        }
         let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(process_alive) {
+        let old = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if pid.is_some_and(process_alive) && !old {
             continue;
         }
         if std::fs::remove_file(e.path()).is_ok() {

@@ -134,10 +134,13 @@ pub fn dump_folder(p: &Params, ctx: &ncb_core::StageCtx) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// A 0600 file holding a secret, removed when dropped (also on errors and panics).
+/// A 0600 file holding a secret, removed when dropped (also on errors and panics), and held
+/// locked while it lives: a file nobody holds is one a killed stage left, which the next run
+/// (or stage) removes.
 #[derive(Debug)]
 pub struct SecretFile {
     path: PathBuf,
+    _held: std::fs::File,
 }
 
 impl SecretFile {
@@ -155,14 +158,15 @@ impl SecretFile {
         // Named for its process: if we are killed, the next run (or stage) removes it.
         let path = dir.join(ncb_core::sys::secret_name(&format!("{stem}-{name}")));
         let mut f = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
             .at("cannot create credentials file", &path)?;
-        let guard = SecretFile { path };
-        f.write_all(content).at("cannot write", &guard.path)?;
-        Ok(guard)
+        f.lock().at("cannot lock", &path)?;
+        f.write_all(content).at("cannot write", &path)?;
+        Ok(SecretFile { path, _held: f })
     }
     pub fn path(&self) -> &Path {
         &self.path

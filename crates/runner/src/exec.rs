@@ -47,6 +47,7 @@ pub fn run(
     envs: &[(String, String)],
     timeout: Option<Duration>,
     signal: &Arc<AtomicUsize>,
+    on_spawn: &mut dyn FnMut(u32),
 ) -> std::io::Result<ChildOutcome> {
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -59,6 +60,7 @@ pub fn run(
     sys::dies_with_parent(&mut cmd, sys::SIGTERM);
     let mut child = cmd.spawn()?;
     let pgid = child.id();
+    on_spawn(pgid);
     let (tx, rx) = mpsc::channel();
     if let Some(out) = child.stdout.take() {
         spawn_reader(out, tx.clone(), Line::Out);

@@ -534,11 +534,27 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     for stale in ncb_core::sys::sweep_secrets(&work) {
         log::warn!("removed {stale} from WORK_FOLDER: a secret left by a stage that was killed");
     }
-    let recovered = recover::recover_all(&config, &work, &signal);
     let mut journal = ncb_core::journal::Journal::new(&run_id, &config.path, started);
-    let walk = run::Walk { work: &work, journal: &mut journal, completing: false };
-    let mut report = run::run_all(&config, &steps, started, &signal, walk);
-    report.recovered = recovered;
+    let mut report = match recover::recover_all(&config, &work, &signal) {
+        Ok(recovered) => {
+            let walk = run::Walk { work: &work, journal: &mut journal, completing: false };
+            let mut report = run::run_all(&config, &steps, started, &signal, walk);
+            report.recovered = recovered;
+            report
+        }
+        // Earlier runs' files may still be in the shared folders: tonight's sections would
+        // take them for their own. Nothing runs.
+        Err(e) => run::not_run(
+            &config,
+            &run_id,
+            started,
+            &steps,
+            &format!(
+                "the files of an earlier unfinished run could not be cleared from the work folders, so no section was run: {}",
+                ncb_core::stage::error_chain(&e)
+            ),
+        ),
+    };
     report.tally();
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     let mut report_path = None;

@@ -1,18 +1,21 @@
-//! Before tonight's sections: the runs that did not walk every section (killed, stopped by a
-//! failure, a signal, a full disk, an unreachable destination) are completed under their own
-//! run id, or their leftovers are set aside; never mixed into tonight's inputs, never deleted
-//! while they are the only copy.
+//! Before tonight's sections: the runs that did not walk every section well (killed, stopped
+//! by a failure, a signal, a full disk, an unreachable destination) are completed under their
+//! own run id, or their leftovers are set aside; never mixed into tonight's inputs, never
+//! deleted while they are the only copy.
 //!
 //! For every journal left in WORK_FOLDER (oldest run first):
-//! 1. the section a run was in when it stopped is cleaned: what it left in its DESTINATION
-//!    that was not there when it started (temporaries, half a set of outputs) is removed;
-//!    but when it had already removed one of its inputs (REMOVE_OBJECTIVES runs only after
-//!    every output is durable), its outputs are whole and are adopted as its artifacts;
+//! 0. what a killed runner's stage started (its process group) is stopped, in the same boot;
+//! 1. the section a run stopped in is cleaned: what it left in its DESTINATION that was not
+//!    there when it started (temporaries, half a set of outputs) is removed, since its inputs
+//!    are all still there; but when one of its inputs is gone (REMOVE_OBJECTIVES removes
+//!    inputs only after every output is durable), its outputs are whole: they are adopted as
+//!    its artifacts and the removal of its inputs is finished;
 //! 2. every run's files are moved out of the shared folders into `.ncb-aside/<RUN_ID>/`;
-//! 3. one run at a time, its files go back into place, are checked (size and SHA-256
-//!    against the journal), and the sections it had not finished run again under its run id
-//!    (source sections excepted: tonight's run reads live data afresh). Completed, its journal
-//!    is closed; failing again, its files go back aside for the next night.
+//!    if anything in steps 1-2 fails, no run is completed and tonight's sections do not run;
+//! 3. one run of this config at a time, its files go back into place, are checked (size and
+//!    SHA-256 against the journal), and the sections it had not finished run again under its
+//!    run id (source sections excepted: tonight's run reads live data afresh). It is completed
+//!    when its storage sections all succeeded; else its files go back aside for the next night.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,27 +27,30 @@ use ncb_core::{Artifact, Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::plan::{Step, Target};
 use crate::report::SectionReport;
 use crate::run::{Walk, run_all};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// Every section it had not finished ran now, successfully.
+    /// Every section it had not finished ran now, and its run is stored.
     Completed,
-    /// Completed, but a section failed (ON_FAILURE continue).
-    CompletedWithErrors,
     /// It could not be completed tonight: its files wait in `.ncb-aside` for the next run.
     Pending,
+    /// It belongs to another config sharing this WORK_FOLDER: its files wait aside for that
+    /// config's next run.
+    Deferred,
     /// It had finished no section: what it left was removed, there is nothing to complete.
     Abandoned,
-    /// Its files are not what it made (or its journal is unreadable): kept aside for a person.
+    /// Its files are not what it made, the config no longer reads them, or its journal is
+    /// unreadable: everything is kept aside for a person.
     Damaged,
 }
 
 impl Outcome {
     pub fn is_failure(self) -> bool {
-        matches!(self, Outcome::CompletedWithErrors | Outcome::Pending | Outcome::Damaged)
+        matches!(self, Outcome::Pending | Outcome::Damaged)
     }
 }
 
@@ -54,7 +60,7 @@ pub struct Recovery {
     pub run_id: String,
     pub outcome: Outcome,
     pub detail: String,
-    /// Unfinished outputs removed (relative to their DESTINATION) and secrets swept.
+    /// Unfinished outputs removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cleaned: Vec<String>,
     /// The sections the completion ran.
@@ -74,38 +80,49 @@ impl Recovery {
     }
 }
 
-/// Completes or sets aside every unfinished run in `work`. Called under the run lock.
-pub fn recover_all(config: &Config, work: &Path, signal: &Arc<AtomicUsize>) -> Vec<Recovery> {
+/// Completes or sets aside every unfinished run in `work`. Called under the run lock. An
+/// error means the shared folders could not be cleared of earlier runs' files: tonight's
+/// sections must not run.
+pub fn recover_all(config: &Config, work: &Path, signal: &Arc<AtomicUsize>) -> Result<Vec<Recovery>> {
     let mut out = Vec::new();
     let mut journals = Vec::new();
     for (path, j) in journal::list(work) {
         match j {
             Ok(j) => journals.push((j, Vec::new())),
-            Err(e) => out.push(unreadable(work, &path, &e)),
+            Err(e) => out.push(unreadable(work, &path, &e)?),
         }
+    }
+    for (j, _) in &journals {
+        stop_leftover_groups(j);
     }
     for (j, cleaned) in &mut journals {
-        match clean_interrupted(j, work) {
-            Ok(c) => *cleaned = c,
-            Err(e) => log::error!("run {}: {}", j.run_id, error_chain(&e)),
-        }
+        *cleaned = clean_interrupted(j, work).map_err(|e| e.context(&format!("earlier run {}", j.run_id)))?;
     }
     for (j, _) in &mut journals {
-        if let Err(e) = set_aside(j, work) {
-            log::error!("run {}: cannot set its files aside: {}", j.run_id, error_chain(&e));
-        }
+        set_aside(j, work).map_err(|e| e.context(&format!("earlier run {}: cannot set its files aside", j.run_id)))?;
     }
+    let ours = canonical(&config.path);
     for (j, cleaned) in journals {
-        if signal.load(Ordering::SeqCst) != 0 {
-            out.push(Recovery::new(&j.run_id, Outcome::Pending, "not tried: this run was interrupted"));
-            continue;
-        }
-        let mut r = complete(config, work, j, signal);
+        let mut r = if canonical(&j.config) != ours {
+            Recovery::new(
+                &j.run_id,
+                Outcome::Deferred,
+                format!("it is a run of {}: its files wait aside for that config's next run", j.config.display()),
+            )
+        } else if signal.load(Ordering::SeqCst) != 0 {
+            Recovery::new(&j.run_id, Outcome::Pending, "not tried: this run was interrupted")
+        } else {
+            complete(config, work, j, signal)
+        };
         r.cleaned.splice(0..0, cleaned);
         log_outcome(&r);
         out.push(r);
     }
-    out
+    Ok(out)
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn log_outcome(r: &Recovery) {
@@ -122,35 +139,67 @@ fn log_outcome(r: &Recovery) {
 }
 
 /// A journal that cannot be read is moved aside (never deleted) and reported.
-fn unreadable(work: &Path, path: &Path, e: &Error) -> Recovery {
+fn unreadable(work: &Path, path: &Path, e: &Error) -> Result<Recovery> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let to = work.join(ASIDE).join("unreadable-journals").join(&name);
-    let detail = match journal::move_file(path, &to) {
-        Ok(()) => format!("{}; moved to {} for a person to look at", error_chain(e), to.display()),
-        Err(m) => format!("{}; and it cannot be moved aside: {}", error_chain(e), error_chain(&m)),
-    };
-    Recovery::new(name.trim_end_matches(".json"), Outcome::Damaged, detail)
+    journal::move_file(path, &to)?;
+    let detail = format!("{}; moved to {} for a person to look at", error_chain(e), to.display());
+    Ok(Recovery::new(name.trim_end_matches(".json"), Outcome::Damaged, detail))
 }
 
-/// Cleans the sections that did not end well (see the module doc, step 1). Their snapshot is
+/// The process groups a killed runner's stages left running (same boot only: a group id of
+/// another boot names someone else), stopped before their files are touched.
+fn stop_leftover_groups(j: &Journal) {
+    if j.boot_id.is_empty() || j.boot_id != journal::boot_id() {
+        return;
+    }
+    for e in j.sections.iter().filter(|e| e.status == SectionState::Started) {
+        let Some(pgid) = e.pgid else { continue };
+        if ncb_core::sys::kill_group(pgid, ncb_core::sys::SIGKILL).is_ok() {
+            log::warn!(
+                "earlier run {}: stopped what section {} had left running (process group {pgid})",
+                j.run_id,
+                e.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+/// Cleans the section the run stopped in (see the module doc, step 1). Its snapshot is
 /// dropped afterwards, so no later night cleans the same folder against it again.
 fn clean_interrupted(j: &mut Journal, work: &Path) -> Result<Vec<String>> {
-    let mut cleaned = Vec::new();
-    for i in 0..j.sections.len() {
-        let e = &j.sections[i];
-        let (Some(dest), Some(before)) = (e.dest.clone(), e.dest_before.clone()) else { continue };
-        if !matches!(e.status, SectionState::Started | SectionState::Failed) {
-            continue;
+    let Some(i) = j.stopped_in() else { return Ok(Vec::new()) };
+    let e = j.sections[i].clone();
+    let inputs_gone = match (&e.inputs_before, e.remove_objectives) {
+        (_, false) => false,
+        (Some(list), true) => list.iter().any(|p| std::fs::symlink_metadata(p).is_err()),
+        (None, true) => {
+            // Too many inputs to have listed: whether the outputs are whole cannot be told.
+            j.damaged = Some(format!(
+                "section {} stopped while its inputs were too many to track: nothing was removed",
+                e.name
+            ));
+            j.sections[i].dest_before = None;
+            j.save(work)?;
+            return Ok(Vec::new());
         }
-        let Some(now) = journal::snapshot(&dest, usize::MAX) else { continue };
+    };
+    let mut cleaned = Vec::new();
+    let mut adopted = Vec::new();
+    if let (Some(dest), Some(before)) = (&e.dest, &e.dest_before) {
+        let now = journal::snapshot(dest, usize::MAX).unwrap_or_default();
         let before: std::collections::HashSet<&String> = before.iter().collect();
-        let new: Vec<&String> = now.iter().filter(|n| !before.contains(n)).collect();
-        let inputs_gone = e.remove_objectives && e.objectives.iter().any(|o| std::fs::symlink_metadata(o).is_err());
-        let mut adopted = Vec::new();
+        // Files other sections of the run made are never this section's leftovers.
+        let others: std::collections::HashSet<&PathBuf> =
+            j.sections.iter().filter(|s| s.name != e.name).flat_map(|s| s.artifacts.iter().map(|a| &a.path)).collect();
         // Deepest first, so folders are emptied before they are looked at.
-        for rel in new.iter().rev() {
+        for rel in now.iter().filter(|n| !before.contains(n)).rev() {
             let path = dest.join(rel);
             let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if others.contains(&path) {
+                continue;
+            }
             let partial = path.file_name().is_some_and(ncb_core::atomic::is_partial);
             if meta.is_dir() {
                 if std::fs::remove_dir(&path).is_ok() {
@@ -164,28 +213,46 @@ fn clean_interrupted(j: &mut Journal, work: &Path) -> Result<Vec<String>> {
                 cleaned.push(path.display().to_string());
             }
         }
-        let e = &mut j.sections[i];
-        if inputs_gone {
-            log::warn!(
-                "run {}: section {} had made every output before it stopped (it had removed an input): {} file(s) adopted",
-                j.run_id,
-                e.name,
-                adopted.len()
-            );
-            adopted.reverse();
-            e.status = SectionState::Ok;
-            let made: Vec<PathBuf> = adopted.iter().map(|a| a.path.clone()).collect();
-            e.artifacts = adopted;
-            let (name, stage, objectives) = (e.name.clone(), e.stage.clone(), e.objectives.clone());
-            e.dest_before = None;
-            j.lineage.record(&name, &stage, &objectives, &made);
-        } else {
-            e.status = SectionState::Failed;
-            e.dest_before = None;
-        }
-        j.save(work)?;
     }
+    if inputs_gone {
+        // The stage had begun removing its inputs: finish it, as it would have.
+        for p in e.inputs_before.iter().flatten() {
+            if std::fs::symlink_metadata(p).is_ok() {
+                ncb_core::atomic::remove_input(p)?;
+                cleaned.push(format!("{} (an input of {}, consumed)", p.display(), e.name));
+            }
+        }
+        for o in &e.objectives {
+            remove_empty_tree(o);
+        }
+        adopted.reverse();
+        log::warn!(
+            "run {}: section {} had made every output before it stopped (it had removed an input): {} file(s) adopted",
+            j.run_id,
+            e.name,
+            adopted.len()
+        );
+        let made: Vec<PathBuf> = adopted.iter().map(|a| a.path.clone()).collect();
+        j.lineage.record(&e.name, &e.stage, &e.objectives, &made);
+        let entry = &mut j.sections[i];
+        entry.status = SectionState::Ok;
+        entry.artifacts = adopted;
+    } else {
+        j.sections[i].status = SectionState::Failed;
+    }
+    j.sections[i].dest_before = None;
+    j.sections[i].pgid = None;
+    j.save(work)?;
     Ok(cleaned)
+}
+
+/// Removes the empty folders of a tree (an objective whose files were all consumed).
+fn remove_empty_tree(dir: &Path) {
+    let Some(rels) = journal::snapshot(dir, 100_000) else { return };
+    for rel in rels.iter().rev() {
+        let _ = std::fs::remove_dir(dir.join(rel));
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// The files of `j`'s finished sections that its later finished sections did not consume:
@@ -208,40 +275,46 @@ fn live_artifacts(j: &Journal) -> Vec<Artifact> {
 }
 
 /// Moves the run's live files out of the shared folders. The journal records each move before
-/// it is made, so a kill in between loses track of nothing.
+/// it is made, so a kill in between loses track of nothing (and the move resumes).
 fn set_aside(j: &mut Journal, work: &Path) -> Result<()> {
     let base = work.join(ASIDE).join(&j.run_id);
     for a in live_artifacts(j) {
-        if std::fs::symlink_metadata(&a.path).is_err() || j.aside.iter().any(|m| m.from == a.path) {
+        let recorded = j.aside.iter().find(|m| m.from == a.path).cloned();
+        if std::fs::symlink_metadata(&a.path).is_err() {
             continue;
         }
-        let name = a.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let to = base.join(j.aside.len().to_string()).join(name);
-        j.aside.push(Moved { from: a.path.clone(), to: to.clone() });
-        j.save(work)?;
+        let to = match recorded {
+            // Already aside: a file now at its old place is another run's, unless it is the
+            // very same bytes (a move across file systems cut short after its copy).
+            Some(m) if std::fs::symlink_metadata(&m.to).is_ok() => {
+                let same = ncb_core::hash::sha256_file(&a.path).ok() == Some((a.bytes, a.sha256.clone()));
+                if !same {
+                    continue;
+                }
+                m.to
+            }
+            Some(m) => m.to,
+            None => {
+                let name = a.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let to = base.join(j.aside.len().to_string()).join(name);
+                j.aside.push(Moved { from: a.path.clone(), to: to.clone() });
+                j.save(work)?;
+                to
+            }
+        };
         journal::move_file(&a.path, &to)?;
     }
     Ok(())
 }
 
-/// Puts the run's files back where it made them. A place taken by another file is a conflict:
-/// nothing is overwritten.
+/// Puts the run's files back where it made them. A place taken by a different file is a
+/// conflict: nothing is overwritten.
 fn put_back(j: &mut Journal, work: &Path) -> Result<()> {
     for m in &j.aside {
-        let here = std::fs::symlink_metadata(&m.to).is_ok();
-        let there = std::fs::symlink_metadata(&m.from).is_ok();
-        match (here, there) {
-            (true, false) => journal::move_file(&m.to, &m.from)?,
-            (true, true) => {
-                return Err(Error::runtime(format!(
-                    "cannot put {} back: {} is taken by another file",
-                    m.to.display(),
-                    m.from.display()
-                )));
-            }
-            // Moved back earlier, or the move was recorded but never made.
-            (false, _) => {}
+        if std::fs::symlink_metadata(&m.to).is_ok() {
+            journal::move_file(&m.to, &m.from)?;
         }
+        // Else moved back earlier, or the move was recorded but never made.
     }
     j.aside.clear();
     j.save(work)
@@ -265,8 +338,15 @@ fn check_intact(j: &Journal) -> std::result::Result<(), String> {
     Ok(())
 }
 
+fn is_storage(step: &Step) -> bool {
+    matches!(&step.target, Target::Stage { def, .. } | Target::Load { def, .. } if def.name == "storage")
+}
+
 fn complete(config: &Config, work: &Path, mut j: Journal, signal: &Arc<AtomicUsize>) -> Recovery {
     let run_id = j.run_id.clone();
+    if let Some(why) = j.damaged.clone() {
+        return damaged(work, j, &why);
+    }
     if !j.sections.iter().any(|s| s.status == SectionState::Ok) {
         return match Journal::close(work, &run_id) {
             Ok(()) => Recovery::new(&run_id, Outcome::Abandoned, "it had finished no section: nothing to complete"),
@@ -274,7 +354,7 @@ fn complete(config: &Config, work: &Path, mut j: Journal, signal: &Arc<AtomicUsi
         };
     }
     if let Err(e) = put_back(&mut j, work) {
-        return Recovery::new(&run_id, Outcome::Pending, format!("{}; its files stay aside", error_chain(&e)));
+        return pending(work, j, &error_chain(&e), Vec::new());
     }
     if let Err(why) = check_intact(&j) {
         return damaged(work, j, &why);
@@ -293,22 +373,45 @@ fn complete(config: &Config, work: &Path, mut j: Journal, signal: &Arc<AtomicUsi
     log::warn!("completing earlier run {run_id} (attempt {}): it stopped before its last section", j.attempts);
     let report = run_all(config, &steps, started, signal, Walk { work, journal: &mut j, completing: true });
     let ran: Vec<SectionReport> = report.sections.clone();
-    let closed = !Journal::path(work, &run_id).exists();
-    if closed {
-        let (outcome, detail) = if report.failed() {
-            (Outcome::CompletedWithErrors, "completed, but a section failed (see its sections)".to_owned())
-        } else {
-            (Outcome::Completed, format!("completed: {}", summary(&ran)))
-        };
-        return Recovery { sections: ran, ..Recovery::new(&run_id, outcome, detail) };
+    if report.failed() {
+        let why = report
+            .failures()
+            .iter()
+            .map(|s| format!("{}: {}", s.name, s.error.as_deref().unwrap_or("failed")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return pending(work, j, &why, ran);
     }
-    let why = report
-        .failures()
+    // Stored when every storage section of the plan has finished for this run.
+    let unstored: Vec<&str> = steps
         .iter()
-        .map(|s| format!("{}: {}", s.name, s.error.as_deref().unwrap_or("failed")))
-        .collect::<Vec<_>>()
-        .join("; ");
-    pending(work, j, &why, ran)
+        .filter(|s| is_storage(s))
+        .filter(|s| !j.section(&s.section).is_some_and(|e| e.status == SectionState::Ok))
+        .map(|s| s.section.as_str())
+        .collect();
+    let left: Vec<Artifact> = live_artifacts(&j).into_iter().filter(|a| a.path.exists()).collect();
+    if !unstored.is_empty() && !left.is_empty() {
+        let why = format!(
+            "the config no longer reads its files ({} not run: nothing of the run in its OBJECTIVES)",
+            unstored.join(", ")
+        );
+        return Recovery { sections: ran, ..damaged(work, j, &why) };
+    }
+    let not_run: Vec<&str> =
+        j.sections.iter().filter(|e| e.status != SectionState::Ok).map(|e| e.name.as_str()).collect();
+    let detail = if not_run.is_empty() {
+        format!("completed: {}", summary(&ran))
+    } else {
+        format!(
+            "completed without {} (it had failed; tonight's run backs it up): {}",
+            not_run.join(", "),
+            summary(&ran)
+        )
+    };
+    match Journal::close(work, &run_id) {
+        Ok(()) => Recovery { sections: ran, ..Recovery::new(&run_id, Outcome::Completed, detail) },
+        Err(e) => Recovery { sections: ran, ..Recovery::new(&run_id, Outcome::Pending, error_chain(&e)) },
+    }
 }
 
 fn summary(sections: &[SectionReport]) -> String {
@@ -334,8 +437,8 @@ fn pending(work: &Path, mut j: Journal, why: &str, sections: Vec<SectionReport>)
     r
 }
 
-/// Leftovers that are not what the run made: kept aside with the journal, for a person; the
-/// run is not tried again.
+/// Leftovers that are not what the run made, or that the config no longer reads: kept aside
+/// with the journal, for a person; the run is not tried again.
 fn damaged(work: &Path, mut j: Journal, why: &str) -> Recovery {
     let run_id = j.run_id.clone();
     let mut detail = format!("{why}: not completed");

@@ -64,7 +64,10 @@ pub fn run_all(
         recovered: Vec::new(),
     };
     let mut stopped = false;
-    let mut earlier_failed = false;
+    // A completion of a run that had a failed or unfinished section never applies retention:
+    // the run it stores may lack that section's data (a database that was down).
+    let mut earlier_failed = walk.completing && walk.journal.sections.iter().any(|e| e.status != SectionState::Ok);
+    let mut any_failed = false;
     let mut lineage = walk.journal.lineage.clone();
     let lineage_file = walk.work.join(format!(".ncb-lineage-{run_id}.json"));
     for (i, step) in steps.iter().enumerate() {
@@ -108,7 +111,16 @@ pub fn run_all(
                 None
             }
         };
-        let mut s = run_step(step, &ctx, config, signal, lineage_env.map(|p| p.as_path()));
+        let (journal, work) = (&mut *walk.journal, walk.work);
+        let mut on_spawn = |pgid: u32| {
+            if let Some(e) = journal.section_mut(&step.section) {
+                e.pgid = Some(pgid);
+            }
+            if let Err(e) = journal.save(work) {
+                log::warn!("cannot write the run journal: {}", error_chain(&e));
+            }
+        };
+        let mut s = run_step(step, &ctx, config, signal, lineage_env.map(|p| p.as_path()), &mut on_spawn);
         log_outcome(&s);
         if s.status == Status::Ok {
             let objectives = step.params().paths("OBJECTIVES").unwrap_or_default();
@@ -124,6 +136,7 @@ pub fn run_all(
         }
         let failed = s.status != Status::Ok;
         earlier_failed |= failed;
+        any_failed |= failed;
         let interrupted = s.status == Status::Interrupted || signal.load(Ordering::SeqCst) != 0;
         report.sections.push(s);
         if interrupted || (failed && step.on_failure == OnFailure::Stop) {
@@ -142,8 +155,11 @@ pub fn run_all(
         });
         stopped = true;
     }
-    if !stopped {
-        // Every section was walked: nothing is left for a later run to complete.
+    if !stopped && !any_failed && !walk.completing {
+        // Every section was walked, and succeeded: nothing is left for a later run to
+        // complete. A section that failed under ON_FAILURE continue keeps the journal: what
+        // it did not store is stored by the next run (a completion's journal is closed by
+        // recovery, which checks that the run was stored).
         if let Err(e) = Journal::close(walk.work, &run_id) {
             log::error!("{}", error_chain(&e));
         }
@@ -152,6 +168,35 @@ pub fn run_all(
     report.duration_ms = ms(clock);
     report.tally();
     report
+}
+
+/// The report of a run whose sections could not start (recovery of an earlier run failed).
+pub fn not_run(
+    config: &Config,
+    run_id: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    steps: &[Step],
+    why: &str,
+) -> RunReport {
+    log::error!("{why}");
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut sections =
+        vec![SectionReport { status: Status::Failed, error: Some(why.to_owned()), ..skipped_named("(recovery)") }];
+    sections.extend(steps.iter().map(skipped));
+    RunReport {
+        run_id: run_id.to_owned(),
+        host: general_of(config).hostname,
+        config: config.path.display().to_string(),
+        started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished: now,
+        duration_ms: 0,
+        status: Status::Failed,
+        sections,
+        artifacts: 0,
+        bytes: 0,
+        warnings: 0,
+        recovered: Vec::new(),
+    }
 }
 
 /// The step as a completion runs it, or why it is not run.
@@ -171,7 +216,12 @@ fn completion_step(journal: &Journal, step: &Step) -> Result<Step, String> {
     }
     let mut out = step.clone();
     if present.len() < objectives.len() {
-        let list = serde_json::to_string(&present).unwrap_or_default();
+        // As the config writes lists: space-separated, a JSON array only when a path has a space.
+        let list = if present.iter().any(|p| p.contains(char::is_whitespace)) {
+            serde_json::to_string(&present).unwrap_or_default()
+        } else {
+            present.join(" ")
+        };
         for (k, v) in &mut out.args {
             if ncb_core::params::canonical_key(k) == "OBJECTIVES" {
                 v.clone_from(&list);
@@ -198,15 +248,23 @@ fn journal_start(journal: &mut Journal, work: &std::path::Path, step: &Step) -> 
     let params = step.params();
     let dest = dest_of(step);
     let dest_before = dest.as_deref().and_then(|d| ncb_core::journal::snapshot(d, SNAPSHOT_LIMIT));
+    let objectives = params.paths("OBJECTIVES").unwrap_or_default();
+    let remove_objectives = params.flag("REMOVE_OBJECTIVES", false).unwrap_or(false);
+    let inputs_before =
+        if remove_objectives { ncb_core::journal::files_under(&objectives, SNAPSHOT_LIMIT) } else { Some(Vec::new()) };
+    let seq = journal.next_seq();
     journal.put(SectionEntry {
         name: step.section.clone(),
         stage: step.target_name(),
         status: SectionState::Started,
         dest,
         dest_before,
-        objectives: params.paths("OBJECTIVES").unwrap_or_default(),
-        remove_objectives: params.flag("REMOVE_OBJECTIVES", false).unwrap_or(false),
+        objectives,
+        remove_objectives,
+        inputs_before,
         artifacts: Vec::new(),
+        seq,
+        pgid: None,
     });
     journal.save(work)
 }
@@ -220,6 +278,7 @@ fn journal_end(
     if let Some(e) = journal.section_mut(&s.name) {
         e.status = if s.status == Status::Ok { SectionState::Ok } else { SectionState::Failed };
         e.artifacts.clone_from(&s.artifacts);
+        e.pgid = None;
     }
     journal.lineage = lineage.clone();
     journal.save(work)
@@ -270,6 +329,7 @@ fn run_step(
     config: &Config,
     signal: &Arc<AtomicUsize>,
     lineage: Option<&std::path::Path>,
+    on_spawn: &mut dyn FnMut(u32),
 ) -> SectionReport {
     let clock = Instant::now();
     let mut s = skipped(step);
@@ -303,7 +363,7 @@ fn run_step(
                 envs.push((env::EARLIER_FAILED.to_owned(), "1".to_owned()));
             }
             envs.extend(step.secret_env());
-            match exec::run(&step.section, &program, &args, &envs, step.timeout, signal) {
+            match exec::run(&step.section, &program, &args, &envs, step.timeout, signal, on_spawn) {
                 Err(e) => fail(&mut s, Status::Failed, format!("cannot start {}: {e}", program.display())),
                 Ok(out) => {
                     let tail = out.stderr_tail.join("\n");

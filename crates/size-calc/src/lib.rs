@@ -34,6 +34,13 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     let mut all = Totals::default();
     let mut per = serde_json::Map::new();
     for obj in &objectives {
+        // As nc-backup-py's walk: a folder an earlier section removed (storage with
+        // REMOVE_OBJECTIVES, in conf.json's order) measures 0, with a warning.
+        if std::fs::symlink_metadata(obj).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            report.warn(format!("{} does not exist (removed by an earlier section?): counted as 0", obj.display()));
+            per.insert(obj.display().to_string(), serde_json::json!({"files": 0, "bytes": 0}));
+            continue;
+        }
         let t = measure(obj, &mut report)?;
         all.files += t.files;
         all.dirs += t.dirs;

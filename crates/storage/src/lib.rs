@@ -306,7 +306,15 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
                 dry: p.flag("DRY_RUN", false)?,
             };
             for d in &dests {
-                apply_retention(d.as_ref(), &prefix, &rules, &mut report)?;
+                // The run is stored: a retention that fails (an unreadable listing, a delete
+                // refused) is a warning, never a failed night.
+                if let Err(e) = apply_retention(d.as_ref(), &prefix, &rules, &mut report) {
+                    report.warn(format!(
+                        "{}: retention not applied: {}",
+                        d.describe(),
+                        ncb_core::stage::error_chain(&e)
+                    ));
+                }
             }
         }
     }
@@ -315,16 +323,28 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     Ok(report)
 }
 
-/// REMOVE_OBJECTIVES: encryption manifests first (a kill then leaves parts without their
-/// manifest, never a manifest without its parts), then the objectives.
+/// REMOVE_OBJECTIVES: the files stored, encryption manifests first (a kill then leaves parts
+/// without their manifest, never a manifest without its parts), then the folders they leave
+/// empty. Nothing that was not stored is removed (OBJECTIVES may hold the runner's files).
 fn remove_stored(p: &Params, infos: &[(PathBuf, FileInfo)]) -> Result<()> {
-    for (path, _) in infos.iter().filter(|(_, i)| i.name.ends_with(encryption::manifest::SUFFIX)) {
+    let manifests_first = infos.iter().filter(|(_, i)| i.name.ends_with(encryption::manifest::SUFFIX));
+    let then_parts = infos.iter().filter(|(_, i)| !i.name.ends_with(encryption::manifest::SUFFIX));
+    for (path, _) in manifests_first.chain(then_parts) {
         ncb_core::atomic::remove_input(path)?;
     }
     for obj in p.paths("OBJECTIVES")? {
-        ncb_core::atomic::remove_input(&obj)?;
+        remove_empty_folders(&obj);
     }
     Ok(())
+}
+
+/// Removes `dir` and the folders under it that are empty (deepest first); others stay.
+fn remove_empty_folders(dir: &Path) {
+    let Some(rels) = ncb_core::journal::snapshot(dir, 100_000) else { return };
+    for rel in rels.iter().rev() {
+        let _ = std::fs::remove_dir(dir.join(rel));
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Every regular file of the objectives, with its name in the run (relative to the objective's
@@ -346,7 +366,9 @@ fn collect(p: &Params) -> Result<Vec<(PathBuf, String)>> {
             entries.sort_by_key(|e| e.file_name());
             for e in entries {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if ncb_core::atomic::is_partial(&e.file_name()) {
+                // A killed stage's temporary, the runner's journals, lock and set-aside files
+                // (OBJECTIVES may be WORK_FOLDER itself) are never part of a run.
+                if ncb_core::atomic::is_partial(&e.file_name()) || ncb_core::journal::is_runner_own(&name) {
                     continue;
                 }
                 let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
