@@ -82,6 +82,32 @@ pub fn tuning(p: &Params) -> std::result::Result<(u64, usize), Vec<Problem>> {
     if problems.is_empty() { Ok((part, usize::try_from(concurrency).unwrap_or(4))) } else { Err(problems) }
 }
 
+/// The environment variable that sets how long one attempt of a request may take.
+pub const ATTEMPT_TIMEOUT_ENV: &str = "NCB_S3_ATTEMPT_TIMEOUT";
+
+/// One attempt of a request (sending it and getting the answer's headers; a listing's whole
+/// answer) is given up after this long and retried: a server that stalls ends the attempt, not
+/// the night. Default 300 s; NCB_S3_ATTEMPT_TIMEOUT sets it in seconds (1-86400): raise it for
+/// large parts on a slow uplink. A body (upload or download) that moves no byte for 5 s is
+/// failed sooner by the SDK's stalled-stream protection.
+fn attempt_timeout(raw: Option<&str>) -> Result<Duration> {
+    let Some(raw) = raw else { return Ok(Duration::from_secs(300)) };
+    match raw.trim().parse::<u64>() {
+        Ok(s) if (1..=86_400).contains(&s) => Ok(Duration::from_secs(s)),
+        _ => Err(Error::usage(format!("{ATTEMPT_TIMEOUT_ENV}='{raw}': expected seconds, 1 to 86400"))),
+    }
+}
+
+/// Attempts per request (the first and its retries, with backoff): 5, or the standard
+/// AWS_MAX_ATTEMPTS of the environment (1-20).
+fn max_attempts(raw: Option<&str>) -> Result<u32> {
+    let Some(raw) = raw else { return Ok(5) };
+    match raw.trim().parse::<u32>() {
+        Ok(n) if (1..=20).contains(&n) => Ok(n),
+        _ => Err(Error::usage(format!("AWS_MAX_ATTEMPTS='{raw}': expected attempts, 1 to 20"))),
+    }
+}
+
 /// What the S3 parameters need beyond the parameter table (storage's `validate`).
 pub fn validate(p: &Params) -> Vec<Problem> {
     tuning(p).err().unwrap_or_default()
@@ -291,6 +317,8 @@ impl S3 {
         let (part_mb, concurrency) = tuning(p).map_err(|problems| {
             Error::usage(problems.iter().map(|p| format!("--{p}")).collect::<Vec<_>>().join("; "))
         })?;
+        let attempt = attempt_timeout(std::env::var(ATTEMPT_TIMEOUT_ENV).ok().as_deref())?;
+        let attempts = max_attempts(std::env::var("AWS_MAX_ATTEMPTS").ok().as_deref())?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -301,11 +329,11 @@ impl S3 {
             use aws_config::timeout::TimeoutConfig;
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .region(aws_config::Region::new(region))
-                .retry_config(RetryConfig::standard().with_max_attempts(5))
+                .retry_config(RetryConfig::standard().with_max_attempts(attempts))
                 .timeout_config(
                     TimeoutConfig::builder()
                         .connect_timeout(Duration::from_secs(10))
-                        .operation_attempt_timeout(Duration::from_secs(300))
+                        .operation_attempt_timeout(attempt)
                         .build(),
                 );
             if let Some(ep) = &endpoint {
@@ -909,6 +937,22 @@ mod tests {
         let e = S3::from_params(&params(&[("BUCKET_NAME", "b"), ("PART_SIZE_MB", "600")])).unwrap_err();
         assert_eq!(e.exit_status(), ncb_core::ExitStatus::Usage);
         assert!(e.to_string().starts_with("--PART_SIZE_MB: 600 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn attempt_timeout_and_attempts_from_the_environment() {
+        assert_eq!(attempt_timeout(None).ok(), Some(Duration::from_secs(300)));
+        assert_eq!(attempt_timeout(Some(" 3 ")).ok(), Some(Duration::from_secs(3)));
+        for bad in ["0", "2m", "", "86401"] {
+            let e = attempt_timeout(Some(bad)).unwrap_err();
+            assert_eq!(e.exit_status(), ncb_core::ExitStatus::Usage);
+            assert!(e.to_string().starts_with("NCB_S3_ATTEMPT_TIMEOUT="), "{e}");
+        }
+        assert_eq!(max_attempts(None).ok(), Some(5));
+        assert_eq!(max_attempts(Some("3")).ok(), Some(3));
+        for bad in ["0", "21", "x"] {
+            assert_eq!(max_attempts(Some(bad)).unwrap_err().exit_status(), ncb_core::ExitStatus::Usage);
+        }
     }
 
     #[test]
