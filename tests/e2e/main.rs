@@ -17,5 +17,6 @@ mod restore;
 mod retention;
 mod runner;
 mod s3;
+mod s3_faults;
 mod schedule;
 mod storage;

@@ -50,6 +50,11 @@ pub enum Fault {
     /// restarted meanwhile, the proxy's connection to it is broken and the client's is reset,
     /// as with a direct connection to a restarted server (the client retries on a new one).
     Pause,
+    /// Forward the request's head and this many bytes of its body (which must have a
+    /// Content-Length), hold the rest until [`FaultProxy::release`], then go on: a request in
+    /// flight while the test restarts the server (its connection to the server is then broken:
+    /// the client's is reset).
+    PauseRequestBody(u64),
 }
 
 /// Which requests get a fault: those matching the method and every target substring; of
@@ -129,6 +134,8 @@ struct PauseState {
 #[derive(Debug)]
 struct Shared {
     upstream: SocketAddr,
+    /// A handle on every connection to the server, for [`FaultProxy::sever`].
+    upstreams: Mutex<Vec<TcpStream>>,
     rules: Mutex<Vec<RuleState>>,
     seen: Mutex<Vec<Seen>>,
     pause: Mutex<PauseState>,
@@ -196,6 +203,7 @@ impl FaultProxy {
             pause: Mutex::new(PauseState::default()),
             pause_cv: Condvar::new(),
             stop: AtomicBool::new(false),
+            upstreams: Mutex::new(Vec::new()),
         });
         let s = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
@@ -260,6 +268,16 @@ impl FaultProxy {
             p = self.shared.pause_cv.wait_timeout(p, left).unwrap().0;
         }
         true
+    }
+
+    /// Shuts every connection to the server down, as a server going down does (a request in
+    /// flight to it is cut; Garage, stopped while a request is in flight, waits 10 s for it). The
+    /// client's connections stay: a request on one, or a paused one going on, finds its
+    /// connection to the server broken, and the client's is reset.
+    pub fn sever(&self) {
+        for s in self.shared.upstreams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 
     /// Lets the paused requests go on (a request paused later waits for the next release).
@@ -514,6 +532,9 @@ fn serve(shared: &Shared, client: TcpStream) {
             match TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(2)) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
+                    if let Ok(handle) = s.try_clone() {
+                        shared.upstreams.lock().unwrap().push(handle);
+                    }
                     upstream = Some(BufReader::with_capacity(64 << 10, s));
                 }
                 // The server is down: the client sees its connection reset.
@@ -523,13 +544,19 @@ fn serve(shared: &Shared, client: TcpStream) {
         let up = upstream.as_mut().unwrap();
         // The request: its head, then its body (cut short for ResetRequestBody).
         let limit = match fault {
-            Some(Fault::ResetRequestBody(k)) => Some(k),
+            Some(Fault::ResetRequestBody(k) | Fault::PauseRequestBody(k)) => Some(k),
             _ => None,
         };
-        let sent = up
+        let mut sent = up
             .get_ref()
             .write_all(&head.raw)
             .and_then(|()| copy_body(&mut client, Some(up.get_ref()), head.framing, limit));
+        if let (Some(Fault::PauseRequestBody(k)), Ok(false)) = (fault, &sent) {
+            shared.pause();
+            let Framing::Length(n) = head.framing else { panic!("PauseRequestBody needs a Content-Length body") };
+            let mut no_limit = u64::MAX;
+            sent = copy_raw(&mut client, Some(up.get_ref()), Some(n - k), &mut no_limit);
+        }
         match sent {
             Ok(true) => {}
             Ok(false) => {
@@ -746,6 +773,23 @@ mod tests {
             assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}");
             assert_eq!(got.lock().unwrap().len(), sent, "{target}");
         }
+    }
+
+    #[test]
+    fn pause_in_a_request_body_until_released() {
+        let (up, got) = upstream();
+        let p = FaultProxy::start(&up.to_string());
+        p.add(Rule::new(Fault::PauseRequestBody(1000)).method("PUT"));
+        let addr = p.addr();
+        let t = std::thread::spawn(move || {
+            let mut c = Client(BufReader::new(TcpStream::connect(addr).unwrap()));
+            c.call("PUT", "/k", &vec![3; 300_000]).unwrap()
+        });
+        assert!(p.wait_paused(Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(got.lock().unwrap().is_empty(), "the server got the whole body of a paused request");
+        p.release();
+        assert_eq!(t.join().unwrap(), (200, b"300000".to_vec()));
     }
 
     #[test]

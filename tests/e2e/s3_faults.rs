@@ -1,0 +1,534 @@
+//! S3 faults between `storage` and a real Garage: a fault-injecting proxy
+//! (nc_backup_e2e::faultproxy) answers 5xx, resets connections in the middle of a body, stalls
+//! past the client's timeout, or holds a request while the test stops and restarts Garage.
+//! Each fault ends either retried to success (exit 0, the object read back by the aws CLI
+//! straight from Garage equals the file) or in a clean failure (exit 1 naming what failed, no
+//! run manifest, no multipart upload left after the next run at the latest), and then the next
+//! run, through a proxy that no longer injects, completes both runs (both manifests,
+//! `backup-runner verify --run all --read-data`). These tests restart Garage: every name holds
+//! `garage`, so nextest runs them one at a time with the other Garage tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nc_backup_e2e::faultproxy::{Fault, FaultProxy, Rule, RuleId};
+use nc_backup_e2e::{Out, Sandbox, Servers, alive, bin, cmd, repo, run, unique, wait_for};
+use serde_json::{Value, json};
+
+/// 20 MiB: four 5 MiB parts with PART_SIZE_MB 5.
+const BIG: usize = 20 << 20;
+
+/// Pseudo-random bytes (incompressible, so a compressed archive of them stays multipart).
+fn data(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 7) as u8
+        })
+        .collect()
+}
+
+/// Garage through the aws CLI (an independent client, never through the proxy), and the
+/// clients under test pointed at a proxy.
+struct Garage {
+    s: Servers,
+    prefix: String,
+}
+
+impl Garage {
+    fn new(name: &str) -> Self {
+        Garage { s: Servers::get(), prefix: unique(name) }
+    }
+
+    fn bucket(&self) -> String {
+        self.s.var("NCB_S3_BUCKET")
+    }
+
+    fn proxy(&self) -> FaultProxy {
+        FaultProxy::start(&self.s.var("NCB_S3_ENDPOINT"))
+    }
+
+    fn creds(&self, c: &mut Command) {
+        c.env("AWS_ACCESS_KEY_ID", self.s.var("NCB_S3_ACCESS_KEY"))
+            .env("AWS_SECRET_ACCESS_KEY", self.s.var("NCB_S3_SECRET_KEY"))
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    }
+
+    fn aws(&self, args: &[&str]) -> String {
+        let mut c = Command::new("aws");
+        c.args(["--endpoint-url", &self.s.var("NCB_S3_ENDPOINT"), "--region", &self.s.var("NCB_S3_REGION")]);
+        self.creds(&mut c);
+        let out = c.args(args).output().unwrap();
+        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn list(&self, what: &str, query: &str) -> Vec<String> {
+        let bucket = self.bucket();
+        let out = self.aws(&[
+            "s3api",
+            what,
+            "--bucket",
+            &bucket,
+            "--prefix",
+            &self.prefix,
+            "--query",
+            query,
+            "--output",
+            "text",
+        ]);
+        let mut v: Vec<String> = out.split_whitespace().filter(|s| *s != "None").map(str::to_owned).collect();
+        v.sort();
+        v
+    }
+
+    /// Every key under this test's prefix.
+    fn keys(&self) -> Vec<String> {
+        self.list("list-objects-v2", "Contents[].Key")
+    }
+
+    /// Multipart uploads still open under this test's prefix.
+    fn open_uploads(&self) -> Vec<String> {
+        self.list("list-multipart-uploads", "Uploads[].Key")
+    }
+
+    fn key(&self, run_id: &str, name: &str) -> String {
+        format!("{}/{run_id}/{name}", self.prefix)
+    }
+
+    /// Reads a run straight from Garage with the aws CLI: its run manifest is there, and each
+    /// of `files` holds the bytes given.
+    #[track_caller]
+    fn assert_stored(&self, run_id: &str, files: &[(&str, &[u8])], sb: &Sandbox) {
+        let dest = sb.join(format!("aws-{}", unique("get")));
+        let from = format!("s3://{}/{}/{run_id}/", self.bucket(), self.prefix);
+        self.aws(&["s3", "cp", "--recursive", "--quiet", &from, dest.to_str().unwrap()]);
+        assert!(dest.join("RUN-MANIFEST.json").is_file(), "{run_id}: no run manifest");
+        for (name, bytes) in files {
+            assert!(std::fs::read(dest.join(name)).unwrap() == *bytes, "{run_id}/{name} differs in the bucket");
+        }
+    }
+
+    fn servers_sh(&self, action: &str) {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("scripts/servers.sh"))
+            .arg(action)
+            .env("NCB_SERVERS_DIR", std::env::var("NCB_SERVERS_DIR").unwrap_or_else(|_| "/var/tmp/ncb-servers".into()));
+        // The Garage started here must outlive this test's process group, which the test
+        // runner signals when the test ends.
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        assert!(c.status().unwrap().success(), "servers.sh {action}");
+    }
+
+    /// Stops Garage, cuts the proxy's connections to it (as a server going down does; Garage
+    /// would wait 10 s for a request in flight), and waits until its process is gone, so that
+    /// the next start cannot meet the old one.
+    fn stop(&self, proxy: &FaultProxy) {
+        let pid = Path::new(&self.s.var("NCB_GARAGE_DIR")).join("garage.pid");
+        let pid: u32 = std::fs::read_to_string(pid).unwrap().trim().parse().unwrap();
+        self.servers_sh("garage-stop");
+        proxy.sever();
+        assert!(wait_for(Duration::from_secs(20), || !alive(pid)), "Garage ({pid}) did not stop");
+    }
+
+    fn start(&self) {
+        self.servers_sh("garage-start");
+    }
+
+    /// The storage stage, to the bucket through `proxy`, in parts of 5 MiB.
+    fn storage(&self, proxy: &FaultProxy, run_id: &str, args: &[&str]) -> Command {
+        let mut c = cmd(&bin("storage"));
+        self.creds(&mut c);
+        c.env("NCB_RUN_ID", run_id)
+            .args(["--HOSTNAME", "web1", "--BUCKET_NAME", &self.bucket(), "--REGION", &self.s.var("NCB_S3_REGION")])
+            .args(["--ENDPOINT_URL", &proxy.url(), "--PREFIX", &self.prefix, "--PART_SIZE_MB", "5"])
+            .args(args);
+        c
+    }
+
+    fn store(&self, proxy: &FaultProxy, run_id: &str, objectives: &Path) -> Command {
+        self.storage(proxy, run_id, &["--DESTINATION", "s3", "--OBJECTIVES", objectives.to_str().unwrap()])
+    }
+
+    fn download(&self, proxy: &FaultProxy, run_id: &str, dest: &Path) -> Command {
+        let dest = dest.to_str().unwrap();
+        self.storage(proxy, "x", &["--download", "--SOURCE", "s3", "--RUN", run_id, "--DESTINATION", dest])
+    }
+
+    /// A night's pipeline: filesbackup, encryption, storage to the bucket through `proxy`.
+    fn pipeline(&self, sb: &Sandbox, proxy: &FaultProxy, concurrency: &str) -> PathBuf {
+        let w = sb.join("work");
+        sb.config(&[
+            (
+                "FILESET",
+                json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
+                    "FILESET_INCLUDE": sb.join("data"), "DESTINATION": w.join("files")}}),
+            ),
+            (
+                "ENCRYPTION",
+                json!({"ACTION": "execute", "NAME": "encryption", "PARAMETERS": {
+                    "KEY_FILE": sb.join("key_file"), "OBJECTIVES": w.join("files"),
+                    "DESTINATION": w.join("encrypted"), "REMOVE_OBJECTIVES": "True"}}),
+            ),
+            (
+                "STORAGE",
+                json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+                    "OBJECTIVES": w.join("encrypted"), "DESTINATION": "s3", "BUCKET_NAME": self.bucket(),
+                    "REGION": self.s.var("NCB_S3_REGION"), "ENDPOINT_URL": proxy.url(), "PREFIX": self.prefix,
+                    "PART_SIZE_MB": "5", "UPLOAD_CONCURRENCY": concurrency, "REMOVE_OBJECTIVES": "True"}}),
+            ),
+        ])
+    }
+
+    /// `backup-runner ARGS -c conf` with the credentials; `-r` starts in a new second (run
+    /// ids count seconds).
+    fn runner(&self, conf: &Path, args: &[&str]) -> Command {
+        if args[0] == "-r" {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            std::thread::sleep(Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos())));
+        }
+        let mut c = cmd(&bin("backup-runner"));
+        self.creds(&mut c);
+        c.args(&args[..1]).arg("-c").arg(conf).args(&args[1..]);
+        c
+    }
+}
+
+/// Runs `c` to its end, which must come within `limit` (else it is killed and the test fails).
+fn run_within(c: &mut Command, limit: Duration) -> (Out, Duration) {
+    let t = Instant::now();
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => (Out::from(out.unwrap()), t.elapsed()),
+        Err(_) => {
+            nc_backup_e2e::signal(pid, "KILL");
+            panic!("{c:?} still running after {limit:?}: a stall must end");
+        }
+    }
+}
+
+/// How many of the requests the proxy saw match a method and hold `part`.
+fn count(proxy: &FaultProxy, method: &str, part: &str) -> usize {
+    proxy.seen().iter().filter(|s| s.method == method && s.target.contains(part)).count()
+}
+
+#[track_caller]
+fn assert_injected(proxy: &FaultProxy, rules: &[(&str, RuleId, u64)]) {
+    for (what, id, n) in rules {
+        assert_eq!(proxy.injected(*id), *n, "{what}: requests seen:\n{:#?}", proxy.seen());
+    }
+}
+
+/// Files to store: one uploaded in parts, one small.
+fn objectives(sb: &Sandbox) -> (PathBuf, Vec<u8>, Vec<u8>) {
+    let big = data(BIG, 11);
+    let small = data(64 << 10, 12);
+    sb.write("enc/big.bin", &big);
+    sb.write("enc/small.bin", &small);
+    (sb.join("enc"), big, small)
+}
+
+/// 5xx answers on every kind of request a store and a download make, each retried by the
+/// SDK to success; the object read back by the aws CLI is the file.
+#[test]
+fn garage_5xx_answers_are_retried_to_success() {
+    let g = Garage::new("ncbf5xx");
+    let sb = Sandbox::new();
+    let (enc, big, small) = objectives(&sb);
+    let proxy = g.proxy();
+    let rules = [
+        ("listing open uploads", proxy.add(Rule::new(Fault::Status(503)).method("GET").target("?uploads")), 1),
+        ("listing the run", proxy.add(Rule::new(Fault::Status(500)).method("GET").target("list-type=2")), 1),
+        ("create multipart", proxy.add(Rule::new(Fault::Status(500)).method("POST").target("?uploads")), 1),
+        ("part 2, twice", proxy.add(Rule::new(Fault::Status(503)).method("PUT").target("partNumber=2").times(2)), 2),
+        ("complete multipart", proxy.add(Rule::new(Fault::Status(500)).method("POST").target("uploadId=")), 1),
+        ("small object", proxy.add(Rule::new(Fault::Status(500)).method("PUT").target("small.bin")), 1),
+        ("run manifest", proxy.add(Rule::new(Fault::Status(503)).method("PUT").target("RUN-MANIFEST.json")), 1),
+    ];
+    let r1 = "20261201T010000Z-f5xx";
+    let out = run(g.store(&proxy, r1, &enc).args(["--UPLOAD_CONCURRENCY", "2"])).expect(0);
+    assert_eq!(out.json()["data"]["stored"], 2, "{}", out.stdout);
+    assert_injected(&proxy, &rules);
+    g.assert_stored(r1, &[("big.bin", &big), ("small.bin", &small)], &sb);
+    assert_eq!(g.open_uploads(), Vec::<String>::new());
+
+    // Downloading: the run manifest and the ranged GETs answered 5xx first.
+    let rules = [
+        ("manifest", proxy.add(Rule::new(Fault::Status(500)).method("GET").target("RUN-MANIFEST.json")), 1),
+        ("ranges of big.bin", proxy.add(Rule::new(Fault::Status(503)).method("GET").target("big.bin").times(3)), 3),
+        ("small.bin", proxy.add(Rule::new(Fault::Status(500)).method("GET").target("small.bin")), 1),
+    ];
+    run(&mut g.download(&proxy, r1, &sb.join("down"))).expect(0);
+    assert_injected(&proxy, &rules);
+    assert!(std::fs::read(sb.join("down/big.bin")).unwrap() == big);
+    assert!(std::fs::read(sb.join("down/small.bin")).unwrap() == small);
+}
+
+/// Connections reset in the middle of request bodies (parts, a small object) and of an answer
+/// body (a listing): each retried to success.
+#[test]
+fn garage_connection_reset_mid_upload_is_retried_to_success() {
+    let g = Garage::new("ncbfrst");
+    let sb = Sandbox::new();
+    let (enc, big, small) = objectives(&sb);
+    let proxy = g.proxy();
+    let put = |target: &str, k: u64| Rule::new(Fault::ResetRequestBody(k)).method("PUT").target(target);
+    let rules = [
+        ("part 2 after 1 MiB, twice", proxy.add(put("partNumber=2", 1 << 20).times(2)), 2),
+        ("part 4 after 1 byte", proxy.add(put("partNumber=4", 1)), 1),
+        ("small object after 1000 bytes", proxy.add(put("small.bin", 1000)), 1),
+        (
+            "listing the run, its answer after 50 bytes",
+            proxy.add(Rule::new(Fault::ResetResponseBody(50)).method("GET").target("list-type=2")),
+            1,
+        ),
+    ];
+    let r1 = "20261201T010000Z-frst";
+    run(g.store(&proxy, r1, &enc).args(["--UPLOAD_CONCURRENCY", "2"])).expect(0);
+    assert_injected(&proxy, &rules);
+    g.assert_stored(r1, &[("big.bin", &big), ("small.bin", &small)], &sb);
+    assert_eq!(g.open_uploads(), Vec::<String>::new());
+}
+
+/// A download whose body is cut by a reset fails cleanly (exit 1 naming the object, nothing
+/// delivered); the next download gets the bytes.
+#[test]
+fn garage_connection_reset_mid_download_fails_cleanly_then_the_next_download_succeeds() {
+    let g = Garage::new("ncbfdl");
+    let sb = Sandbox::new();
+    let (enc, big, small) = objectives(&sb);
+    let proxy = g.proxy();
+    let r1 = "20261201T010000Z-fdlr";
+    run(g.store(&proxy, r1, &enc).args(["--UPLOAD_CONCURRENCY", "2"])).expect(0);
+    let id = proxy.add(Rule::new(Fault::ResetResponseBody(256 << 10)).method("GET").target("big.bin").nth(2));
+    let down = sb.join("down");
+    let out = run(&mut g.download(&proxy, r1, &down)).expect(1);
+    assert_eq!(proxy.injected(id), 1);
+    assert!(out.stderr.contains("big.bin"), "{}", out.stderr);
+    let left: Vec<_> =
+        std::fs::read_dir(&down).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "a failed download left {left:?}");
+    run(&mut g.download(&proxy, r1, &down)).expect(0);
+    assert!(std::fs::read(down.join("big.bin")).unwrap() == big);
+    assert!(std::fs::read(down.join("small.bin")).unwrap() == small);
+}
+
+/// A server that stops answering: with NCB_S3_ATTEMPT_TIMEOUT 2 s the stalled attempts (a part
+/// never passed on, a listing's answer held after its head) are
+/// given up and retried to success; a download whose body stalls is ended by the SDK's
+/// stalled-stream protection and fails cleanly; nothing hangs.
+#[test]
+fn garage_stall_past_the_timeout_is_retried_or_fails_cleanly() {
+    let g = Garage::new("ncbfstl");
+    let sb = Sandbox::new();
+    let (enc, big, small) = objectives(&sb);
+    let proxy = g.proxy();
+    let rules = [
+        ("part 3", proxy.add(Rule::new(Fault::Stall).method("PUT").target("partNumber=3")), 1),
+        (
+            "listing the run, after its answer's head",
+            proxy.add(Rule::new(Fault::StallResponseBody(0)).method("GET").target("list-type=2")),
+            1,
+        ),
+    ];
+    let r1 = "20261201T010000Z-fstl";
+    let mut c = g.store(&proxy, r1, &enc);
+    c.args(["--UPLOAD_CONCURRENCY", "2"]).env("NCB_S3_ATTEMPT_TIMEOUT", "2");
+    let (out, took) = run_within(&mut c, Duration::from_secs(60));
+    out.expect(0);
+    assert_injected(&proxy, &rules);
+    assert!(took >= Duration::from_secs(4), "two stalls of 2 s passed in {took:?}");
+    g.assert_stored(r1, &[("big.bin", &big)], &sb);
+    assert_eq!(g.open_uploads(), Vec::<String>::new());
+
+    // The body of a ranged GET stops after 256 KiB.
+    let id = proxy.add(Rule::new(Fault::StallResponseBody(256 << 10)).method("GET").target("big.bin"));
+    let down = sb.join("down");
+    let (out, took) = run_within(&mut g.download(&proxy, r1, &down), Duration::from_secs(60));
+    let out = out.expect(1);
+    assert_eq!(proxy.injected(id), 1);
+    assert!(out.stderr.contains("big.bin"), "{}", out.stderr);
+    assert!(took < Duration::from_secs(30), "a stalled download took {took:?}");
+    assert!(!down.join("big.bin").exists());
+    run(&mut g.download(&proxy, r1, &down)).expect(0);
+    assert!(std::fs::read(down.join("big.bin")).unwrap() == big);
+    assert!(std::fs::read(down.join("small.bin")).unwrap() == small);
+}
+
+/// Garage stopped and started again in the middle of a multipart upload (created, part 1
+/// stored, part 2 in flight: 1 MiB of it passed on, the rest held by the proxy meanwhile): the
+/// client's connection is reset, the SDK sends part 2 again to the new Garage, and the upload
+/// completes with the right bytes and nothing left open.
+#[test]
+fn garage_restarted_mid_multipart_is_retried_to_success() {
+    let g = Garage::new("ncbfrsr");
+    let sb = Sandbox::new();
+    let (enc, big, _) = objectives(&sb);
+    let proxy = g.proxy();
+    let id = proxy.add(Rule::new(Fault::PauseRequestBody(1 << 20)).method("PUT").target("partNumber=2"));
+    let r1 = "20261201T010000Z-frsr";
+    let mut c = g.store(&proxy, r1, &enc);
+    let child = c.args(["--UPLOAD_CONCURRENCY", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(proxy.wait_paused(Duration::from_secs(60)), "part 2 never came: {:#?}", proxy.seen());
+    assert_eq!(g.open_uploads(), [g.key(r1, "big.bin")]);
+    g.stop(&proxy);
+    g.start();
+    proxy.release();
+    let out = Out::from(child.wait_with_output().unwrap()).expect(0);
+    assert_eq!(proxy.injected(id), 1);
+    let sent = count(&proxy, "PUT", "partNumber=2");
+    assert_eq!(sent, 2, "part 2 not sent again after the restart: {:#?}\n{}", proxy.seen(), out.stderr);
+    g.assert_stored(r1, &[("big.bin", &big)], &sb);
+    assert_eq!(g.open_uploads(), Vec::<String>::new());
+}
+
+/// CompleteMultipartUpload done by Garage, its answer lost (the connection reset after 20
+/// bytes of it): the SDK retries, and Garage answers NoSuchUpload (the upload is complete, so
+/// gone). Today storage takes that as a failure: it must be a clean one (exit 1 naming the
+/// object and NoSuchUpload, no run manifest, no upload left open), and the next run of the
+/// same run finds the object whole (by its composite CRC-32C: not uploaded again) and
+/// completes the run. Should storage learn to recognise its completed object, the first run
+/// succeeds instead; the object must then be whole all the same.
+#[test]
+fn garage_complete_multipart_answer_lost_is_completed_by_the_next_run_at_the_latest() {
+    let g = Garage::new("ncbfcmp");
+    let sb = Sandbox::new();
+    let (enc, big, small) = objectives(&sb);
+    let proxy = g.proxy();
+    let id = proxy.add(Rule::new(Fault::ResetResponseBody(20)).method("POST").target("uploadId="));
+    let r1 = "20261201T010000Z-fcmp";
+    let out = run(g.store(&proxy, r1, &enc).args(["--UPLOAD_CONCURRENCY", "2"]));
+    assert_eq!(proxy.injected(id), 1);
+    if out.code != 0 {
+        let out = out.expect(1);
+        let named = format!("upload of {}: NoSuchUpload", g.key(r1, "big.bin"));
+        assert!(out.stderr.contains(&named), "{named} not said:\n{}", out.stderr);
+        assert!(!g.keys().contains(&g.key(r1, "RUN-MANIFEST.json")), "a failed run has a manifest");
+        proxy.clear();
+        let again = run(g.store(&proxy, r1, &enc).args(["--UPLOAD_CONCURRENCY", "2"])).expect(0).json();
+        assert_eq!(
+            (again["data"]["stored"].as_u64(), again["data"]["skipped"].as_u64()),
+            (Some(0), Some(2)),
+            "the stored objects were not recognised: {again:#}"
+        );
+    } else {
+        out.expect(0);
+    }
+    g.assert_stored(r1, &[("big.bin", &big), ("small.bin", &small)], &sb);
+    assert_eq!(g.open_uploads(), Vec::<String>::new());
+}
+
+fn recovered(report: &Value) -> Vec<(String, String)> {
+    report["recovered"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| (r["run_id"].as_str().unwrap().to_owned(), r["outcome"].as_str().unwrap().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The encrypted archive of a night (filesbackup's, encrypted), as stored.
+fn archive_key(g: &Garage, night: &str) -> String {
+    g.key(night, &format!("testhost_FILESET_{night}.tar.gz.enc"))
+}
+
+/// A night's data: a large file (the encrypted archive goes up in parts) and a small one.
+fn night_data(sb: &Sandbox) {
+    run(cmd(&bin("encryption")).arg("--generate-key").arg(sb.join("key_file"))).expect(0);
+    sb.write("data/big.bin", &data(BIG, 21));
+    sb.write("data/night.txt", b"night 1\n");
+}
+
+/// After a night that failed cleanly (exit 1, no run manifest): the next night, through a
+/// proxy that injects nothing, completes the failed run under its own id, then its own; both
+/// manifests are in the bucket, no upload is left open, and both runs verify with every byte
+/// read back and decrypted.
+fn next_night_completes_both(g: &Garage, sb: &Sandbox, conf: &Path, night1: &str) {
+    std::fs::write(sb.join("data/night.txt"), b"night 2\n").unwrap();
+    let report = run(&mut g.runner(conf, &["-r", "--json"])).expect(0).json();
+    assert_eq!(recovered(&report), [(night1.to_owned(), "completed".to_owned())], "{report:#}");
+    let night2 = report["run_id"].as_str().unwrap();
+    let keys = g.keys();
+    for night in [night1, night2] {
+        assert!(keys.contains(&g.key(night, "RUN-MANIFEST.json")), "{night} incomplete: {keys:#?}");
+    }
+    assert_eq!(g.open_uploads(), Vec::<String>::new());
+    let out = run(&mut g.runner(conf, &["verify", "--run", "all", "--read-data"])).expect(0);
+    for night in [night1, night2] {
+        assert!(out.stdout.contains(night), "{night} not verified:\n{}", out.stdout);
+    }
+}
+
+/// A part answered 500 on every attempt (3, set by AWS_MAX_ATTEMPTS, for less backoff to wait):
+/// the night fails cleanly (exit 1 naming the section, the object and the error; no run
+/// manifest). Its abort is refused (403), so the upload stays open until the next night, which
+/// aborts it and completes both nights.
+#[test]
+fn garage_persistent_5xx_fails_cleanly_then_the_next_night_completes_both() {
+    let g = Garage::new("ncbfp5");
+    let sb = Sandbox::new();
+    night_data(&sb);
+    let proxy = g.proxy();
+    let conf = g.pipeline(&sb, &proxy, "2");
+    let part = proxy.add(Rule::new(Fault::Status(500)).method("PUT").target("partNumber=3").always());
+    let abort = proxy.add(Rule::new(Fault::Status(403)).method("DELETE").target("uploadId="));
+    let out = run(g.runner(&conf, &["-r", "--json"]).env("AWS_MAX_ATTEMPTS", "3")).expect(1);
+    let night1 = out.json()["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(proxy.injected(part), 3, "3 attempts: {:#?}", proxy.seen());
+    assert_eq!(proxy.injected(abort), 1);
+    let archive = archive_key(&g, &night1);
+    for what in ["STORAGE", &format!("upload of a part of {archive}: InternalError"), "could not abort"] {
+        assert!(out.stderr.contains(what), "{what} not named:\n{}", out.stderr);
+    }
+    assert!(!g.keys().iter().any(|k| k.ends_with("RUN-MANIFEST.json")), "a failed night has a manifest");
+    assert_eq!(g.open_uploads(), [archive], "the upload whose abort was refused");
+    proxy.clear();
+    next_night_completes_both(&g, &sb, &conf, &night1);
+}
+
+/// Garage stopped in the middle of a multipart upload, and down for every retry (3 attempts,
+/// set by AWS_MAX_ATTEMPTS): the night fails cleanly (exit 1 naming the object and the
+/// connection error, no run manifest). Garage is back before the upload is aborted, so nothing
+/// stays open; the next night, with the default attempts, completes both.
+#[test]
+fn garage_stopped_mid_multipart_fails_cleanly_then_the_next_night_completes_both() {
+    let g = Garage::new("ncbfdown");
+    let sb = Sandbox::new();
+    night_data(&sb);
+    let proxy = g.proxy();
+    let conf = g.pipeline(&sb, &proxy, "1");
+    proxy.add(Rule::new(Fault::Pause).method("PUT").target("partNumber=2"));
+    proxy.add(Rule::new(Fault::Pause).method("DELETE").target("uploadId="));
+    // Three attempts per request (AWS_MAX_ATTEMPTS) instead of 5: less backoff to wait.
+    let mut c = g.runner(&conf, &["-r", "--json"]);
+    c.env("AWS_MAX_ATTEMPTS", "3");
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(proxy.wait_paused(Duration::from_secs(60)), "part 2 never came: {:#?}", proxy.seen());
+    g.stop(&proxy);
+    proxy.release();
+    // Every attempt at part 2 failed; the abort comes: Garage is back for it.
+    let aborting = proxy.wait_paused(Duration::from_secs(90));
+    g.start();
+    assert!(aborting, "no abort after the part failed: {:#?}", proxy.seen());
+    proxy.release();
+    let out = Out::from(child.wait_with_output().unwrap()).expect(1);
+    let night1 = out.json()["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(count(&proxy, "PUT", "partNumber=2"), 3, "3 attempts: {:#?}", proxy.seen());
+    let archive = archive_key(&g, &night1);
+    for what in ["STORAGE", &format!("upload of a part of {archive}: dispatch failure"), "Connection reset by peer"] {
+        assert!(out.stderr.contains(what), "{what} not named:\n{}", out.stderr);
+    }
+    assert!(!g.keys().iter().any(|k| k.ends_with("RUN-MANIFEST.json")), "a failed night has a manifest");
+    assert_eq!(g.open_uploads(), Vec::<String>::new(), "the abort did not go through");
+    proxy.clear();
+    next_night_completes_both(&g, &sb, &conf, &night1);
+}
