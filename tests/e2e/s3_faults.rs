@@ -311,7 +311,8 @@ fn garage_connection_reset_mid_download_fails_cleanly_then_the_next_download_suc
     let down = sb.join("down");
     let out = run(&mut g.download(&proxy, r1, &down)).expect(1);
     assert_eq!(proxy.injected(id), 1);
-    assert!(out.stderr.contains("big.bin"), "{}", out.stderr);
+    let named = format!("download of {}: streaming error", g.key(r1, "big.bin"));
+    assert!(out.stderr.contains(&named) && out.stderr.contains("Connection reset by peer"), "{}", out.stderr);
     let left: Vec<_> =
         std::fs::read_dir(&down).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "a failed download left {left:?}");
@@ -354,7 +355,8 @@ fn garage_stall_past_the_timeout_is_retried_or_fails_cleanly() {
     let (out, took) = run_within(&mut g.download(&proxy, r1, &down), Duration::from_secs(60));
     let out = out.expect(1);
     assert_eq!(proxy.injected(id), 1);
-    assert!(out.stderr.contains("big.bin"), "{}", out.stderr);
+    let named = format!("download of {}: streaming error: minimum throughput", g.key(r1, "big.bin"));
+    assert!(out.stderr.contains(&named), "{named} not said:\n{}", out.stderr);
     assert!(took < Duration::from_secs(30), "a stalled download took {took:?}");
     assert!(!down.join("big.bin").exists());
     run(&mut g.download(&proxy, r1, &down)).expect(0);
