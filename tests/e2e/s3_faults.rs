@@ -198,6 +198,23 @@ impl Garage {
     }
 }
 
+impl Drop for Garage {
+    /// The test's objects are removed from the shared bucket when it passed (in the background:
+    /// the next test need not wait); a failed test's stay for a look.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let mut c = Command::new("aws");
+        c.args(["--endpoint-url", &self.s.var("NCB_S3_ENDPOINT"), "--region", &self.s.var("NCB_S3_REGION")]);
+        self.creds(&mut c);
+        c.args(["s3", "rm", "--recursive", "--quiet", &format!("s3://{}/{}/", self.bucket(), self.prefix)]);
+        if let Ok(mut child) = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+            std::thread::spawn(move || child.wait());
+        }
+    }
+}
+
 /// Runs `c` to its end, which must come within `limit` (else it is killed and the test fails).
 fn run_within(c: &mut Command, limit: Duration) -> (Out, Duration) {
     let t = Instant::now();
@@ -386,7 +403,7 @@ fn garage_restarted_mid_multipart_is_retried_to_success() {
     let out = Out::from(child.wait_with_output().unwrap()).expect(0);
     assert_eq!(proxy.injected(id), 1);
     let sent = count(&proxy, "PUT", "partNumber=2");
-    assert_eq!(sent, 2, "part 2 not sent again after the restart: {:#?}\n{}", proxy.seen(), out.stderr);
+    assert!(sent >= 2, "part 2 not sent again after the restart: {:#?}\n{}", proxy.seen(), out.stderr);
     g.assert_stored(r1, &[("big.bin", &big)], &sb);
     assert_eq!(g.open_uploads(), Vec::<String>::new());
 }
