@@ -305,11 +305,14 @@ fn a_killed_runner_takes_its_stage_with_it() {
     child.wait().unwrap();
     assert!(wait_for(Duration::from_secs(10), || !alive(stage)), "the stage {stage} runs on without its runner");
     assert!(rec.join("SLOW.term").is_file(), "the stage was not sent SIGTERM");
-    // The next night starts (no stage holds anything) and reports the killed run.
+    // What the stage started (its own child) outlived it; the next night stops it first.
+    let grandchild: u32 = std::fs::read_to_string(rec.join("SLOW.grandchild")).unwrap().trim().parse().unwrap();
+    assert!(alive(grandchild), "test is void: the stage's child died with it");
     std::fs::remove_file(rec.join("SLOW.sleep")).unwrap();
     let report = run(runner(&conf).env("RECORD", &rec)).expect(0).json();
     assert_eq!(recovered(&report).len(), 1, "{report:#}");
     assert_eq!(recovered(&report)[0].1, "abandoned");
+    assert!(wait_for(Duration::from_secs(5), || !alive(grandchild)), "the killed night's process {grandchild} runs on");
 }
 
 #[test]
@@ -401,4 +404,244 @@ fn a_dump_killed_mid_run_leaves_no_secret_after_the_next_night() {
     let dumps: Vec<_> = walk(&mydump);
     assert_eq!(dumps.len(), 1, "{dumps:?}");
     assert!(!dumps[0].to_string_lossy().contains(".partial-"), "{dumps:?}");
+}
+
+// ---- The night after, in the corners a review found ----
+
+fn section(name: &str, params: Value) -> Value {
+    json!({"ACTION": "execute", "NAME": name, "PARAMETERS": params})
+}
+
+fn files_section(sb: &Sandbox, dest: &str) -> Value {
+    section("filesbackup", json!({"FILESET_INCLUDE": sb.join("data"), "DESTINATION": sb.join("work").join(dest)}))
+}
+
+fn tail_sections(sb: &Sandbox, objectives: &str, store: &Path) -> Vec<(&'static str, Value)> {
+    let w = sb.join("work");
+    let objectives: Vec<String> = objectives.split(' ').map(|o| w.join(o).display().to_string()).collect();
+    vec![
+        (
+            "COMPRESSION",
+            section(
+                "compression",
+                json!({"OBJECTIVES": objectives.join(" "), "DESTINATION": w.join("compressed"), "REMOVE_OBJECTIVES": "True"}),
+            ),
+        ),
+        (
+            "ENCRYPTION",
+            section(
+                "encryption",
+                json!({"KEY_FILE": sb.join("key_file"), "FILE_SIZE": "1", "OBJECTIVES": w.join("compressed"),
+                "DESTINATION": w.join("encrypted"), "REMOVE_OBJECTIVES": "True"}),
+            ),
+        ),
+        (
+            "STORAGE",
+            section(
+                "storage",
+                json!({"OBJECTIVES": w.join("encrypted"), "DESTINATION": "local", "PATH": store,
+                "REMOVE_OBJECTIVES": "True", "KEEP_LAST": "5"}),
+            ),
+        ),
+    ]
+}
+
+/// A mysql-dump section into WORK_FOLDER/mydump with the credentials in `creds`.
+fn dump_section(sb: &Sandbox, s: &nc_backup_e2e::Servers, db: &str, creds: &Path, extra: Value) -> Value {
+    let mut v = section(
+        "mysql-dump",
+        json!({"CREDENTIAL_PATH": creds, "HOST": "127.0.0.1", "PORT": s.var("NCB_MYSQL_PORT"), "DATABASES": db,
+            "DESTINATION": sb.join("work"), "PREFIX_FOLDER": "mydump"}),
+    );
+    if let Value::Object(m) = extra {
+        v.as_object_mut().unwrap().extend(m);
+    }
+    v
+}
+
+fn set_creds(path: &Path, password: &str) {
+    std::fs::write(path, format!("[client]\nuser=ncbadmin\npassword={password}\n")).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(path).unwrap().permissions(), 0o600);
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn a_dump_failing_under_continue_never_costs_the_files_made_after_it() {
+    let s = nc_backup_e2e::Servers::get();
+    let sb = Sandbox::new();
+    setup(&sb);
+    let db = crate::db::make_mysql_db(&s);
+    let creds = sb.join("mysql.credentials");
+    set_creds(&creds, "wrong-password");
+    sb.write("blocker", b"x");
+    let build = |store: &Path| {
+        let mut all = vec![
+            ("FILESET", files_section(&sb, "files")),
+            ("DBSBACKUP", dump_section(&sb, &s, &db, &creds, json!({"ON_FAILURE": "continue"}))),
+        ];
+        all.extend(tail_sections(&sb, "files", store));
+        sb.config(&all)
+    };
+    // Night 1: the dump fails (and the night goes on), then the destination is unreachable.
+    let conf = build(&sb.join("blocker/store"));
+    let night1 = run(&mut runner(&conf)).expect(1).json()["run_id"].as_str().unwrap().to_owned();
+    assert!(has(&sb.join("work/encrypted"), |n| n.ends_with(".enc.000")));
+    // Night 2: the destination is back (the dump still fails): night 1's parts are stored.
+    std::fs::write(sb.join("data/night.txt"), b"night 2\n").unwrap();
+    let conf = build(&sb.join("store"));
+    let report = run(&mut runner(&conf)).expect(1).json();
+    assert_eq!(recovered(&report), [(night1.clone(), "completed".to_owned())], "{report:#}");
+    let detail = report["recovered"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("without DBSBACKUP"), "{detail}");
+    let night2 = report["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(complete_runs(&conf), [night1.clone(), night2]);
+    sub(&conf, &["verify", "--run", "all", "--read-data"]).expect(0);
+    assert_eq!(std::fs::read(restore(&sb, &conf, &night1).join("night.txt")).unwrap(), b"night 1\n");
+}
+
+#[test]
+fn a_completed_night_without_its_dump_never_costs_the_last_good_run() {
+    let s = nc_backup_e2e::Servers::get();
+    let sb = Sandbox::new();
+    setup(&sb);
+    let db = crate::db::make_mysql_db(&s);
+    let creds = sb.join("mysql.credentials");
+    set_creds(&creds, &s.var("NCB_MYSQL_PASSWORD"));
+    let mut all =
+        vec![("FILESET", files_section(&sb, "files")), ("DBSBACKUP", dump_section(&sb, &s, &db, &creds, json!({})))];
+    let mut tail = tail_sections(&sb, "files mydump", &sb.join("store"));
+    tail[2].1["PARAMETERS"]["KEEP_LAST"] = json!("1");
+    all.extend(tail);
+    let conf = sb.config(&all);
+    // Night 0 stores everything; KEEP_LAST 1 keeps only the newest complete run.
+    let night0 = run(&mut runner(&conf)).expect(0).json()["run_id"].as_str().unwrap().to_owned();
+    // Nights 1 and 2: the database refuses the backup user; each stops at the dump.
+    set_creds(&creds, "wrong-password");
+    let night1 = run(&mut runner(&conf)).expect(1).json()["run_id"].as_str().unwrap().to_owned();
+    let report = run(&mut runner(&conf)).expect(1).json();
+    // Night 1 is completed without its dump, and stored; its retention did not run: night 0,
+    // the last run with the database, is still there.
+    assert_eq!(recovered(&report), [(night1.clone(), "completed".to_owned())], "{report:#}");
+    assert_eq!(complete_runs(&conf), [night0.clone(), night1]);
+    sub(&conf, &["verify", "--run", "all", "--read-data"]).expect(0);
+    let n0 = sb.join("restore-night0");
+    sub(&conf, &["restore", "--run", &night0, "--only", "DBSBACKUP", "--to", n0.to_str().unwrap()]).expect(0);
+    assert!(!walk(&n0).is_empty(), "night 0's dump is gone");
+}
+
+#[test]
+fn killed_while_removing_its_inputs_the_section_is_adopted_and_finished() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    sb.write("other/o.txt", b"the other folder\n");
+    let other =
+        section("filesbackup", json!({"FILESET_INCLUDE": sb.join("other"), "DESTINATION": sb.join("work/other")}));
+    let mut all = vec![("FILESET", files_section(&sb, "files")), ("OTHER", other)];
+    all.extend(tail_sections(&sb, "files other", &sb.join("store")));
+    let conf = sb.config(&all);
+    // Encryption removes its inputs one by one once every output is durable: kill it as it
+    // removes the second (strace injects SIGKILL into that very unlink).
+    let second = sb.join("work/compressed/other.tar.gz");
+    let mut c = Command::new("strace");
+    c.args(["-f", "-o", "/dev/null", "-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:signal=KILL", "-P"])
+        .arg(&second)
+        .arg(bin("backup-runner"))
+        .args(["-r", "--json", "-c"])
+        .arg(&conf)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap());
+    next_second();
+    let out = run(&mut c).expect(1);
+    let night1 = out.json()["run_id"].as_str().unwrap().to_owned();
+    assert!(out.stderr.contains("ENCRYPTION") && out.stderr.contains("SIGKILL"), "{}", out.stderr);
+    assert!(!sb.join("work/compressed/files.tar.gz").exists() && second.exists(), "killed at the wrong moment");
+    std::fs::write(sb.join("data/night.txt"), b"night 2\n").unwrap();
+    let report = run(&mut runner(&conf)).expect(0).json();
+    assert_eq!(recovered(&report), [(night1.clone(), "completed".to_owned())], "{report:#}");
+    let cleaned = report["recovered"][0]["cleaned"].to_string();
+    assert!(cleaned.contains("other.tar.gz"), "the consumed input was not removed: {cleaned}");
+    assert_work_clean(&sb);
+    sub(&conf, &["verify", "--run", "all", "--read-data"]).expect(0);
+    let n1 = restore(&sb, &conf, &night1);
+    assert_eq!(std::fs::read(n1.join("night.txt")).unwrap(), b"night 1\n");
+    let o = sb.join(format!("restore-{night1}")).join(sb.join("other/o.txt").strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(o).unwrap(), b"the other folder\n");
+}
+
+#[test]
+fn a_storage_failing_under_continue_is_stored_the_next_night() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    sb.write("blocker", b"x");
+    let build = |store: &Path| {
+        let mut all = vec![("FILESET", files_section(&sb, "files"))];
+        let mut tail = tail_sections(&sb, "files", store);
+        tail[2].1.as_object_mut().unwrap().insert("ON_FAILURE".into(), json!("continue"));
+        all.extend(tail);
+        all.push((
+            "SIZE",
+            json!({"ACTION": "load", "NAME": "size-calc", "PARAMETERS": {"OBJECTIVES": sb.join("work/encrypted")}}),
+        ));
+        sb.config(&all)
+    };
+    let conf = build(&sb.join("blocker/store"));
+    let report = run(&mut runner(&conf)).expect(1).json();
+    assert_eq!(report["sections"][4]["status"], "ok", "{report:#}");
+    let night1 = report["run_id"].as_str().unwrap().to_owned();
+    let conf = build(&sb.join("store"));
+    next_night_completes_both(&sb, &conf, &night1, "completed");
+}
+
+#[test]
+fn a_run_of_another_config_sharing_the_work_folder_is_left_to_it() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    sb.write("blocker", b"x");
+    let x = pipeline(&sb, &sb.join("blocker/store"));
+    let xrun = run(&mut runner(&x)).expect(1).json()["run_id"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&x)
+        .unwrap()
+        .replace(&sb.join("blocker/store").display().to_string(), &sb.join("ystore").display().to_string());
+    let y = sb.config_text("y.json", &text);
+    let report = run(&mut runner(&y)).expect(0).json();
+    assert_eq!(recovered(&report), [(xrun.clone(), "deferred".to_owned())], "{report:#}");
+    assert_eq!(complete_runs(&y), [report["run_id"].as_str().unwrap().to_owned()], "Y stored X's run");
+    // X's own next night (its destination back) completes it.
+    let text = std::fs::read_to_string(&x)
+        .unwrap()
+        .replace(&sb.join("blocker/store").display().to_string(), &sb.join("xstore").display().to_string());
+    std::fs::write(&x, text).unwrap();
+    let report = run(&mut runner(&x)).expect(0).json();
+    assert_eq!(recovered(&report), [(xrun.clone(), "completed".to_owned())], "{report:#}");
+    assert!(complete_runs(&x).contains(&xrun));
+}
+
+#[test]
+fn storing_the_work_folder_itself_takes_and_removes_nothing_of_the_runner() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    let w = sb.join("work");
+    let conf = sb.config(&[
+        ("FILESET", section("filesbackup", json!({"FILESET_INCLUDE": sb.join("data"), "DESTINATION": &w}))),
+        ("STORAGE", section("storage", json!({"OBJECTIVES": &w, "DESTINATION": "local", "PATH": sb.join("store"), "REMOVE_OBJECTIVES": "True"}))),
+    ]);
+    let report = run(&mut runner(&conf)).expect(0).json();
+    let id = report["run_id"].as_str().unwrap();
+    let stored: Vec<String> = walk(&sb.join(format!("store/testhost/{id}")))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(stored.iter().all(|n| !n.starts_with('.')), "the runner's files were stored: {stored:?}");
+    assert!(w.join(".backup-runner.lock").exists(), "REMOVE_OBJECTIVES removed the run lock");
+    // A compression asked to remove the work folder itself is refused before anything runs.
+    let bad = sb.config(&[(
+        "COMPRESSION",
+        section(
+            "compression",
+            json!({"OBJECTIVES": sb.path(), "DESTINATION": sb.join("elsewhere/c"), "REMOVE_OBJECTIVES": "True"}),
+        ),
+    )]);
+    let out = run(cmd(&bin("backup-runner")).args(["--check", "-c"]).arg(&bad)).expect(2);
+    assert!(out.stderr.contains("holds WORK_FOLDER"), "{}", out.stderr);
 }

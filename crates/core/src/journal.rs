@@ -69,6 +69,10 @@ pub struct SectionEntry {
     /// cannot stop what that program started; the next run does (same boot only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pgid: Option<u32>,
+    /// Recovery has cleaned up after this section (once: later nights find other runs' files
+    /// in the same folders, and this run's own files set aside).
+    #[serde(default)]
+    pub settled: bool,
 }
 
 /// A file moved out of the shared folders, and where it came from.
@@ -130,7 +134,7 @@ impl Journal {
     /// The section the run stopped in: the last one started, when it did not end well.
     pub fn stopped_in(&self) -> Option<usize> {
         let (i, e) = self.sections.iter().enumerate().max_by_key(|(_, e)| e.seq)?;
-        matches!(e.status, SectionState::Started | SectionState::Failed).then_some(i)
+        (matches!(e.status, SectionState::Started | SectionState::Failed) && !e.settled).then_some(i)
     }
 
     pub fn path(work: &Path, run_id: &str) -> PathBuf {
@@ -342,6 +346,7 @@ mod tests {
             inputs_before: None,
             seq: 1,
             pgid: None,
+            settled: false,
         });
         j.save(d.path()).unwrap();
         j.section_mut("FILESET").unwrap().status = SectionState::Ok;

@@ -155,6 +155,7 @@ pub fn plan(
             inherit_key_file(&target, &mut args, &steps);
             let step = Step { section: s.name.clone(), target, args, timeout: s.timeout, on_failure: s.on_failure };
             check_step(&step, s, &mut problems);
+            check_work_folder_kept(&step, &general, &mut problems);
             if problems.len() == before {
                 steps.push(step);
             }
@@ -195,6 +196,31 @@ fn push_expanded(
             let (sec, k) =
                 if origin == "GENERAL" { ("GENERAL", key.to_owned()) } else { (section, format!("PARAMETERS.{key}")) };
             problems.push(ConfigProblem::new(Some(sec), Some(&k), e));
+        }
+    }
+}
+
+/// REMOVE_OBJECTIVES of an objective that holds WORK_FOLDER would delete the run's journals,
+/// lock and set-aside files with it (storage removes only what it stored: it may).
+fn check_work_folder_kept(step: &Step, general: &General, problems: &mut Vec<ConfigProblem>) {
+    let p = step.params();
+    let storage = matches!(&step.target, Target::Stage { def, .. } | Target::Load { def, .. } if def.name == "storage");
+    if storage || !p.flag("REMOVE_OBJECTIVES", false).unwrap_or(false) {
+        return;
+    }
+    let work = std::path::absolute(general.work_dir()).unwrap_or_else(|_| general.work_dir());
+    for o in p.paths("OBJECTIVES").unwrap_or_default() {
+        let o = std::path::absolute(&o).unwrap_or(o);
+        if work.starts_with(&o) {
+            problems.push(ConfigProblem::new(
+                Some(&step.section),
+                Some("PARAMETERS.OBJECTIVES"),
+                format!(
+                    "{} holds WORK_FOLDER {}: REMOVE_OBJECTIVES would delete the run journals and lock with it (give the folders inside it)",
+                    o.display(),
+                    work.display()
+                ),
+            ));
         }
     }
 }

@@ -181,6 +181,7 @@ fn clean_interrupted(j: &mut Journal, work: &Path) -> Result<Vec<String>> {
                 e.name
             ));
             j.sections[i].dest_before = None;
+            j.sections[i].settled = true;
             j.save(work)?;
             return Ok(Vec::new());
         }
@@ -242,6 +243,7 @@ fn clean_interrupted(j: &mut Journal, work: &Path) -> Result<Vec<String>> {
     }
     j.sections[i].dest_before = None;
     j.sections[i].pgid = None;
+    j.sections[i].settled = true;
     j.save(work)?;
     Ok(cleaned)
 }

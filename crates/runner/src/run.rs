@@ -265,6 +265,7 @@ fn journal_start(journal: &mut Journal, work: &std::path::Path, step: &Step) -> 
         artifacts: Vec::new(),
         seq,
         pgid: None,
+        settled: false,
     });
     journal.save(work)
 }
