@@ -156,6 +156,17 @@ fn b64(digest: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest)
 }
 
+/// The composite CRC-32C S3 gives an object made of `parts` (their CRC-32Cs, in order):
+/// `b64(crc32c(part CRC32Cs))-N`; `None` when a part lacks its checksum.
+fn composite_of(parts: &[CompletedPart]) -> Option<String> {
+    let mut of_parts = Vec::with_capacity(parts.len() * 4);
+    for p in parts {
+        let raw = base64::engine::general_purpose::STANDARD.decode(p.checksum_crc32_c()?).ok()?;
+        of_parts.extend_from_slice(&raw);
+    }
+    Some(format!("{}-{}", b64(&crc32c(&of_parts).to_be_bytes()), parts.len()))
+}
+
 /// The server's error code and message when there is one (AccessDenied: Invalid signature),
 /// else the whole cause chain (connection refused, timeout…).
 /// A local or transport error (no server answer to quote).
@@ -401,6 +412,7 @@ impl S3 {
         let id = created.upload_id().unwrap_or_default().to_owned();
         match self.upload_parts(local, key, &id, info, bar).await {
             Ok((parts, sha256)) => {
+                let expected = composite_of(&parts);
                 let done = self
                     .client
                     .complete_multipart_upload()
@@ -411,6 +423,13 @@ impl S3 {
                     .send()
                     .await;
                 if let Err(e) = done {
+                    // The answer to a Complete that did complete can be lost: the SDK's retry
+                    // then hears NoSuchUpload. The object, whole, tells by its size and the
+                    // composite checksum of the very parts we sent.
+                    if self.is_whole(key, info.size, expected.as_deref()).await {
+                        log::info!("upload of {key}: its completion's answer was lost, the object is whole");
+                        return Ok(sha256);
+                    }
                     self.abort(key, &id).await;
                     return Err(err(&format!("upload of {key}"), e));
                 }
@@ -421,6 +440,22 @@ impl S3 {
                 Err(e)
             }
         }
+    }
+
+    /// Whether `key` holds an object of `size` bytes whose composite CRC-32C is `composite`.
+    async fn is_whole(&self, key: &str, size: u64, composite: Option<&str>) -> bool {
+        let Some(want) = composite else { return false };
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await;
+        head.is_ok_and(|o| {
+            u64::try_from(o.content_length().unwrap_or(-1)).ok() == Some(size) && o.checksum_crc32_c() == Some(want)
+        })
     }
 
     async fn abort(&self, key: &str, id: &str) {
@@ -489,7 +524,7 @@ impl S3 {
     }
 
     /// `b64(crc32c(part CRC32Cs))-N`: the composite checksum S3 keeps for an object uploaded
-    /// in parts of `part_size`, computed from the local file.
+    /// in parts of `part_size`, computed from the local file (see [`composite_of`]).
     fn composite(&self, local: &Path) -> Result<String> {
         let mut file = std::fs::File::open(local).at("cannot open", local)?;
         let mut of_parts = Vec::new();
