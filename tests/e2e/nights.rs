@@ -86,6 +86,13 @@ fn restore(sb: &Sandbox, conf: &Path, run: &str) -> PathBuf {
 
 /// Nothing of an earlier run is left in WORK_FOLDER's shared folders, aside, or pending.
 fn assert_work_clean(sb: &Sandbox) {
+    let top: Vec<String> = std::fs::read_dir(sb.join("work"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".ncb-lineage-") || n.starts_with(".ncb-secret-"))
+        .collect();
+    assert!(top.is_empty(), "left in WORK_FOLDER: {top:?}");
     for d in ["files", "compressed", "encrypted", ".ncb-journal"] {
         let p = sb.join("work").join(d);
         let left: Vec<_> =

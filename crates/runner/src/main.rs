@@ -534,6 +534,12 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     for stale in ncb_core::sys::sweep_secrets(&work) {
         log::warn!("removed {stale} from WORK_FOLDER: a secret left by a stage that was killed");
     }
+    // The lineage a killed run handed its stages (its journal keeps the same record).
+    for e in std::fs::read_dir(&work).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".ncb-lineage-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let mut journal = ncb_core::journal::Journal::new(&run_id, &config.path, started);
     let mut report = match recover::recover_all(&config, &work, &signal) {
         Ok(recovered) => {
