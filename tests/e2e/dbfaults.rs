@@ -25,10 +25,12 @@ struct PrivateMariaDb {
 impl PrivateMariaDb {
     fn install(dir: &Path) -> Self {
         std::fs::create_dir_all(dir.join("data")).unwrap();
+        // Its own tmpdir: bootstraps sharing /tmp collide on their temporary tables.
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let d = dir.display();
         let cnf = format!(
-            "[mysqld]\ndatadir={d}/data\nsocket={d}/mysqld.sock\npid-file={d}/mysqld.pid\nlog-error={d}/error.log\n\
+            "[mysqld]\ndatadir={d}/data\ntmpdir={d}/tmp\nsocket={d}/mysqld.sock\npid-file={d}/mysqld.pid\nlog-error={d}/error.log\n\
              port={port}\nbind-address=127.0.0.1\nuser=mysql\ncharacter-set-server=utf8mb4\nskip-name-resolve\n\
              innodb_buffer_pool_size=64M\n[client]\nsocket={d}/mysqld.sock\nuser=root\n"
         );
@@ -39,7 +41,13 @@ impl PrivateMariaDb {
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
         let mut db = PrivateMariaDb { dir: dir.to_path_buf(), port, server: None };
         db.start();
         db
