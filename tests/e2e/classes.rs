@@ -331,7 +331,14 @@ fn s3_part_size_and_concurrency_out_of_range_are_refused() {
             .arg("--OBJECTIVES")
             .arg(sb.join("enc"));
         let out = run(&mut c).expect(2);
-        assert!(out.stderr.contains(&format!("{key}: {value} is out of range: {range}")), "{}", out.stderr);
+        // Refused by the stage's checks (as `--check` does), naming the flag.
+        let said = format!("--{key} (--{}): {value} is out of range: {range}", key.to_lowercase().replace('_', "-"));
+        assert!(
+            out.stderr.contains(&said),
+            "{said} not said:
+{}",
+            out.stderr
+        );
     }
     assert!(m.classes("").is_empty(), "something was stored");
 }

@@ -336,12 +336,16 @@ fn a_secret_left_by_a_killed_stage_is_gone_after_the_next_run() {
     let reused = sb.write(&format!("work/.ncb-secret-{}-reused-00ff", std::process::id()), b"x");
     let old = std::time::SystemTime::now() - Duration::from_secs(3600);
     std::fs::File::options().write(true).open(&reused).unwrap().set_modified(old).unwrap();
+    // What a runner killed while writing its journal and lineage leaves.
+    let journal_tmp = sb.write("work/.ncb-journal/.20261201T000000Z-abcd.json.partial-4194305-1a", b"{");
+    let lineage_tmp = sb.write("work/..ncb-lineage-20261201T000000Z-abcd.json.partial-4194305-1b", b"{");
     let conf = sb.config(&[(
         "FILESET",
         json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
             "FILESET_INCLUDE": sb.join("data"), "DESTINATION": sb.join("work/files")}}),
     )]);
     run(&mut runner(&conf)).expect(0);
+    assert!(!journal_tmp.exists() && !lineage_tmp.exists(), "a killed runner's temporaries stay");
     assert!(!stale.exists(), "the killed stage's secret is still on disk");
     assert!(!reused.exists(), "a secret nobody holds survived because its pid was reused");
     assert!(live.exists(), "a secret in use was removed");

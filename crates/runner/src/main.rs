@@ -534,10 +534,16 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     for stale in ncb_core::sys::sweep_secrets(&work) {
         log::warn!("removed {stale} from WORK_FOLDER: a secret left by a stage that was killed");
     }
-    // The lineage a killed run handed its stages (its journal keeps the same record).
-    for e in std::fs::read_dir(&work).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(".ncb-lineage-") {
-            let _ = std::fs::remove_file(e.path());
+    // What a killed runner was writing: the lineage it handed its stages (its journal keeps
+    // the same record), and the temporaries of its journal and lineage files. Under the lock,
+    // none of them is anyone's any more.
+    for (dir, all) in [(work.clone(), false), (work.join(ncb_core::journal::DIR), true)] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let temporary = ncb_core::atomic::is_partial(&e.file_name()) && (all || name.contains("ncb-"));
+            if name.starts_with(".ncb-lineage-") || temporary {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
     let mut journal = ncb_core::journal::Journal::new(&run_id, &config.path, started);
