@@ -8,8 +8,10 @@
 #
 # Each round:
 #   1. a night (`backup-runner -r`) starts in its own process group; after a random moment
-#      within a clean night's duration, SIGKILL goes at random to the runner alone, to its
-#      whole process group (`kill -KILL -- -PGID`), or to the stage it is running;
+#      within a clean night's duration (measured first, then kept up to date with each next
+#      night's own sections as the machine's load changes), SIGKILL goes at random to the
+#      runner alone, to its whole process group (`kill -KILL -- -PGID`), or to the stage it
+#      is running;
 #   2. the next night runs, and the round is clean when: it exits 0; its report's `recovered`
 #      names the killed night as `completed` (it had finished a section) or `abandoned` (it
 #      had not), or nothing when the kill left no journal; no process of the killed night
@@ -351,6 +353,7 @@ for r in $(seq 1 "$N"); do
   fi
   [ "$killed" = 1 ] && KILLS["$mode/$where"]=$(( ${KILLS["$mode/$where"]:-0} + 1 ))
   at=$(printf '%d.%03d' $(( delay_ms / 1000 )) $(( delay_ms % 1000 )))
+  at="$at/$(( NIGHT_MS / 1000 )).$(( NIGHT_MS % 1000 / 100 ))"
   # What the killed night left: its journal (the run id), the work folder.
   mkdir -p "$R/journal-before"
   cp -a "$W/.ncb-journal/." "$R/journal-before/" 2>/dev/null
@@ -376,6 +379,10 @@ for r in $(seq 1 "$N"); do
   n1=$(now)
   [ "$rc2" = 0 ] || problems+=("the next night exited $rc2: $(grep -v '^\s*$' "$R/next.err" | tail -3 | tr '\n' ' ')")
   next_id=$(json_get "$R/next.json" "d['run_id']")
+  # The night's typical duration follows the machine's load: tonight's own sections (its
+  # recovery of the killed night apart) weigh in, so kills keep landing over the whole night.
+  own_ms=$(json_get "$R/next.json" "sum(s['duration_ms'] for s in d['sections']) if d['status'] == 'ok' else 0")
+  [ "${own_ms:-0}" -gt 0 ] && NIGHT_MS=$(( (NIGHT_MS * 2 + own_ms + 150) / 3 ))
   recovered=$(json_get "$R/next.json" "' '.join('%s:%s' % (x['run_id'], x['outcome']) for x in d.get('recovered', []))")
   want=""; [ -n "$killed_id" ] && want="$killed_id:$expect"
   [ "$recovered" = "$want" ] || problems+=("recovered [$recovered], expected [$want]")
