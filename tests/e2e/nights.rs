@@ -272,7 +272,11 @@ fn killed_in_storage_the_run_is_stored_the_next_night() {
     let conf = pipeline(&sb, &sb.join("store"));
     let store = sb.join("store");
     let night1 = kill_night_when(&conf, "storage wrote", || has(&store, |n| n.contains(".enc.0")));
+    // A copy cut short in the destination (as a kill mid-file leaves it).
+    let run_dir = store.join(format!("testhost/{night1}"));
+    std::fs::write(run_dir.join(".files.tar.gz.enc.001.partial-4194305-1"), b"half").unwrap();
     next_night_completes_both(&sb, &conf, &night1, "completed");
+    assert!(!has(&store, |n| n.contains(".partial-")), "a temporary stays in the destination");
 }
 
 /// A section run as a program: the recording fixture (sleeps when told to).

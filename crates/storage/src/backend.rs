@@ -200,6 +200,11 @@ pub trait Backend: Send + Sync {
     fn runs(&self, prefix: &str) -> Result<Vec<String>>;
     /// Deletes a whole run.
     fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()>;
+    /// Removes what a killed store left unfinished under `run` (a folder's `.partial-`
+    /// temporaries); how many. Stores whose objects appear whole or not at all have none.
+    fn discard_unfinished(&self, _run: &str) -> Result<usize> {
+        Ok(0)
+    }
     /// The objects under `prefix` kept in an archive storage class, which cannot be read until
     /// thawed, each with its thaw state. None where there are no such classes (local, rclone).
     fn archived(&self, _prefix: &str) -> Result<Vec<Archived>> {
@@ -315,6 +320,19 @@ impl Backend for Local {
             .collect();
         runs.sort();
         Ok(runs)
+    }
+
+    fn discard_unfinished(&self, run: &str) -> Result<usize> {
+        let dir = self.path(run);
+        let mut n = 0;
+        for rel in ncb_core::journal::snapshot(&dir, usize::MAX).unwrap_or_default() {
+            let p = dir.join(&rel);
+            if p.file_name().is_some_and(ncb_core::atomic::is_partial) && p.is_file() {
+                std::fs::remove_file(&p).at("cannot remove", &p)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()> {

@@ -405,6 +405,15 @@ fn store_run(
     report: &mut StageReport,
 ) -> Result<()> {
     let run = format!("{prefix}{}/", ctx.run_id);
+    // A store of this run killed earlier left its temporaries: they go (this run is ours).
+    let discarded = d.discard_unfinished(&run)?;
+    if discarded > 0 {
+        log::info!(
+            "{}: removed {discarded} unfinished file(s) of an earlier attempt at run {}",
+            d.describe(),
+            ctx.run_id
+        );
+    }
     // One listing tells which files may already be there; only those are checked one by one.
     let present = d.sizes(&run)?;
     let mut todo = Vec::new();
