@@ -660,3 +660,29 @@ fn storing_the_work_folder_itself_takes_and_removes_nothing_of_the_runner() {
     let out = run(cmd(&bin("backup-runner")).args(["--check", "-c"]).arg(&bad)).expect(2);
     assert!(out.stderr.contains("holds WORK_FOLDER"), "{}", out.stderr);
 }
+
+#[test]
+fn storage_removes_an_encryption_manifest_before_its_parts() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    random_file(&sb, "data/big.bin", 3);
+    let conf = pipeline(&sb, &sb.join("store"));
+    // Kill storage as it removes the first part of the stored run from WORK_FOLDER.
+    let part = sb.join("work/encrypted/files.tar.gz.enc.000");
+    let mut c = Command::new("strace");
+    c.args(["-f", "-o", "/dev/null", "-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:signal=KILL", "-P"])
+        .arg(&part)
+        .arg(bin("backup-runner"))
+        .args(["-r", "--json", "-c"])
+        .arg(&conf)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap());
+    next_second();
+    let out = run(&mut c).expect(1);
+    let night1 = out.json()["run_id"].as_str().unwrap().to_owned();
+    assert!(out.stderr.contains("STORAGE") && out.stderr.contains("SIGKILL"), "{}", out.stderr);
+    // The manifest went first: parts without their manifest, never a manifest without parts.
+    assert!(part.exists(), "killed at the wrong moment");
+    assert!(!sb.join("work/encrypted/files.tar.gz.enc.manifest.json").exists(), "the manifest outlived its parts");
+    next_night_completes_both(&sb, &conf, &night1, "completed");
+}
