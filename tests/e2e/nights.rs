@@ -279,6 +279,21 @@ fn killed_in_storage_the_run_is_stored_the_next_night() {
     assert!(!has(&store, |n| n.contains(".partial-")), "a temporary stays in the destination");
 }
 
+/// A night run under strace, which SIGKILLs whichever process unlinks `path` as it does
+/// (fault injection at one exact step); the night must fail.
+fn night_killed_at_unlink(conf: &Path, path: &Path) -> Out {
+    let mut c = Command::new("strace");
+    c.args(["-f", "-o", "/dev/null", "-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:signal=KILL", "-P"])
+        .arg(path)
+        .arg(bin("backup-runner"))
+        .args(["-r", "--json", "-c"])
+        .arg(conf)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap());
+    next_second();
+    run(&mut c).expect(1)
+}
+
 /// A section run as a program: the recording fixture (sleeps when told to).
 fn script_section() -> Value {
     json!({"ACTION": "execute", "NAME": "tests", "EXECUTABLE": fixture("record.sh")})
@@ -557,16 +572,7 @@ fn killed_while_removing_its_inputs_the_section_is_adopted_and_finished() {
     // Encryption removes its inputs one by one once every output is durable: kill it as it
     // removes the second (strace injects SIGKILL into that very unlink).
     let second = sb.join("work/compressed/other.tar.gz");
-    let mut c = Command::new("strace");
-    c.args(["-f", "-o", "/dev/null", "-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:signal=KILL", "-P"])
-        .arg(&second)
-        .arg(bin("backup-runner"))
-        .args(["-r", "--json", "-c"])
-        .arg(&conf)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap());
-    next_second();
-    let out = run(&mut c).expect(1);
+    let out = night_killed_at_unlink(&conf, &second);
     let night1 = out.json()["run_id"].as_str().unwrap().to_owned();
     assert!(out.stderr.contains("ENCRYPTION") && out.stderr.contains("SIGKILL"), "{}", out.stderr);
     assert!(!sb.join("work/compressed/files.tar.gz").exists() && second.exists(), "killed at the wrong moment");
@@ -669,16 +675,7 @@ fn storage_removes_an_encryption_manifest_before_its_parts() {
     let conf = pipeline(&sb, &sb.join("store"));
     // Kill storage as it removes the first part of the stored run from WORK_FOLDER.
     let part = sb.join("work/encrypted/files.tar.gz.enc.000");
-    let mut c = Command::new("strace");
-    c.args(["-f", "-o", "/dev/null", "-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:signal=KILL", "-P"])
-        .arg(&part)
-        .arg(bin("backup-runner"))
-        .args(["-r", "--json", "-c"])
-        .arg(&conf)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap());
-    next_second();
-    let out = run(&mut c).expect(1);
+    let out = night_killed_at_unlink(&conf, &part);
     let night1 = out.json()["run_id"].as_str().unwrap().to_owned();
     assert!(out.stderr.contains("STORAGE") && out.stderr.contains("SIGKILL"), "{}", out.stderr);
     // The manifest went first: parts without their manifest, never a manifest without parts.

@@ -555,33 +555,24 @@ impl S3 {
 
     /// Every object under `prefix` with its storage class, as the listing gives it.
     async fn classes(&self, prefix: &str) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let o = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_continuation_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| err(&format!("cannot list s3://{}/{prefix}", self.bucket), e))?;
-            for obj in o.contents() {
-                if let Some(k) = obj.key() {
-                    let class = obj.storage_class().map_or("STANDARD", |c| c.as_str());
-                    out.push((k.to_owned(), class.to_owned()));
-                }
-            }
-            token = o.next_continuation_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
+        let (objects, _) = self.listing(prefix, false).await?;
+        Ok(objects
+            .iter()
+            .filter_map(|o| {
+                let class = o.storage_class().map_or("STANDARD", |c| c.as_str());
+                o.key().map(|k| (k.to_owned(), class.to_owned()))
+            })
+            .collect())
     }
 
     async fn keys(&self, prefix: &str, delimiter: bool) -> Result<(Vec<String>, Vec<String>)> {
-        let (mut keys, mut prefixes) = (Vec::new(), Vec::new());
+        let (objects, prefixes) = self.listing(prefix, delimiter).await?;
+        Ok((objects.iter().filter_map(|o| o.key().map(str::to_owned)).collect(), prefixes))
+    }
+
+    /// Every object under `prefix` (all pages), and with `delimiter` the folders below it.
+    async fn listing(&self, prefix: &str, delimiter: bool) -> Result<(Vec<aws_sdk_s3::types::Object>, Vec<String>)> {
+        let (mut objects, mut prefixes) = (Vec::new(), Vec::new());
         let mut token: Option<String> = None;
         loop {
             let mut req =
@@ -590,11 +581,11 @@ impl S3 {
                 req = req.delimiter("/");
             }
             let out = req.send().await.map_err(|e| err(&format!("cannot list s3://{}/{prefix}", self.bucket), e))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            objects.extend(out.contents().iter().cloned());
             prefixes.extend(out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_owned)));
             token = out.next_continuation_token().map(str::to_owned);
             if token.is_none() {
-                return Ok((keys, prefixes));
+                return Ok((objects, prefixes));
             }
         }
     }
@@ -694,30 +685,11 @@ impl Backend for S3 {
     }
 
     fn sizes(&self, prefix: &str) -> Result<std::collections::HashMap<String, u64>> {
-        self.rt.block_on(async {
-            let mut out = std::collections::HashMap::new();
-            let mut token: Option<String> = None;
-            loop {
-                let o = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .prefix(prefix)
-                    .set_continuation_token(token.clone())
-                    .send()
-                    .await
-                    .map_err(|e| err(&format!("cannot list s3://{}/{prefix}", self.bucket), e))?;
-                for obj in o.contents() {
-                    if let Some(k) = obj.key() {
-                        out.insert(k.to_owned(), u64::try_from(obj.size().unwrap_or(0)).unwrap_or(0));
-                    }
-                }
-                token = o.next_continuation_token().map(str::to_owned);
-                if token.is_none() {
-                    return Ok(out);
-                }
-            }
-        })
+        let (objects, _) = self.rt.block_on(self.listing(prefix, false))?;
+        Ok(objects
+            .iter()
+            .filter_map(|o| o.key().map(|k| (k.to_owned(), u64::try_from(o.size().unwrap_or(0)).unwrap_or(0))))
+            .collect())
     }
 
     fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()> {
