@@ -102,6 +102,9 @@ fn assert_work_clean(sb: &Sandbox) {
     let aside = sb.join("work/.ncb-aside");
     let files = walk(&aside);
     assert!(files.is_empty(), "set aside and never taken back: {files:?}");
+    let folders: Vec<_> =
+        std::fs::read_dir(&aside).map(|e| e.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(folders.is_empty(), "folders left aside: {folders:?}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

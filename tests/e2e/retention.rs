@@ -3,6 +3,7 @@
 //! `backup-runner prune` applies the same rules without a backup.
 
 use std::path::Path;
+use std::process::Command;
 
 use nc_backup_e2e::{Out, Sandbox, bin, cmd, fixture, run};
 use serde_json::json;
@@ -149,4 +150,61 @@ fn a_night_with_a_failed_section_deletes_no_run() {
     let warnings = report["sections"][1]["warnings"].to_string();
     assert!(warnings.contains("retention deletes nothing"), "{warnings}");
     assert_eq!(stored(&sb), [runs[0], runs[1], tonight]);
+}
+
+/// Retention killed (SIGKILL, injected by strace at one exact unlink) in the middle of deleting
+/// a run: the run is marked as being deleted, never counted as a backup, shown as such by
+/// `runs` and `verify`, and the next retention finishes it whatever its age.
+#[test]
+fn retention_killed_mid_deletion_is_finished_by_the_next_one() {
+    let sb = Sandbox::new();
+    run(cmd(&bin("encryption")).arg("--generate-key").arg(sb.join("key"))).expect(0);
+    for i in 0..4 {
+        sb.write(&format!("enc/files.tar.gz.enc.00{i}"), &[i as u8; 3000]);
+    }
+    sb.write("enc/files.tar.gz.enc.manifest.json", b"{}");
+    let key = sb.join("key");
+    let k = key.to_str().unwrap();
+    // Recent runs: "incomplete and old" cannot be why the next retention deletes it.
+    let id = |mins: i64| {
+        let t = run(Command::new("date").args(["-u", "-d", &format!("-{mins} min"), "+%Y%m%dT%H%M%SZ"])).expect(0);
+        format!("{}-000{mins}", t.stdout.trim())
+    };
+    let (older, newer, third) = (id(3), id(2), id(1));
+    storage(&sb, &older, &sb.join("enc"), &["--KEY_FILE", k]).expect(0);
+    storage(&sb, &newer, &sb.join("enc"), &["--KEY_FILE", k]).expect(0);
+    let doomed = sb.join(format!("store/web1/{older}"));
+    let mut c = Command::new("strace");
+    c.args(["-f", "-o", "/dev/null", "-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:signal=KILL", "-P"])
+        .arg(doomed.join("files.tar.gz.enc.002"))
+        .arg(bin("storage"))
+        .env("NCB_RUN_ID", &newer)
+        .args(["--HOSTNAME", "web1", "--DESTINATION", "local", "--KEY_FILE", k, "--KEEP_LAST", "1"])
+        .arg("--PATH")
+        .arg(sb.join("store"))
+        .arg("--OBJECTIVES")
+        .arg(sb.join("enc"));
+    let out = run(&mut c);
+    assert_ne!(out.code, 0, "not killed: {}", out.stderr);
+    assert!(doomed.join("RUN-DELETING").is_file() && doomed.join("files.tar.gz.enc.002").is_file(), "killed too late");
+    assert!(!doomed.join("RUN-MANIFEST.json").exists(), "the run manifest outlived the start of the deletion");
+
+    let conf = sb.config(&[(
+        "STORAGE",
+        json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+            "OBJECTIVES": sb.join("enc"), "DESTINATION": "local", "PATH": sb.join("store"), "PREFIX": "web1",
+            "KEY_FILE": sb.join("key"), "KEEP_LAST": "2"}}),
+    )]);
+    let list = run(cmd(&bin("backup-runner")).args(["runs", "--json", "-c"]).arg(&conf)).expect(0).json();
+    let half = list.as_array().unwrap().iter().find(|r| r["run_id"] == older.as_str()).unwrap().clone();
+    assert_eq!((half["complete"].as_bool(), half["deleting"].as_bool()), (Some(false), Some(true)), "{list:#}");
+    let v = run(cmd(&bin("backup-runner")).args(["verify", "--run", "all", "-c"]).arg(&conf)).expect(0);
+    assert!(v.stdout.contains("being deleted"), "{}", v.stdout);
+
+    // The next store keeps 2 runs: the half-deleted one is not one of them, and it goes.
+    let out = storage(&sb, &third, &sb.join("enc"), &["--KEY_FILE", k, "--KEEP_LAST", "2"]).expect(0);
+    let deleted = out.json()["data"]["deleted"].to_string();
+    assert!(deleted.contains(&older), "{}", out.stdout);
+    assert!(out.stderr.contains("its deletion was interrupted"), "{}", out.stderr);
+    assert_eq!(stored(&sb), [newer, third]);
 }

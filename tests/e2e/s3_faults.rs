@@ -534,3 +534,39 @@ fn garage_stopped_mid_multipart_fails_cleanly_then_the_next_night_completes_both
     proxy.clear();
     next_night_completes_both(&g, &sb, &conf, &night1);
 }
+
+/// A run id of `mins` minutes ago (recent: never "incomplete and old").
+fn recent_id(mins: u32, tag: &str) -> String {
+    let t = run(Command::new("date").args(["-u", "-d", &format!("-{mins} min"), "+%Y%m%dT%H%M%SZ"])).expect(0);
+    format!("{}-{tag}", t.stdout.trim())
+}
+
+/// Retention cut off in the middle of deleting a run from the bucket (its batch delete refused
+/// after the deletion mark was written and the run manifest deleted): the night still succeeds
+/// with a warning, the run is no backup any more, and the next retention finishes deleting it.
+#[test]
+fn garage_retention_cut_off_mid_deletion_is_finished_by_the_next_one() {
+    let g = Garage::new("ncbfdel");
+    let sb = Sandbox::new();
+    sb.write("enc/a.bin", &data(64 << 10, 21));
+    sb.write("enc/b.bin", &data(64 << 10, 22));
+    let enc = sb.join("enc");
+    let proxy = g.proxy();
+    let (r1, r2, r3) = (recent_id(3, "d001"), recent_id(2, "d002"), recent_id(1, "d003"));
+    run(&mut g.store(&proxy, &r1, &enc)).expect(0);
+    run(&mut g.store(&proxy, &r2, &enc)).expect(0);
+    let cut = proxy.add(Rule::new(Fault::Status(403)).method("POST").target("?delete"));
+    let out = run(g.store(&proxy, &r2, &enc).args(["--KEEP_LAST", "1"])).expect(0);
+    assert_injected(&proxy, &[("batch delete", cut, 1)]);
+    assert!(out.stderr.contains("retention not applied"), "{}", out.stderr);
+    let keys = g.keys();
+    assert!(keys.contains(&g.key(&r1, "RUN-DELETING")) && keys.contains(&g.key(&r1, "a.bin")), "{keys:#?}");
+    assert!(!keys.contains(&g.key(&r1, "RUN-MANIFEST.json")), "{keys:#?}");
+
+    let out = run(g.store(&proxy, &r3, &enc).args(["--KEEP_LAST", "2"])).expect(0);
+    assert!(out.stderr.contains("its deletion was interrupted"), "{}", out.stderr);
+    let left: Vec<String> = g.keys().into_iter().filter(|k| k.contains(&r1)).collect();
+    assert!(left.is_empty(), "left of the deleted run: {left:?}");
+    g.assert_stored(&r2, &[("a.bin", &data(64 << 10, 21))], &sb);
+    g.assert_stored(&r3, &[("b.bin", &data(64 << 10, 22))], &sb);
+}

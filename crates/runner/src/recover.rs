@@ -318,6 +318,13 @@ fn put_back(j: &mut Journal, work: &Path) -> Result<()> {
         }
         // Else moved back earlier, or the move was recorded but never made.
     }
+    // Their folders, now empty (one that is not stays).
+    for m in &j.aside {
+        if let Some(d) = m.to.parent() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    let _ = std::fs::remove_dir(work.join(ASIDE).join(&j.run_id));
     j.aside.clear();
     j.save(work)
 }

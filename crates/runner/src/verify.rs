@@ -22,6 +22,9 @@ pub struct RunInfo {
     pub destination: String,
     pub run_id: String,
     pub complete: bool,
+    /// Retention began deleting it and was interrupted: the next retention finishes it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
     pub files: usize,
@@ -56,6 +59,7 @@ pub fn runs(sources: &[Source]) -> Result<(Vec<RunInfo>, bool)> {
                     destination: s.describe(),
                     run_id: run,
                     complete: true,
+                    deleting: false,
                     created: Some(m.created.clone()),
                     files: m.files.len(),
                     bytes: m.files.iter().map(|f| f.size).sum(),
@@ -64,6 +68,7 @@ pub fn runs(sources: &[Source]) -> Result<(Vec<RunInfo>, bool)> {
                     let sizes = b.sizes(&format!("{}{run}/", s.dest.prefix))?;
                     RunInfo {
                         destination: s.describe(),
+                        deleting: b.being_deleted(&s.dest.prefix, &run)?,
                         run_id: run,
                         complete: false,
                         created: None,
@@ -85,7 +90,11 @@ pub fn print_runs(list: &[RunInfo], out: &mut impl Write) -> std::io::Result<()>
             writeln!(out, "{}", r.destination)?;
             last = &r.destination;
         }
-        let state = if r.complete { "complete" } else { "INCOMPLETE (no run manifest)" };
+        let state = match (r.complete, r.deleting) {
+            (true, _) => "complete",
+            (false, true) => "BEING DELETED (retention was interrupted; the next one finishes)",
+            (false, false) => "INCOMPLETE (no run manifest)",
+        };
         writeln!(out, "  {}  {:<28}  {:>5} files  {:>10}", r.run_id, state, r.files, human(r.bytes as f64))?;
     }
     if list.is_empty() {
@@ -186,6 +195,12 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>, al
         Ok(Some(m)) => m,
         Ok(None) => {
             let exists = s.backend().runs(&s.dest.prefix).map(|r| r.iter().any(|x| x == run)).unwrap_or(false);
+            if exists && s.backend().being_deleted(&s.dest.prefix, run).unwrap_or(false) {
+                // Not a backup any more, and not a failure: retention chose to delete it.
+                v.notes
+                    .push("being deleted: retention was interrupted deleting it; the next retention finishes".into());
+                return v;
+            }
             v.problems.push(if exists {
                 "incomplete: no run manifest (the run did not finish storing)".into()
             } else {

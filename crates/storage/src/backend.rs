@@ -3,6 +3,8 @@
 //! ```text
 //! <PREFIX><RUN_ID>/<file>            every file of the run, by its path relative to its objective
 //! <PREFIX><RUN_ID>/RUN-MANIFEST.json written last: a run without it is incomplete
+//! <PREFIX><RUN_ID>/RUN-DELETING      written first when retention deletes the run, removed
+//!                                    last: a run that has it is finished off by the next retention
 //! ```
 //! PREFIX defaults to `<HOSTNAME>/`. A backend stores and fetches whole files, verified by
 //! size and SHA-256.
@@ -17,6 +19,18 @@ use ncb_core::{Artifact, Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 
 pub const RUN_MANIFEST: &str = "RUN-MANIFEST.json";
+/// The mark of a run whose deletion has begun (see [`Backend::delete_run`]).
+pub const DELETING_MARK: &str = "RUN-DELETING";
+
+/// What the deletion mark says to whoever finds it.
+pub fn deleting_mark_text() -> Vec<u8> {
+    format!(
+        "retention began deleting this run at {}; if this is still here, the deletion was \
+         interrupted and the next retention (storage with KEEP_*, or backup-runner prune) finishes it\n",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+    .into_bytes()
+}
 
 /// Size and SHA-256 of a stored file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,8 +212,14 @@ pub trait Backend: Send + Sync {
     }
     /// The run ids under `prefix` (complete or not).
     fn runs(&self, prefix: &str) -> Result<Vec<String>>;
-    /// Deletes a whole run.
+    /// Deletes a whole run, so that an interruption at any moment leaves it finishable:
+    /// [`DELETING_MARK`] is written first, then the run manifest goes (the run is visibly
+    /// incomplete), then every other file, and the mark last.
     fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()>;
+    /// Whether the deletion of `run_id` has begun and was not finished.
+    fn being_deleted(&self, prefix: &str, run_id: &str) -> Result<bool> {
+        Ok(self.get_bytes(&format!("{prefix}{run_id}/{DELETING_MARK}"))?.is_some())
+    }
     /// Removes what a killed store left unfinished under `run` (a folder's `.partial-`
     /// temporaries); how many. Stores whose objects appear whole or not at all have none.
     fn discard_unfinished(&self, _run: &str) -> Result<usize> {
@@ -337,8 +357,32 @@ impl Backend for Local {
 
     fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()> {
         let dir = self.path(&format!("{prefix}{run_id}"));
+        let mark = dir.join(DELETING_MARK);
+        ncb_core::atomic::write_file(&mark, &deleting_mark_text(), 0o600)?;
         // The manifest goes first: a half-deleted run is then visibly incomplete.
-        let _ = std::fs::remove_file(dir.join(RUN_MANIFEST));
-        std::fs::remove_dir_all(&dir).at("cannot delete", &dir)
+        match std::fs::remove_file(dir.join(RUN_MANIFEST)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::path("cannot delete", &dir.join(RUN_MANIFEST), e));
+            }
+            _ => {}
+        }
+        for e in std::fs::read_dir(&dir).at("cannot list", &dir)? {
+            let e = e.at("cannot list", &dir)?;
+            if e.file_name() == DELETING_MARK {
+                continue;
+            }
+            let p = e.path();
+            let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            match gone {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::path("cannot delete", &p, e)),
+                _ => {}
+            }
+        }
+        std::fs::remove_file(&mark).at("cannot delete", &mark)?;
+        std::fs::remove_dir(&dir).at("cannot delete", &dir)
     }
 }

@@ -597,12 +597,14 @@ fn standing(d: &dyn Backend, prefix: &str, run: &str, key: Option<&encryption::k
     })
 }
 
-/// Applies retention to one destination: the rules over complete, authenticated runs (the
-/// newest always kept), then incomplete runs past their age that no run here still owns.
+/// Applies retention to one destination: first the runs whose deletion an earlier retention
+/// began and did not finish (killed, cut off), then the rules over complete, authenticated runs
+/// (the newest always kept), then incomplete runs past their age that no run here still owns.
 pub fn apply_retention(d: &dyn Backend, prefix: &str, rules: &Rules, report: &mut StageReport) -> Result<()> {
     let runs = d.runs(prefix)?;
     let mut complete = Vec::new();
     let mut stale = Vec::new();
+    let mut interrupted = Vec::new();
     let now = chrono::Utc::now();
     for r in &runs {
         match standing(d, prefix, r, rules.key)? {
@@ -611,6 +613,9 @@ pub fn apply_retention(d: &dyn Backend, prefix: &str, rules: &Rules, report: &mu
                 "{}: run {r} is not authenticated ({why}); retention neither counts nor deletes it",
                 d.describe()
             )),
+            Standing::Incomplete if Some(r.as_str()) != rules.current && d.being_deleted(prefix, r)? => {
+                interrupted.push(r.clone());
+            }
             Standing::Incomplete => {
                 let owned = Some(r.as_str()) == rules.current || rules.pending.contains(r);
                 let old = retention::run_time(r).is_some_and(|t| t < rules.incomplete_after.before(now));
@@ -628,7 +633,8 @@ pub fn apply_retention(d: &dyn Backend, prefix: &str, rules: &Rules, report: &mu
     let decisions = retention::decide(&complete, rules.policy, rules.current);
     let mut removed = Vec::new();
     let doomed = decisions.iter().filter(|d| !d.keep).map(|d| (d.run_id.clone(), "by the KEEP rules"));
-    for (run, why) in doomed.chain(stale.into_iter().map(|r| (r, "incomplete and old"))) {
+    let finish = interrupted.into_iter().map(|r| (r, "its deletion was interrupted: finished"));
+    for (run, why) in finish.chain(doomed).chain(stale.into_iter().map(|r| (r, "incomplete and old"))) {
         if rules.dry {
             log::info!("{}: would delete run {run} ({why}; DRY_RUN)", d.describe());
         } else {

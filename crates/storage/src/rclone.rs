@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use ncb_core::hash::{HashWriter, sha256_file};
 use ncb_core::{Error, Result};
 
-use crate::backend::{Backend, FileInfo, RUN_MANIFEST};
+use crate::backend::{Backend, DELETING_MARK, FileInfo, RUN_MANIFEST, deleting_mark_text};
 
 #[derive(Debug, Clone)]
 pub struct Rclone {
@@ -171,7 +171,10 @@ impl Backend for Rclone {
 
     fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()> {
         let run = format!("{prefix}{run_id}");
+        self.put_bytes(&format!("{run}/{DELETING_MARK}"), &deleting_mark_text())?;
+        // The manifest first (the run is then visibly incomplete), the mark last.
         self.run(&["deletefile", &self.path(&format!("{run}/{RUN_MANIFEST}"))], None)?;
+        self.run(&["delete", "--exclude", &format!("/{DELETING_MARK}"), &self.path(&run)], None)?;
         self.run(&["purge", &self.path(&run)], None)?;
         Ok(())
     }

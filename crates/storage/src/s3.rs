@@ -31,7 +31,7 @@ use ncb_core::progress::Progress;
 use ncb_core::{Artifact, Error, IoContext, Result};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Archived, Backend, FileInfo, RUN_MANIFEST, Thaw};
+use crate::backend::{Archived, Backend, DELETING_MARK, FileInfo, RUN_MANIFEST, Thaw, deleting_mark_text};
 
 /// What an upload task gives back: (part number, ETag, checksum), or why it failed.
 type PartResult = std::result::Result<
@@ -113,10 +113,11 @@ pub fn validate(p: &Params) -> Vec<Problem> {
     tuning(p).err().unwrap_or_default()
 }
 
-/// The run manifest and encryption manifests: small, read by every listing, check and prune,
-/// so kept in STANDARD whatever STORAGE_CLASS says.
+/// The run manifest, the deletion mark and encryption manifests: small, read by every listing,
+/// check and prune, so kept in STANDARD whatever STORAGE_CLASS says.
 pub fn is_manifest(key: &str) -> bool {
-    key.rsplit('/').next() == Some(RUN_MANIFEST) || key.ends_with(encryption::manifest::SUFFIX)
+    let name = key.rsplit('/').next();
+    name == Some(RUN_MANIFEST) || name == Some(DELETING_MARK) || key.ends_with(encryption::manifest::SUFFIX)
 }
 
 /// The thaw state from HeadObject's Restore header (`x-amz-restore`): none, `ongoing-request="true"`,
@@ -849,6 +850,8 @@ impl Backend for S3 {
 
     fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()> {
         let run = format!("{prefix}{run_id}/");
+        let mark = format!("{run}{DELETING_MARK}");
+        self.put_bytes(&mark, &deleting_mark_text())?;
         self.rt.block_on(async {
             // The manifest first: a half-deleted run is then visibly incomplete.
             let manifest = format!("{run}{RUN_MANIFEST}");
@@ -860,22 +863,42 @@ impl Backend for S3 {
                 .await
                 .map_err(|e| err(&format!("cannot delete {manifest}"), e))?;
             let (keys, _) = self.keys(&run, false).await?;
+            let keys: Vec<&String> = keys.iter().filter(|k| **k != mark).collect();
             for chunk in keys.chunks(1000) {
                 let ids: Vec<ObjectIdentifier> =
-                    chunk.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
+                    chunk.iter().filter_map(|k| ObjectIdentifier::builder().key(*k).build().ok()).collect();
                 let delete = Delete::builder()
                     .set_objects(Some(ids))
                     .quiet(true)
                     .build()
                     .map_err(|e| Error::runtime(format!("delete request: {e}")))?;
-                self.client
+                let out = self
+                    .client
                     .delete_objects()
                     .bucket(&self.bucket)
                     .delete(delete)
                     .send()
                     .await
                     .map_err(|e| err(&format!("cannot delete run {run_id}"), e))?;
+                // Quiet mode answers only the keys it could not delete.
+                if let Some(first) = out.errors().first() {
+                    return Err(Error::runtime(format!(
+                        "cannot delete run {run_id}: {} of {} objects refused, first {}: {} {}",
+                        out.errors().len(),
+                        chunk.len(),
+                        first.key().unwrap_or("?"),
+                        first.code().unwrap_or("?"),
+                        first.message().unwrap_or("")
+                    )));
+                }
             }
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&mark)
+                .send()
+                .await
+                .map_err(|e| err(&format!("cannot delete {mark}"), e))?;
             Ok(())
         })
     }
