@@ -27,11 +27,14 @@ use tar::EntryType;
 pub struct ExtractOptions {
     /// Restore owner and group (default: when running as root, as GNU tar does).
     pub same_owner: bool,
+    /// Apply GNU dumpdir entries as `tar --incremental -x` does: what a folder holds on disk and
+    /// its dumpdir does not list is removed (an archive of a chain of increments).
+    pub incremental: bool,
 }
 
 impl Default for ExtractOptions {
     fn default() -> Self {
-        ExtractOptions { same_owner: ncb_core::sys::euid() == 0 }
+        ExtractOptions { same_owner: ncb_core::sys::euid() == 0, incremental: false }
     }
 }
 
@@ -47,6 +50,8 @@ pub struct Extracted {
     pub refused: Vec<String>,
     /// Regular files the caller's `divert` took.
     pub diverted: u64,
+    /// Entries removed because an increment's dumpdir no longer lists them.
+    pub removed: u64,
 }
 
 impl Extracted {
@@ -59,6 +64,7 @@ impl Extracted {
         self.bytes += o.bytes;
         self.refused.extend(o.refused);
         self.diverted += o.diverted;
+        self.removed += o.removed;
     }
 }
 
@@ -203,8 +209,13 @@ pub fn extract(
             stats.refused.push(format!("{shown}: name with '..' or nothing but '/' (refused)"));
             continue;
         };
+        let dumpdir = entry.header().entry_type().as_byte() == b'D';
         if rel.as_os_str().is_empty() {
-            continue; // "./" or "/": the folder itself
+            // "./" or "/": the folder itself.
+            if dumpdir && opts.incremental {
+                purge(&root, &mut entry, &shown, &mut stats)?;
+            }
+            continue;
         }
         let path = root.join(&rel);
         if let Err(why) = prepare_parents(&root, &rel) {
@@ -222,7 +233,7 @@ pub fn extract(
         } else {
             None
         };
-        let kind = h.entry_type();
+        let kind = if dumpdir { EntryType::Directory } else { h.entry_type() };
         match kind {
             EntryType::Directory => {
                 match std::fs::symlink_metadata(&path) {
@@ -238,6 +249,9 @@ pub fn extract(
                             continue;
                         }
                     }
+                }
+                if dumpdir && opts.incremental {
+                    purge(&path, &mut entry, &shown, &mut stats)?;
                 }
                 dirs.push(PendingDir { path, mode, mtime, owner });
                 stats.dirs += 1;
@@ -350,6 +364,48 @@ pub fn extract(
         set_times_nofollow(&d.path, d.mtime)?;
     }
     Ok(stats)
+}
+
+/// Removes from the folder `dir` what its dumpdir (the entry's data) does not list, or lists
+/// as the other kind (a folder where a non-folder is, or the reverse), as
+/// `tar --incremental -x` does. Never follows a symlink: a listed name that is a symlink on
+/// disk is removed as the link it is.
+fn purge(dir: &Path, listing: &mut dyn Read, shown: &str, stats: &mut Extracted) -> Result<()> {
+    let mut bytes = Vec::new();
+    listing.read_to_end(&mut bytes).at("cannot read archive entry", Path::new(shown))?;
+    let mut keep = std::collections::HashMap::new();
+    for rec in bytes.split(|b| *b == 0) {
+        match rec.split_first() {
+            Some((code @ (b'Y' | b'N' | b'D'), name)) if !name.is_empty() => {
+                keep.insert(name.to_vec(), *code == b'D');
+            }
+            _ => {}
+        }
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            stats.refused.push(format!("{shown}: cannot list the folder to apply the increment: {e}"));
+            return Ok(());
+        }
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if keep.get(name.as_bytes()) == Some(&is_dir) {
+            continue;
+        }
+        let p = e.path();
+        let gone = if is_dir { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        match gone {
+            Ok(()) => stats.removed += 1,
+            Err(err) => stats.refused.push(format!(
+                "{shown}/{}: removed since the earlier run, but cannot be removed here: {err}",
+                name.to_string_lossy()
+            )),
+        }
+    }
+    Ok(())
 }
 
 /// The entry name as a relative path: leading `/` and `./` dropped, `..` refused.
@@ -511,7 +567,7 @@ mod tests {
         add(b"hl", EntryType::Link, Some(b"../outside/x"), b"");
         add(b"ok.txt", EntryType::Regular, None, b"fine");
         let bytes = b.into_inner().unwrap();
-        let got = extract(&bytes[..], &dest, ExtractOptions { same_owner: false }, None).unwrap();
+        let got = extract(&bytes[..], &dest, ExtractOptions { same_owner: false, incremental: false }, None).unwrap();
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
         assert!(!base.path().join("escape.txt").exists() && !base.path().join("escape2.txt").exists());
         assert_eq!(std::fs::read(dest.join("ok.txt")).unwrap(), b"fine");

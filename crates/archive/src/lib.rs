@@ -3,6 +3,7 @@
 //! - [`pgzip`]: parallel, multi-member gzip that any gzip reader accepts
 //! - [`encoder`]: COMPRESSION_FORMAT gzip | zstd | none, COMPRESSION_LEVEL
 //! - [`archive`]: a streaming tar writer over the filesystem, with excludes and filters
+//! - [`snapshot`]: what an incremental archive knows of the run before it
 //! - [`extract`]: the way back: tar (plain, gzip, zstd) extracted under one folder, never outside it
 //!
 //! Everything streams: memory stays flat whatever the size of the data.
@@ -14,6 +15,7 @@ pub mod glob;
 pub mod longpath;
 pub mod owners;
 pub mod pgzip;
+pub mod snapshot;
 
-pub use archive::{Exclude, Options, Root, Stats, write_archive};
+pub use archive::{Exclude, Incremental, Options, Root, Stats, write_archive, write_archive_with};
 pub use encoder::{Compressor, Format, Settings};

@@ -30,6 +30,9 @@ pub mod env {
     /// Set to 1 when an earlier section of the run failed (ON_FAILURE continue): retention
     /// then deletes nothing.
     pub const EARLIER_FAILED: &str = "NCB_EARLIER_FAILED";
+    /// Why an incremental section must not build on its base run (see
+    /// [`StageCtx::base_missing`](crate::StageCtx)).
+    pub const BASE_MISSING: &str = "NCB_BASE_MISSING";
 }
 
 /// The GENERAL section.
@@ -173,11 +176,22 @@ pub struct StageCtx {
     pub lineage: crate::lineage::Lineage,
     /// An earlier section of this run failed (the run goes on under ON_FAILURE continue).
     pub earlier_failed: bool,
+    /// Why the base run of an incremental section is not to be built on (backup-runner did
+    /// not find it complete in every destination): the section then makes a full archive.
+    pub base_missing: Option<String>,
 }
 
 impl StageCtx {
     pub fn new(general: General, run_id: String, section: String) -> Self {
-        StageCtx { general, run_id, section, started: Utc::now(), lineage: Default::default(), earlier_failed: false }
+        StageCtx {
+            general,
+            run_id,
+            section,
+            started: Utc::now(),
+            lineage: Default::default(),
+            earlier_failed: false,
+            base_missing: None,
+        }
     }
 
     /// `HOST_SECTION_20261122T040000Z-3fa9`: the stem of this stage's artifact names.

@@ -185,6 +185,7 @@ pub fn stage_main_from(def: &StageDef, argv: Vec<OsString>) -> ExitStatus {
     let section = std::env::var(env::SECTION).unwrap_or_else(|_| def.name.to_owned());
     let mut ctx = StageCtx::new(general, run_id, section);
     ctx.earlier_failed = std::env::var_os(env::EARLIER_FAILED).is_some_and(|v| v == "1");
+    ctx.base_missing = std::env::var(env::BASE_MISSING).ok().filter(|v| !v.is_empty());
     if let Some(path) = std::env::var_os(env::LINEAGE) {
         match crate::lineage::Lineage::read(std::path::Path::new(&path)) {
             Ok(l) => ctx.lineage = l,

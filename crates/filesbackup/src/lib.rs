@@ -3,12 +3,14 @@
 
 use std::path::PathBuf;
 
+pub mod incremental;
+
 use ncb_archive::encoder::{FORMAT_PARAM, LEVEL_PARAM};
 use ncb_archive::{Exclude, Options, Root, Settings};
 use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Result, StageCtx, StageDef, StageReport};
 
-pub static PARAMS: [ParamSpec; 12] = [
+pub static PARAMS: [ParamSpec; 15] = [
     ParamSpec::new("FILESET_INCLUDE", Kind::Paths, "Files and folders to back up [required unless ALLOW_EMPTY]"),
     ParamSpec::new(
         "FILESET_EXCLUDE",
@@ -38,6 +40,21 @@ pub static PARAMS: [ParamSpec; 12] = [
         Kind::Bool,
         "An empty FILESET_INCLUDE makes an empty archive (default False: an error)",
     ),
+    ParamSpec::new(
+        "INCREMENTAL",
+        Kind::Bool,
+        "A full archive, then archives of only what changed since the run before, in GNU tar's incremental format (default False)",
+    ),
+    ParamSpec::new(
+        "FULL_EVERY",
+        Kind::Str,
+        "INCREMENTAL: a full archive every this many runs (default 7), or on this weekday (sunday)",
+    ),
+    ParamSpec::new(
+        "STATE_FOLDER",
+        Kind::Path,
+        "INCREMENTAL: where what the last run saw is kept; must outlive WORK_FOLDER (default /var/lib/nc-backup)",
+    ),
     FORMAT_PARAM,
     LEVEL_PARAM,
     ParamSpec::new("TAR_COMMAND", Kind::Ignored, "nc-backup-py's tar command line"),
@@ -58,6 +75,23 @@ fn validate(p: &Params) -> Vec<Problem> {
     problems.extend(Settings::check(p));
     if let Err(message) = check_not_empty(p) {
         problems.push(Problem { key: "FILESET_INCLUDE".into(), message });
+    }
+    if p.flag("INCREMENTAL", false).unwrap_or(false) {
+        if let Err(e) = incremental::full_every(p) {
+            problems.push(Problem { key: "FULL_EVERY".into(), message: e.to_string().replace("--FULL_EVERY: ", "") });
+        }
+        if !p.list("FILE_EXTENSIONS").unwrap_or_default().is_empty() {
+            problems.push(Problem {
+                key: "INCREMENTAL".into(),
+                message: "cannot be combined with FILE_EXTENSIONS (an increment lists whole folders)".into(),
+            });
+        }
+    } else {
+        for key in ["FULL_EVERY", "STATE_FOLDER"] {
+            if p.has(key) {
+                problems.push(Problem { key: key.into(), message: "has no effect without INCREMENTAL True".into() });
+            }
+        }
     }
     if !p.flag("IGNORE_MISSING", false).unwrap_or(false) {
         let missing: Vec<String> = p
@@ -119,7 +153,11 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     let name = format!("{}.tar{}", ctx.artifact_stem(), opts.compression.format.suffix());
     let dest: PathBuf = dest_dir.join(name);
     let mut report = StageReport::new(STAGE.name);
-    let (artifact, stats) = ncb_archive::write_archive(&roots, &opts, &dest, &mut report)?;
+    let (artifact, stats) = if p.flag("INCREMENTAL", false)? {
+        archive_incremental(ctx, p, &roots, &opts, &dest, &mut report)?
+    } else {
+        ncb_archive::write_archive(&roots, &opts, &dest, &mut report)?
+    };
     log::info!(
         "{}: {} files, {} folders, {} links, {} bytes in, {} bytes out",
         artifact.path.display(),
@@ -138,6 +176,48 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     report.set("bytes_in", stats.bytes);
     report.artifacts.push(artifact);
     Ok(report)
+}
+
+/// The archive of an INCREMENTAL section: full or an increment on the run before (see
+/// [`incremental`]), and tonight's snapshot, put in place only once the archive is.
+fn archive_incremental(
+    ctx: &StageCtx,
+    p: &Params,
+    roots: &[Root],
+    opts: &Options,
+    dest: &std::path::Path,
+    report: &mut StageReport,
+) -> Result<(ncb_core::Artifact, ncb_archive::Stats)> {
+    let paths = incremental::state_paths(p.path("STATE_FOLDER"), &ctx.general.hostname, &ctx.section);
+    incremental::ensure_state_folder(&paths)?;
+    incremental::sweep_temporaries(&paths.0);
+    let mut plan = incremental::plan(ctx, p, &paths, report)?;
+    let mut inc = ncb_archive::Incremental {
+        before: plan.before.take(),
+        after: ncb_archive::snapshot::Writer::create(&paths.0)?,
+        failed: Vec::new(),
+    };
+    let (artifact, stats) = ncb_archive::write_archive_with(roots, opts, dest, report, Some(&mut inc))?;
+    // Only now that the archive is in place: the snapshot it replaces stays as the base of a
+    // run of this section made again.
+    let header = incremental::header(ctx, p, &plan, std::mem::take(&mut inc.failed))?;
+    inc.after.finish(&header, Some(&paths.1))?;
+    match &plan.base_run {
+        Some(base) => log::info!(
+            "level {} increment on run {base} (chain of {}): {} entries unchanged left out",
+            plan.level,
+            plan.full_run,
+            stats.unchanged
+        ),
+        None => log::info!("full archive (level 0); snapshot {}", paths.0.display()),
+    }
+    report.set("level", plan.level);
+    report.set("full_run", plan.full_run.clone());
+    if let Some(base) = &plan.base_run {
+        report.set("base_run", base.clone());
+    }
+    report.set("unchanged", stats.unchanged);
+    Ok((artifact, stats))
 }
 
 #[cfg(test)]
