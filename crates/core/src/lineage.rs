@@ -21,6 +21,9 @@ pub struct SectionTrace {
     pub name: String,
     pub stage: String,
     pub artifacts: Vec<Traced>,
+    /// The run this section's archive is an increment on (filesbackup INCREMENTAL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +65,12 @@ impl Lineage {
                 Traced { path: a.clone(), from }
             })
             .collect();
-        self.sections.push(SectionTrace { name: name.to_owned(), stage: stage.to_owned(), artifacts: traced });
+        self.sections.push(SectionTrace {
+            name: name.to_owned(),
+            stage: stage.to_owned(),
+            artifacts: traced,
+            base: None,
+        });
     }
 
     /// The origins of a file: by its path, else by its file name when that is unique.

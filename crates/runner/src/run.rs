@@ -103,6 +103,7 @@ pub fn run_all(
         let mut ctx = StageCtx::new(general.clone(), run_id.clone(), step.section.clone());
         ctx.lineage = lineage.clone();
         ctx.earlier_failed = earlier_failed;
+        ctx.base_missing = base_missing(config, step, &general, &run_id);
         let json = serde_json::to_vec(&lineage).unwrap_or_default();
         let lineage_env = match ncb_core::atomic::write_file(&lineage_file, &json, 0o600) {
             Ok(()) => Some(&lineage_file),
@@ -126,6 +127,11 @@ pub fn run_all(
             let objectives = step.params().paths("OBJECTIVES").unwrap_or_default();
             let made: Vec<_> = s.artifacts.iter().map(|a| a.path.clone()).collect();
             lineage.record(&step.section, &step.target_name(), &objectives, &made);
+            if let (Some(t), Some(base)) =
+                (lineage.sections.last_mut(), s.data.get("base_run").and_then(|v| v.as_str()))
+            {
+                t.base = Some(base.to_owned());
+            }
         }
         if let Err(e) = journal_end(walk.journal, walk.work, &s, &lineage) {
             let msg = format!("cannot write the run journal: {}", error_chain(&e));
@@ -363,6 +369,9 @@ fn run_step(
             if ctx.earlier_failed {
                 envs.push((env::EARLIER_FAILED.to_owned(), "1".to_owned()));
             }
+            if let Some(why) = &ctx.base_missing {
+                envs.push((env::BASE_MISSING.to_owned(), why.clone()));
+            }
             envs.extend(step.secret_env());
             match exec::run(&step.section, &program, &args, &envs, step.timeout, signal, on_spawn) {
                 Err(e) => fail(&mut s, Status::Failed, format!("cannot start {}: {e}", program.display())),
@@ -413,6 +422,55 @@ fn run_step(
     }
     s.duration_ms = ms(clock);
     s
+}
+
+/// For an INCREMENTAL filesbackup section: why tonight must not build on the run its snapshot
+/// names (not complete, or not authenticated, in a destination of the config). None when it
+/// may, or when there is nothing to check (no snapshot, no storage section).
+fn base_missing(config: &Config, step: &Step, general: &ncb_core::General, run_id: &str) -> Option<String> {
+    if !crate::readback::is_stage(step, "filesbackup") {
+        return None;
+    }
+    let p = step.params();
+    if !p.flag("INCREMENTAL", false).unwrap_or(false) {
+        return None;
+    }
+    let paths = filesbackup::incremental::state_paths(p.path("STATE_FOLDER"), &general.hostname, &step.section);
+    let Ok(Some((_, snap))) = filesbackup::incremental::base_snapshot(&paths, run_id) else { return None };
+    let base = &snap.run_id;
+    let sources = crate::readback::sources(config).ok()?;
+    let key = match crate::readback::key_file(config, None) {
+        Ok(Some(k)) => match encryption::key::load(&k) {
+            Ok(k) => Some(k),
+            Err(e) => return Some(format!("cannot check run {base}, the base of this increment: {}", error_chain(&e))),
+        },
+        _ => None,
+    };
+    for s in &sources {
+        match storage::manifest_of(s.backend(), &s.dest.prefix, base) {
+            Ok(Some(m)) => {
+                if let Some(k) = &key
+                    && m.authenticity(k) == storage::backend::Authenticity::Invalid
+                {
+                    return Some(format!(
+                        "run {base}, the base of this increment, fails its authentication in {}",
+                        s.describe()
+                    ));
+                }
+            }
+            Ok(None) => {
+                return Some(format!("run {base}, the base of this increment, is not complete in {}", s.describe()));
+            }
+            Err(e) => {
+                return Some(format!(
+                    "cannot check run {base}, the base of this increment, in {}: {}",
+                    s.describe(),
+                    error_chain(&e)
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn fill(s: &mut SectionReport, r: StageReport) {

@@ -49,6 +49,10 @@ pub struct FileInfo {
 pub struct Source {
     pub stage: String,
     pub artifacts: Vec<String>,
+    /// The run whose archive of this section these artifacts are an increment on: restoring
+    /// them needs that run's first (and its base's, down to a full archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// The manifest of one run in one destination.

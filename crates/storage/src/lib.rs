@@ -405,6 +405,18 @@ fn store_run(
     report: &mut StageReport,
 ) -> Result<()> {
     let run = format!("{prefix}{}/", ctx.run_id);
+    // An increment is never stored where its base is not complete: it could not be restored.
+    for s in ctx.lineage.sections.iter().filter(|s| infos.iter().any(|(_, i)| i.from.contains(&s.name))) {
+        let Some(base) = &s.base else { continue };
+        if !matches!(standing(d, prefix, base, key)?, Standing::Complete) {
+            return Err(Error::runtime(format!(
+                "{}: run {} holds an increment of {} on run {base}, which is not complete (or not authenticated) here: not stored (the next run makes a full archive)",
+                d.describe(),
+                ctx.run_id,
+                s.name
+            )));
+        }
+    }
     // A store of this run killed earlier left its temporaries: they go (this run is ours).
     let discarded = d.discard_unfinished(&run)?;
     if discarded > 0 {
@@ -456,7 +468,9 @@ fn store_run(
             .lineage
             .sources()
             .into_iter()
-            .map(|(s, artifacts)| (s.name.clone(), backend::Source { stage: s.stage.clone(), artifacts }))
+            .map(|(s, artifacts)| {
+                (s.name.clone(), backend::Source { stage: s.stage.clone(), artifacts, base: s.base.clone() })
+            })
             .collect(),
     };
     if let Some(k) = key {
