@@ -10,6 +10,7 @@ mod db;
 mod dbfaults;
 mod diskfull;
 mod files;
+mod incremental;
 mod nights;
 mod notify;
 mod pipeline;

@@ -89,9 +89,17 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
             failures.push(msg);
             continue;
         }
-        let names: HashSet<String> = manifest.sources.values().flat_map(|s| s.artifacts.iter().cloned()).collect();
+        let levels = match chain(src, &run, &manifest, items.clone(), key, o.allow_unsigned) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("{}: {}", src.describe(), error_chain(&e));
+                log::error!("run {run}: {msg}");
+                failures.push(msg);
+                continue;
+            }
+        };
         log::info!("restoring run {run} from {} into {}", src.describe(), o.to.display());
-        let staged = match stage(src, &run, &items, &names, key, &o.to) {
+        let staged = match stage(src, &levels, key, &o.to) {
             Ok(x) => x,
             Err(e @ (Error::Usage(_) | Error::Config(_))) => return Err(e),
             Err(e) => {
@@ -369,32 +377,121 @@ impl Drop for Staging {
     }
 }
 
-/// Reads, checks, decrypts and unpacks every item into a new staging folder inside `to`.
-fn stage(
+/// What one run of a restore contributes, in order: the runs an incremental section builds
+/// on (oldest first: the full archive, then each increment), then the run asked for.
+#[derive(Debug)]
+struct Level {
+    run: String,
+    items: Vec<Item>,
+    /// The files source sections of this run made (unpacked even inside an archive).
+    sources: HashSet<String>,
+    /// For a run restored only as a base: the files of the incremental sections it is a base
+    /// for; nothing else of it is restored.
+    keep_only: Option<HashSet<String>>,
+}
+
+/// The levels restoring `run` takes: for every incremental section among `items`, its chain of
+/// base runs, each complete and authenticated in `src`, down to the full archive.
+fn chain(
     src: &Source,
     run: &str,
-    items: &[Item],
-    sources: &HashSet<String>,
+    manifest: &storage::backend::RunManifest,
+    mut items: Vec<Item>,
     key: Option<&MasterKey>,
-    to: &Path,
-) -> Result<(Staging, Extracted)> {
+    allow_unsigned: bool,
+) -> Result<Vec<Level>> {
+    let mut earlier: std::collections::BTreeMap<String, Level> = std::collections::BTreeMap::new();
+    let mut incremental = HashSet::new();
+    for (section, first) in manifest.sources.iter().filter_map(|(n, x)| Some((n, x.base.clone()?))) {
+        if !items.iter().any(|i| i.from.contains(section)) {
+            continue;
+        }
+        incremental.insert(section.clone());
+        let mut cur = Some(first);
+        while let Some(base) = cur.take() {
+            if earlier.contains_key(&base) && earlier[&base].keep_only.as_ref().is_some_and(|k| k.contains(section)) {
+                break;
+            }
+            if base.as_str() >= run {
+                return Err(Error::runtime(format!(
+                    "run {run}: {section} names run {base} as its base, which is not older"
+                )));
+            }
+            let m = storage::manifest_of(src.backend(), &src.dest.prefix, &base)?.ok_or_else(|| {
+                Error::runtime(format!(
+                    "run {run}: {section} is an increment on run {base}, which is not complete here: it cannot be restored from this destination"
+                ))
+            })?;
+            readback::authenticate(src, &base, &m, key, allow_unsigned)?;
+            let Some(made) = m.sources.get(section) else {
+                return Err(Error::runtime(format!("run {base}, a base of run {run}, holds nothing of {section}")));
+            };
+            let level = earlier.entry(base.clone()).or_insert_with(|| Level {
+                run: base.clone(),
+                items: Vec::new(),
+                sources: m.sources.values().flat_map(|s| s.artifacts.iter().cloned()).collect(),
+                keep_only: Some(HashSet::new()),
+            });
+            for i in readback::items(&m).into_iter().filter(|i| i.from.contains(section)) {
+                if !level.items.iter().any(|x| x.name == i.name) {
+                    level.items.push(i);
+                }
+            }
+            if let Some(k) = level.keep_only.as_mut() {
+                k.extend(made.artifacts.iter().cloned());
+                k.insert(section.clone());
+            }
+            cur = made.base.clone();
+        }
+    }
+    // An increment's archive goes first in its own run: its folders' listings then apply to
+    // what the earlier levels restored, never to the other sections' files.
+    items.sort_by_key(|i| !i.from.iter().any(|f| incremental.contains(f)));
+    let mut levels: Vec<Level> = earlier.into_values().collect();
+    levels.push(Level {
+        run: run.to_owned(),
+        items,
+        sources: manifest.sources.values().flat_map(|s| s.artifacts.iter().cloned()).collect(),
+        keep_only: None,
+    });
+    Ok(levels)
+}
+
+/// Reads, checks, decrypts and unpacks every item of every level into a new staging folder
+/// inside `to`.
+fn stage(src: &Source, levels: &[Level], key: Option<&MasterKey>, to: &Path) -> Result<(Staging, Extracted)> {
     use std::os::unix::fs::DirBuilderExt;
     let mut tag = [0u8; 4];
     getrandom::fill(&mut tag).map_err(|e| Error::runtime(format!("no randomness: {e}")))?;
     let staging = Staging(to.join(format!("{STAGING}{}-{}", std::process::id(), hex::encode(tag))));
     std::fs::DirBuilder::new().mode(0o700).create(&staging.0).at("cannot create", &staging.0)?;
-    let names: HashSet<String> = items.iter().map(|i| i.name.clone()).collect();
-    let unpack = Unpack { root: &staging.0, sources, names: &names, opts: ExtractOptions::default() };
-    let total: u64 = items.iter().map(Item::stored_bytes).sum();
-    let bar = Progress::new(format!("restore {run}"), total);
+    let total: u64 = levels.iter().flat_map(|l| &l.items).map(Item::stored_bytes).sum();
+    let last = levels.last().map(|l| l.run.as_str()).unwrap_or_default();
+    let bar = Progress::new(format!("restore {last}"), total);
     let mut stats = Extracted::default();
-    for item in items {
-        if key.is_some() && matches!(item.content, readback::Content::Plain(_)) {
-            log::warn!("{}: stored unencrypted; it is checked against the run manifest only", item.name);
+    let opts = ExtractOptions { incremental: levels.len() > 1, ..ExtractOptions::default() };
+    for level in levels {
+        if level.keep_only.is_some() {
+            log::info!("run {}: restoring its {} item(s) of the chain first", level.run, level.items.len());
         }
-        let got = readback::with_plaintext(src, run, item, key, &|n| bar.add(n), |r| unpack.place(&item.name, r, 0))
-            .map_err(|e| e.context(&item.name))?;
-        stats.absorb(got);
+        let names: HashSet<String> = level.items.iter().map(|i| i.name.clone()).collect();
+        let unpack = Unpack {
+            root: &staging.0,
+            sources: &level.sources,
+            names: &names,
+            opts,
+            keep_only: level.keep_only.as_ref(),
+        };
+        for item in &level.items {
+            if key.is_some() && matches!(item.content, readback::Content::Plain(_)) {
+                log::warn!("{}: stored unencrypted; it is checked against the run manifest only", item.name);
+            }
+            let got = readback::with_plaintext(src, &level.run, item, key, &|n| bar.add(n), |r| {
+                unpack.place(&item.name, r, 0)
+            })
+            .map_err(|e| e.context(&format!("run {}: {}", level.run, item.name)))?;
+            stats.absorb(got);
+        }
     }
     bar.finish();
     Ok((staging, stats))
@@ -409,6 +506,8 @@ struct Unpack<'a> {
     /// already has the decompressed name (`db.sql` beside `db.sql.gz` stays compressed).
     names: &'a HashSet<String>,
     opts: ExtractOptions,
+    /// A run restored only as a base of a chain: only these files (and sections) of it.
+    keep_only: Option<&'a HashSet<String>>,
 }
 
 /// A PostgreSQL directory-format dump (`NAME.dir/`): its files stay as pg_restore reads them.
@@ -423,14 +522,28 @@ impl Unpack<'_> {
         let base = rel.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
         let (kind, stem) = kind_of(&base);
         let kind = if in_pg_dir(rel) { Kind::Plain } else { kind };
+        if let Some(keep) = self.keep_only
+            && !keep.contains(&base)
+        {
+            // A base run's item that bundles other sections' files: only the chain's own.
+            return match kind {
+                Kind::Tar => self.untar(r, depth),
+                _ => {
+                    std::io::copy(r, &mut std::io::sink()).map_err(|e| Error::runtime(format!("{name}: {e}")))?;
+                    Ok(Extracted::default())
+                }
+            };
+        }
+        let inner = Unpack { keep_only: None, ..*self };
+        let this = if self.keep_only.is_some() { &inner } else { self };
         match kind {
-            Kind::Tar => self.untar(r, depth),
+            Kind::Tar => this.untar(r, depth),
             Kind::Compressed if self.names.contains(&rel.with_file_name(stem).to_string_lossy().into_owned()) => {
                 log::warn!("{name}: kept compressed, since the run also holds {stem}");
                 self.write(rel, r)
             }
-            Kind::Compressed => self.write(&rel.with_file_name(stem), &mut decode(r).at("cannot read", rel)?),
-            Kind::Plain => self.write(rel, r),
+            Kind::Compressed => this.write(&rel.with_file_name(stem), &mut decode(r).at("cannot read", rel)?),
+            Kind::Plain => this.write(rel, r),
         }
     }
 
@@ -447,14 +560,22 @@ impl Unpack<'_> {
         let mut st = {
             let mut divert = |rel: &Path, entry: &mut dyn Read| -> Result<bool> {
                 let Some(base) = rel.file_name().map(|b| b.to_string_lossy().into_owned()) else { return Ok(false) };
+                if let Some(keep) = self.keep_only
+                    && !keep.contains(&base)
+                {
+                    // Another section's file in a base run's bundle: not restored.
+                    emptied.extend(rel.parent().map(Path::to_path_buf));
+                    return Ok(true);
+                }
                 if depth >= MAX_DEPTH || !self.sources.contains(&base) || in_pg_dir(rel) {
                     return Ok(false);
                 }
                 let (kind, stem) = kind_of(&base);
+                let inner = Unpack { keep_only: None, ..*self };
                 let got = match kind {
-                    Kind::Tar => self.untar(entry, depth + 1),
+                    Kind::Tar => inner.untar(entry, depth + 1),
                     Kind::Compressed => match decode(entry) {
-                        Ok(mut d) => self.write(&rel.with_file_name(stem), &mut d),
+                        Ok(mut d) => inner.write(&rel.with_file_name(stem), &mut d),
                         Err(e) => Err(Error::runtime(format!("{}: {e}", rel.display()))),
                     },
                     Kind::Plain => return Ok(false),

@@ -150,6 +150,25 @@ fn chosen_runs(s: &Source, wanted: &str) -> Result<Vec<String>> {
         },
         id => vec![id.to_owned()],
     })
+    .map(|runs| with_bases(s, runs))
+}
+
+/// The runs and, before them, every run they build on (incremental sections' bases, down to
+/// the full archives), each once, oldest first: verifying a run verifies its whole chain.
+fn with_bases(s: &Source, runs: Vec<String>) -> Vec<String> {
+    let mut out = runs.clone();
+    let mut todo = runs;
+    while let Some(run) = todo.pop() {
+        let Ok(Some(m)) = storage::manifest_of(s.backend(), &s.dest.prefix, &run) else { continue };
+        for base in m.sources.values().filter_map(|x| x.base.clone()) {
+            if !out.contains(&base) {
+                out.push(base.clone());
+                todo.push(base);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 pub fn verify(
@@ -214,6 +233,15 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>, al
         }
     };
     v.files = manifest.files.len();
+    for (section, base) in manifest.sources.iter().filter_map(|(n, x)| Some((n, x.base.as_ref()?))) {
+        match storage::manifest_of(s.backend(), &s.dest.prefix, base) {
+            Ok(Some(_)) => v.notes.push(format!("{section}: an increment on run {base}")),
+            Ok(None) => v.problems.push(format!(
+                "{section} is an increment on run {base}, which is not complete here: this run cannot be restored"
+            )),
+            Err(e) => v.problems.push(format!("{section}: cannot read its base run {base}: {}", error_chain(&e))),
+        }
+    }
     if let Some(k) = key {
         match readback::authenticate(s, run, &manifest, Some(k), allow_unsigned) {
             Ok(()) if manifest.mac.is_some() => v.notes.push("run manifest authenticated by the key".into()),

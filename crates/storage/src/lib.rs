@@ -408,7 +408,7 @@ fn store_run(
     // An increment is never stored where its base is not complete: it could not be restored.
     for s in ctx.lineage.sections.iter().filter(|s| infos.iter().any(|(_, i)| i.from.contains(&s.name))) {
         let Some(base) = &s.base else { continue };
-        if !matches!(standing(d, prefix, base, key)?, Standing::Complete) {
+        if !matches!(standing(d, prefix, base, key)?, Standing::Complete(_)) {
             return Err(Error::runtime(format!(
                 "{}: run {} holds an increment of {} on run {base}, which is not complete (or not authenticated) here: not stored (the next run makes a full archive)",
                 d.describe(),
@@ -587,7 +587,8 @@ pub struct Rules<'a> {
 
 /// A stored run as retention sees it.
 enum Standing {
-    Complete,
+    /// With the runs it builds on (the bases of its incremental sections).
+    Complete(Vec<String>),
     Incomplete,
     /// Manifest present but not authenticated: never counted, never deleted.
     Doubtful(String),
@@ -601,11 +602,12 @@ fn standing(d: &dyn Backend, prefix: &str, run: &str, key: Option<&encryption::k
         Ok(m) => m,
         Err(e) => return Ok(Standing::Doubtful(e)),
     };
-    let Some(k) = key else { return Ok(Standing::Complete) };
+    let bases: Vec<String> = m.sources.values().filter_map(|s| s.base.clone()).collect();
+    let Some(k) = key else { return Ok(Standing::Complete(bases)) };
     let encrypted = m.files.iter().any(|f| f.name.ends_with(encryption::manifest::SUFFIX));
     Ok(match m.authenticity(k) {
-        backend::Authenticity::Valid => Standing::Complete,
-        backend::Authenticity::Unsigned if !encrypted => Standing::Complete,
+        backend::Authenticity::Valid => Standing::Complete(bases),
+        backend::Authenticity::Unsigned if !encrypted => Standing::Complete(bases),
         backend::Authenticity::Unsigned => Standing::Doubtful("its run manifest carries no MAC".into()),
         backend::Authenticity::Invalid => Standing::Doubtful("its run manifest's MAC does not match the key".into()),
     })
@@ -619,10 +621,14 @@ pub fn apply_retention(d: &dyn Backend, prefix: &str, rules: &Rules, report: &mu
     let mut complete = Vec::new();
     let mut stale = Vec::new();
     let mut interrupted = Vec::new();
+    let mut bases = std::collections::HashMap::new();
     let now = chrono::Utc::now();
     for r in &runs {
         match standing(d, prefix, r, rules.key)? {
-            Standing::Complete => complete.push(r.clone()),
+            Standing::Complete(b) => {
+                complete.push(r.clone());
+                bases.insert(r.clone(), b);
+            }
             Standing::Doubtful(why) => report.warn(format!(
                 "{}: run {r} is not authenticated ({why}); retention neither counts nor deletes it",
                 d.describe()
@@ -644,7 +650,8 @@ pub fn apply_retention(d: &dyn Backend, prefix: &str, rules: &Rules, report: &mu
             }
         }
     }
-    let decisions = retention::decide(&complete, rules.policy, rules.current);
+    let mut decisions = retention::decide(&complete, rules.policy, rules.current);
+    keep_chains(&mut decisions, &bases);
     let mut removed = Vec::new();
     let doomed = decisions.iter().filter(|d| !d.keep).map(|d| (d.run_id.clone(), "by the KEEP rules"));
     let finish = interrupted.into_iter().map(|r| (r, "its deletion was interrupted: finished"));
@@ -661,6 +668,25 @@ pub fn apply_retention(d: &dyn Backend, prefix: &str, rules: &Rules, report: &mu
     append(report, if rules.dry { "would_delete" } else { "deleted" }, removed.into_iter(), &d.describe());
     append(report, "kept", kept, &d.describe());
     Ok(())
+}
+
+/// A kept run keeps every run it builds on (its incremental sections' bases, and theirs, down
+/// to the full archives): deleting one would leave the kept run unrestorable.
+fn keep_chains(decisions: &mut [retention::Decision], bases: &std::collections::HashMap<String, Vec<String>>) {
+    let mut todo: Vec<String> = decisions.iter().filter(|d| d.keep).map(|d| d.run_id.clone()).collect();
+    while let Some(run) = todo.pop() {
+        for base in bases.get(&run).into_iter().flatten() {
+            if let Some(d) = decisions.iter_mut().find(|d| &d.run_id == base) {
+                if !d.keep {
+                    d.keep = true;
+                    todo.push(base.clone());
+                }
+                if !d.reasons.contains(&"base of a kept increment") {
+                    d.reasons.push("base of a kept increment");
+                }
+            }
+        }
+    }
 }
 
 /// Adds `items` to the list `key` of the report, each tagged with its destination.
