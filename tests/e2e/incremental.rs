@@ -243,7 +243,7 @@ fn full_every_a_changed_fileset_and_a_damaged_snapshot_start_new_chains_that_ret
     // FULL_EVERY 2: a new full archive; the old chain is no longer needed and goes.
     let (n3, f3) = night(&conf);
     assert_eq!(data(&f3, "level"), json!(0));
-    assert_eq!(stored_runs(&sb), [n3.clone()]);
+    assert_eq!(stored_runs(&sb), std::slice::from_ref(&n3));
 
     // A damaged snapshot: a full archive, with a warning, never a wrong increment.
     let snap = sb.join("state/testhost_FILES.snap");
