@@ -31,6 +31,8 @@
 #   NCB_SOAK_ROWS         rows in the database (default 100000)
 #   NCB_SOAK_FILE_SIZE    encryption's FILE_SIZE, MB (default 16)
 #   NCB_SOAK_KEEP_LAST    storage's KEEP_LAST (default 2)
+#   NCB_SOAK_INCREMENTAL  a FULL_EVERY (e.g. 3): filesbackup INCREMENTAL True with it, the
+#                         stores then hold up to KEEP_LAST + FULL_EVERY - 1 runs (whole chains)
 #   NCB_SOAK_BIN          folder of the binaries (default target/release, built when missing)
 #   NCB_SOAK_DIR          work folder of the soak (default a new /var/tmp/ncb-soak.XXXXXX,
 #                         removed at the end)
@@ -54,6 +56,12 @@ DATA_MB=${NCB_SOAK_DATA_MB:-300}
 ROWS=${NCB_SOAK_ROWS:-100000}
 FILE_SIZE=${NCB_SOAK_FILE_SIZE:-16}
 KEEP_LAST=${NCB_SOAK_KEEP_LAST:-2}
+INCREMENTAL=${NCB_SOAK_INCREMENTAL:-}
+MAX_RUNS=$KEEP_LAST
+INC_PARAMS=""
+if [ -n "$INCREMENTAL" ]; then
+  MAX_RUNS=$((KEEP_LAST + INCREMENTAL - 1))
+fi
 RELOAD_EVERY=${NCB_SOAK_RELOAD_EVERY:-10}
 SEED=${NCB_SOAK_SEED:-$(( $(od -An -N2 -tu2 /dev/urandom) ))}
 RANDOM=$SEED
@@ -206,11 +214,12 @@ chmod 600 "$CREDS"
 W=$T/work
 CONF=$T/conf.json
 write_conf() {
+  [ -n "$INCREMENTAL" ] && INC_PARAMS=", \"INCREMENTAL\": \"True\", \"FULL_EVERY\": \"$INCREMENTAL\", \"STATE_FOLDER\": \"$T/state\""
   cat > "$CONF" <<JSON
 {
   "GENERAL": {"HOSTNAME": "soakhost", "WORK_FOLDER": "$W", "HOME_FOLDER": "$T", "LOG_FOLDER": "$T/log/nc-backup.log"},
   "FILESET": {"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
-    "FILESET_INCLUDE": "$DATA", "DESTINATION": "$W/files"}},
+    "FILESET_INCLUDE": "$DATA", "DESTINATION": "$W/files"$INC_PARAMS}},
   "DBSBACKUP": {"ACTION": "execute", "NAME": "mysql_backup", "EXECUTABLE": "mysql_dump.py", "EXECUTE_WITH": "python", "PARAMETERS": {
     "CREDENTIAL_PATH": "$CREDS", "HOST": "127.0.0.1", "MY_INSTANCES": "$MY_PORT", "DATABASES": "$DB",
     "DESTINATION": "$W", "PREFIX_FOLDER": "mydump"}},
@@ -249,7 +258,7 @@ runner -r -c "$CONF" --json > "$T/baseline.json" 2> "$T/baseline.err" || {
   cp "$T/baseline.json" "$T/baseline.err" "$RESULTS/" 2>/dev/null; die "the clean night failed: $(tail -5 "$T/baseline.err")"; }
 t1=$(now)
 NIGHT_MS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", (b - a) * 1000 }')
-say "soak: $N rounds, data $(du -sh "$DATA" | cut -f1), $ROWS rows, FILE_SIZE $FILE_SIZE, KEEP_LAST $KEEP_LAST, $GARAGE Garage $S3_ENDPOINT, seed $SEED; a clean night takes $(secs "$t0" "$t1") s"
+say "soak: $N rounds, data $(du -sh "$DATA" | cut -f1), $ROWS rows, FILE_SIZE $FILE_SIZE, KEEP_LAST $KEEP_LAST${INCREMENTAL:+, INCREMENTAL FULL_EVERY $INCREMENTAL}, $GARAGE Garage $S3_ENDPOINT, seed $SEED; a clean night takes $(secs "$t0" "$t1") s"
 sections=$(json_get "$T/baseline.json" "' '.join('%s=%.1fs' % (s['name'], s['duration_ms']/1000) for s in d['sections'])")
 say "clean night: $sections"
 
@@ -397,7 +406,7 @@ for r in $(seq 1 "$N"); do
     [ -n "$next_id" ] && [[ " $ids " != *" $next_id "* ]] && problems+=("$dest does not hold tonight's run $next_id: [$ids]")
     [ "$expect" = completed ] && [[ " $ids " != *" $killed_id "* ]] && problems+=("$dest does not hold the completed run $killed_id: [$ids]")
     n=$(echo "$ids" | wc -w)
-    [ "$n" -le "$KEEP_LAST" ] || problems+=("$dest holds $n runs (KEEP_LAST $KEEP_LAST): [$ids]")
+    [ "$n" -le "$MAX_RUNS" ] || problems+=("$dest holds $n runs (KEEP_LAST $KEEP_LAST, at most $MAX_RUNS): [$ids]")
   done
   timeout -s KILL 900 "$BIN/backup-runner" verify -c "$CONF" --run all --read-data > "$R/verify.out" 2>&1 ||
     problems+=("verify --run all --read-data exited $?: $(grep -E 'FAILED|error' "$R/verify.out" | head -3 | tr '\n' ' ')")
