@@ -201,6 +201,7 @@ pub fn extract(
     let mut stats = Extracted::default();
     let mut dirs: Vec<PendingDir> = Vec::new();
     let mut links: Vec<PendingLink> = Vec::new();
+    let mut at = DirStack::open(&root)?;
     for entry in archive.entries().at("cannot read archive", dest)? {
         let mut entry = entry.at("cannot read archive", dest)?;
         let raw = entry.path_bytes().into_owned();
@@ -213,15 +214,20 @@ pub fn extract(
         if rel.as_os_str().is_empty() {
             // "./" or "/": the folder itself.
             if dumpdir && opts.incremental {
+                at.reset();
                 purge(&root, &mut entry, &shown, &mut stats)?;
             }
             continue;
         }
         let path = root.join(&rel);
-        if let Err(why) = prepare_parents(&root, &rel) {
-            stats.refused.push(format!("{shown}: {why} (refused)"));
-            continue;
-        }
+        let parent = match at.parent_of(&rel) {
+            Ok(fd) => fd,
+            Err(why) => {
+                stats.refused.push(format!("{shown}: {why} (refused)"));
+                continue;
+            }
+        };
+        let Some(name) = rel.file_name() else { continue };
         let h = entry.header();
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let mtime = h.mtime().unwrap_or(0);
@@ -236,15 +242,15 @@ pub fn extract(
         let kind = if dumpdir { EntryType::Directory } else { h.entry_type() };
         match kind {
             EntryType::Directory => {
-                match std::fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => {}
+                match rustix::fs::statat(parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory => {}
                     Ok(_) => {
                         stats.refused.push(format!("{shown}: a non-folder of that name is already there (refused)"));
                         continue;
                     }
                     Err(_) => {
                         // One folder that cannot be made costs that folder, not the restore.
-                        if let Err(e) = std::fs::create_dir(&path) {
+                        if let Err(e) = rustix::fs::mkdirat(parent, name, rustix::fs::Mode::from_raw_mode(0o700)) {
                             stats.refused.push(format!("{shown}: cannot create folder: {e}"));
                             continue;
                         }
@@ -263,13 +269,13 @@ pub fn extract(
                     stats.diverted += 1;
                     continue;
                 }
-                if let Err(why) = clear_for(&path) {
+                if let Err(why) = clear_at(parent, name) {
                     stats.refused.push(format!("{shown}: {why} (refused)"));
                     continue;
                 }
                 // A file that cannot be created (a name the file system refuses, a place
                 // taken) is listed and skipped; a failing write (a full disk) stops the restore.
-                let mut out = match create_new(&path) {
+                let mut out = match create_at(parent, name, &path) {
                     Ok(f) => f,
                     Err(e) => {
                         stats.refused.push(format!("{shown}: {}", ncb_core::stage::error_chain(&e)));
@@ -406,6 +412,82 @@ fn purge(dir: &Path, listing: &mut dyn Read, shown: &str, stats: &mut Extracted)
         }
     }
     Ok(())
+}
+
+/// The folders on the way to the current entry, held open: entries come depth first, so the
+/// next one's folder is mostly this chain or a prefix of it. Each folder is opened from its
+/// parent's handle with `O_NOFOLLOW|O_DIRECTORY`, so no symlink is ever followed on the way
+/// and nothing is looked up twice (the safe extractors' way: no path re-checking per entry).
+struct DirStack {
+    root: std::os::fd::OwnedFd,
+    open: Vec<(std::ffi::OsString, std::os::fd::OwnedFd)>,
+}
+
+impl DirStack {
+    fn open(root: &Path) -> Result<DirStack> {
+        let fd = rustix::fs::open(root, Self::flags(), rustix::fs::Mode::empty())
+            .map_err(|e| Error::path("cannot open", root, e.into()))?;
+        Ok(DirStack { root: fd, open: Vec::new() })
+    }
+
+    fn flags() -> rustix::fs::OFlags {
+        use rustix::fs::OFlags;
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+    }
+
+    /// Forgets the folders held (before anything removes folders).
+    fn reset(&mut self) {
+        self.open.clear();
+    }
+
+    /// The folder that holds `rel`, every folder on the way a real one (missing ones created
+    /// 0700); why not when one is a symlink or not a folder.
+    fn parent_of(&mut self, rel: &Path) -> std::result::Result<std::os::fd::BorrowedFd<'_>, String> {
+        use std::os::fd::AsFd;
+        let comps: Vec<&std::ffi::OsStr> = rel.parent().map(|p| p.iter().collect()).unwrap_or_default();
+        let same = self.open.iter().zip(&comps).take_while(|(o, c)| o.0.as_os_str() == **c).count();
+        self.open.truncate(same);
+        for (i, c) in comps.iter().enumerate().skip(same) {
+            let shown = || comps[..=i].iter().collect::<PathBuf>().display().to_string();
+            let parent = self.open.last().map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
+            let fd = match rustix::fs::openat(parent, *c, Self::flags(), rustix::fs::Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => {
+                    rustix::fs::mkdirat(parent, *c, rustix::fs::Mode::from_raw_mode(0o700))
+                        .map_err(|e| format!("cannot create folder {}: {e}", shown()))?;
+                    rustix::fs::openat(parent, *c, Self::flags(), rustix::fs::Mode::empty())
+                        .map_err(|e| format!("cannot open folder {}: {e}", shown()))?
+                }
+                Err(rustix::io::Errno::LOOP) => return Err(format!("its folder {} is a symlink", shown())),
+                Err(rustix::io::Errno::NOTDIR) => return Err(format!("{} is not a folder", shown())),
+                Err(e) => return Err(format!("cannot open folder {}: {e}", shown())),
+            };
+            self.open.push(((*c).to_owned(), fd));
+        }
+        Ok(self.open.last().map_or(self.root.as_fd(), |(_, fd)| fd.as_fd()))
+    }
+}
+
+/// A later entry of the same name replaces an earlier one, as with tar; a folder stays.
+fn clear_at(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr) -> std::result::Result<(), String> {
+    use rustix::fs::{AtFlags, FileType};
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            Err("a folder of that name is already there".into())
+        }
+        Ok(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty())
+            .map_err(|e| format!("cannot replace the earlier entry: {e}")),
+        Err(_) => Ok(()),
+    }
+}
+
+/// A new file in `dir` (mode 0600 until its own mode is set), never through a symlink.
+fn create_at(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr, shown: &Path) -> Result<File> {
+    use rustix::fs::OFlags;
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, name, flags, rustix::fs::Mode::from_raw_mode(0o600))
+        .map(File::from)
+        .map_err(|e| Error::path("cannot create", shown, e.into()))
 }
 
 /// The entry name as a relative path: leading `/` and `./` dropped, `..` refused.
