@@ -277,3 +277,105 @@ fn incremental_settings_are_checked() {
         assert!(out.stderr.contains(key) && out.stderr.contains(says), "{}", out.stderr);
     }
 }
+
+fn runner_json(conf: &Path, args: &[&str]) -> Value {
+    run(cmd(&bin("backup-runner")).args(&args[..1]).arg("-c").arg(conf).args(&args[1..]).arg("--json")).expect(0).json()
+}
+
+fn paths(v: &Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().to_owned()).collect()
+}
+
+/// `ls`, `find` and `restore --include` read the indexes stored beside the archives: browsing
+/// downloads no archive, and a selective restore fetches only the archives of the chain that
+/// hold what it asks for.
+#[test]
+fn browsing_and_selective_restore_read_only_what_they_need() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    let conf = pipeline(&sb, json!({}), "5");
+    let data = sb.join("data");
+    let stored = |rel: &str| format!("{}/{rel}", data.strip_prefix("/").unwrap().display());
+    let (n1, _) = night(&conf);
+    sb.write("data/docs/new.txt", b"new in night 2\n");
+    std::fs::remove_file(sb.join("data/docs/b.txt")).unwrap();
+    let (n2, _) = night(&conf);
+    sb.write("data/docs/a.txt", b"alpha, night 3\n");
+    let (n3, _) = night(&conf);
+
+    // ls: the tree as of the run, whatever archive of the chain holds each entry.
+    let all = paths(&runner_json(&conf, &["ls", "--run", &n3]));
+    for want in ["big.bin", "docs", "docs/a.txt", "docs/new.txt", "link"] {
+        assert!(all.contains(&stored(want)), "{want} missing from ls: {all:?}");
+    }
+    assert!(!all.contains(&stored("docs/b.txt")), "a removed file is listed: {all:?}");
+    let docs = paths(&runner_json(&conf, &["ls", "--run", &n1, &format!("/{}", stored("docs"))]));
+    assert_eq!(docs, [stored("docs"), stored("docs/a.txt"), stored("docs/b.txt")]);
+    // ls of a path the run does not hold fails.
+    let out = run(cmd(&bin("backup-runner")).args(["ls", "-c"]).arg(&conf).arg("/nowhere")).expect(1);
+    assert!(out.stderr.contains("holds nothing"), "{}", out.stderr);
+
+    // find: every run holding a match, newest first.
+    let found = runner_json(&conf, &["find", "b.txt"]);
+    let runs: Vec<&str> = found.as_array().unwrap().iter().map(|e| e["run_id"].as_str().unwrap()).collect();
+    assert_eq!(runs, [n1.as_str()], "b.txt was removed in night 2: {found:#}");
+    let found = runner_json(&conf, &["find", &format!("/{}", stored("docs/*.txt"))]);
+    assert_eq!(found.as_array().unwrap().len(), 2 + 2 + 2, "{found:#}");
+    assert_eq!(found[0]["run_id"], json!(n3));
+
+    // restore --include: docs/new.txt was stored by night 2 only; night 3's restore of it
+    // fetches night 2's small archive, not night 1's full one.
+    let to = sb.join("sel-new");
+    let s = run(cmd(&bin("backup-runner"))
+        .args(["restore", "--json", "--run", &n3, "--include", &format!("/{}", stored("docs/new.txt")), "-c"])
+        .arg(&conf)
+        .arg("--to")
+        .arg(&to))
+    .expect(0)
+    .json();
+    assert!(s["stored_bytes"].as_u64().unwrap() < 64 << 10, "{s:#}");
+    assert_eq!(
+        tree(&to),
+        BTreeMap::from([(stored("docs/new.txt"), b"new in night 2\n".to_vec()),])
+            .into_iter()
+            .chain(ancestors(&stored("docs/new.txt")))
+            .collect::<BTreeMap<_, _>>()
+    );
+    // A folder and a glob: each entry from the newest archive that holds it.
+    let to = sb.join("sel-docs");
+    run(cmd(&bin("backup-runner"))
+        .args(["restore", "--run", &n3, "--include", &stored("docs"), "--include", "*.bin", "-c"])
+        .arg(&conf)
+        .arg("--to")
+        .arg(&to))
+    .expect(0);
+    let got = tree(&to.join(data.strip_prefix("/").unwrap()));
+    let want: BTreeMap<String, Vec<u8>> =
+        tree(&data).into_iter().filter(|(k, _)| k.starts_with("docs") || k == "big.bin").collect();
+    assert!(got == want, "{:?} != {:?}", got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    // Nothing matches: a usage error, nothing restored.
+    let out = run(cmd(&bin("backup-runner"))
+        .args(["restore", "--run", &n3, "--include", "/nowhere", "-c"])
+        .arg(&conf)
+        .arg("--to")
+        .arg(sb.join("sel-none")))
+    .expect(2);
+    assert!(out.stderr.contains("holds nothing that matches"), "{}", out.stderr);
+    // A whole restore never unpacks the indexes themselves.
+    let to = sb.join("whole");
+    run(cmd(&bin("backup-runner")).args(["restore", "--run", &n3, "-c"]).arg(&conf).arg("--to").arg(&to)).expect(0);
+    let top: Vec<String> =
+        std::fs::read_dir(&to).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(top, [stored("").split('/').next().unwrap().to_owned()], "{top:?}");
+    assert_eq!(n2.len(), n3.len());
+}
+
+/// The folders above `rel`, as `tree` lists them.
+fn ancestors(rel: &str) -> Vec<(String, Vec<u8>)> {
+    let p = Path::new(rel);
+    p.ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .map(|a| (a.display().to_string(), b"dir".to_vec()))
+        .collect()
+}

@@ -147,6 +147,7 @@ struct Writer<'a> {
     inc: Option<&'a mut Incremental>,
     /// The index of the root being archived (snapshot blocks are per root).
     root_idx: u32,
+    index: Option<&'a mut crate::index::Writer>,
 }
 
 /// Archives `roots` into `dest` (atomically) and returns the artifact and the counts.
@@ -156,7 +157,7 @@ pub fn write_archive(
     dest: &Path,
     report: &mut StageReport,
 ) -> Result<(Artifact, Stats)> {
-    write_archive_with(roots, opts, dest, report, None)
+    write_archive_with(roots, opts, dest, report, None, None)
 }
 
 /// [`write_archive`], incremental when `inc` is given.
@@ -166,6 +167,7 @@ pub fn write_archive_with(
     dest: &Path,
     report: &mut StageReport,
     inc: Option<&mut Incremental>,
+    index: Option<&mut crate::index::Writer>,
 ) -> Result<(Artifact, Stats)> {
     let out = AtomicFile::create(dest)?;
     let own = out_id(&out)?;
@@ -188,6 +190,7 @@ pub fn write_archive_with(
         ),
         inc,
         root_idx: 0,
+        index,
     };
     for (i, root) in roots.iter().enumerate() {
         w.root_idx = u32::try_from(i).unwrap_or(u32::MAX);
@@ -293,6 +296,7 @@ impl Writer<'_> {
             h.set_size(0);
             self.tar.append_data(&mut h, name, io::empty()).at("cannot write archive entry", name)?;
             self.stats.dirs += 1;
+            self.indexed(name, 'd', 0, meta.mtime(), true)?;
         }
         if self.opts.one_file_system && meta.dev() != self.root_dev {
             return Ok(());
@@ -387,9 +391,17 @@ impl Writer<'_> {
             listing.push(code);
             listing.extend_from_slice(cb);
             listing.push(0);
+            let rec_kind = rec.kind;
             records.push(rec);
             if code == b'N' {
                 self.stats.unchanged += 1;
+                let kind = match rec_kind {
+                    snapshot::Kind::File => 'f',
+                    snapshot::Kind::Dir => 'd',
+                    snapshot::Kind::Symlink => 'l',
+                    snapshot::Kind::Special => 's',
+                };
+                self.indexed(&cname, kind, cmeta.len(), cmeta.mtime(), false)?;
             } else {
                 dump.push((cpath, cname, Some(cmeta)));
             }
@@ -402,6 +414,9 @@ impl Writer<'_> {
         h.set_size(listing.len() as u64);
         self.tar.append_data(&mut h, &shown, &listing[..]).at("cannot write archive entry", name)?;
         self.stats.dirs += 1;
+        if !name.as_os_str().is_empty() {
+            self.indexed(name, 'd', 0, meta.mtime(), true)?;
+        }
         if let Some(inc) = self.inc.as_mut() {
             inc.after.block(root_idx, name_bytes, &records)?;
         }
@@ -409,6 +424,13 @@ impl Writer<'_> {
             stack.push(d);
         }
         Ok(())
+    }
+
+    fn indexed(&mut self, name: &Path, kind: char, size: u64, mtime: i64, stored: bool) -> Result<()> {
+        match self.index.as_mut() {
+            Some(i) => i.entry(name, kind, size, mtime, stored),
+            None => Ok(()),
+        }
     }
 
     /// An entry listed as in an incremental archive that could not be read into it: the next
@@ -464,6 +486,7 @@ impl Writer<'_> {
             h.set_entry_type(EntryType::Symlink);
             self.link_entry(&mut h, name, &target)?;
             self.stats.symlinks += 1;
+            self.indexed(name, 'l', 0, meta.mtime(), true)?;
         } else if ft.is_socket() {
             self.report.warn(format!("{}: socket ignored", path.display()));
             self.stats.skipped += 1;
@@ -477,6 +500,7 @@ impl Writer<'_> {
             }
             self.tar.append_data(&mut h, name, io::empty()).at("cannot write archive entry", name)?;
             self.stats.special += 1;
+            self.indexed(name, 's', 0, meta.mtime(), true)?;
         }
         Ok(())
     }
@@ -504,6 +528,7 @@ impl Writer<'_> {
             h.set_size(0);
             self.link_entry(&mut h, name, &first)?;
             self.stats.hardlinks += 1;
+            self.indexed(name, 'h', meta.len(), meta.mtime(), true)?;
             return Ok(());
         }
         let file = match Short::of(path).and_then(|s| File::open(&s.path)) {
@@ -524,6 +549,7 @@ impl Writer<'_> {
         }
         self.stats.files += 1;
         self.stats.bytes += meta.len();
+        self.indexed(name, 'f', meta.len(), meta.mtime(), true)?;
         self.bar.add(meta.len());
         if exact.error.is_some() || exact.short > 0 {
             self.not_stored(name);
@@ -628,7 +654,8 @@ mod tests {
         let root = Root { path: data.to_path_buf(), name: PathBuf::from("data") };
         let mut report = StageReport::new("t");
         let (_, stats) =
-            write_archive_with(&[root], &opts(), &base.join(format!("{n}.tar")), &mut report, Some(&mut inc)).unwrap();
+            write_archive_with(&[root], &opts(), &base.join(format!("{n}.tar")), &mut report, Some(&mut inc), None)
+                .unwrap();
         let h = snapshot::Header {
             format: "ncb-snapshot".into(),
             version: 1,

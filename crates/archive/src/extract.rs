@@ -194,7 +194,19 @@ pub fn extract(
     reader: impl Read,
     dest: &Path,
     opts: ExtractOptions,
+    divert: Option<&mut Divert<'_>>,
+) -> Result<Extracted> {
+    extract_selected(reader, dest, opts, divert, None)
+}
+
+/// [`extract`], of only the entries whose cleaned name `select` accepts (a selective restore:
+/// the others are read past, never written).
+pub fn extract_selected(
+    reader: impl Read,
+    dest: &Path,
+    opts: ExtractOptions,
     mut divert: Option<&mut Divert<'_>>,
+    select: Option<&dyn Fn(&Path) -> bool>,
 ) -> Result<Extracted> {
     let root = dest.to_path_buf();
     let mut archive = tar::Archive::new(reader);
@@ -211,6 +223,21 @@ pub fn extract(
             continue;
         };
         let dumpdir = entry.header().entry_type().as_byte() == b'D';
+        // A regular file is offered to `divert` first (an archive inside this one may hold
+        // what is selected); everything else not selected is passed over here.
+        let selected = select.is_none_or(|f| f(&rel));
+        let regular =
+            matches!(entry.header().entry_type(), EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
+        if regular
+            && let Some(divert) = divert.as_mut()
+            && divert(&rel, &mut entry)?
+        {
+            stats.diverted += 1;
+            continue;
+        }
+        if !selected {
+            continue;
+        }
         if rel.as_os_str().is_empty() {
             // "./" or "/": the folder itself.
             if dumpdir && opts.incremental {
@@ -263,12 +290,6 @@ pub fn extract(
                 stats.dirs += 1;
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                if let Some(divert) = divert.as_mut()
-                    && divert(&rel, &mut entry)?
-                {
-                    stats.diverted += 1;
-                    continue;
-                }
                 if let Err(why) = clear_at(parent, name) {
                     stats.refused.push(format!("{shown}: {why} (refused)"));
                     continue;

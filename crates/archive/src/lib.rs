@@ -12,6 +12,7 @@ pub mod archive;
 pub mod encoder;
 pub mod extract;
 pub mod glob;
+pub mod index;
 pub mod longpath;
 pub mod owners;
 pub mod pgzip;

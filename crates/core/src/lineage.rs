@@ -24,6 +24,9 @@ pub struct SectionTrace {
     /// The run this section's archive is an increment on (filesbackup INCREMENTAL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
+    /// The index of this section's archive (filesbackup under backup-runner), stored beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +73,7 @@ impl Lineage {
             stage: stage.to_owned(),
             artifacts: traced,
             base: None,
+            index: None,
         });
     }
 

@@ -60,6 +60,9 @@ pub static PARAMS: [ParamSpec; 15] = [
     ParamSpec::new("TAR_COMMAND", Kind::Ignored, "nc-backup-py's tar command line"),
 ];
 
+/// Where, in WORK_FOLDER, archives' indexes wait for storage (`<stem>.ncb-index.jsonl.gz`).
+pub const INDEX_DIR: &str = ".ncb-index";
+
 pub static STAGE: StageDef = StageDef {
     name: "filesbackup",
     aliases: &["files", "files_backup", "files-backup", "fileset"],
@@ -153,11 +156,32 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     let name = format!("{}.tar{}", ctx.artifact_stem(), opts.compression.format.suffix());
     let dest: PathBuf = dest_dir.join(name);
     let mut report = StageReport::new(STAGE.name);
-    let (artifact, stats) = if p.flag("INCREMENTAL", false)? {
-        archive_incremental(ctx, p, &roots, &opts, &dest, &mut report)?
-    } else {
-        ncb_archive::write_archive(&roots, &opts, &dest, &mut report)?
+    let incremental = p.flag("INCREMENTAL", false)?;
+    // Under backup-runner (a WORK_FOLDER), the archive's index goes beside it for storage.
+    let mut index = match &ctx.general.work_folder {
+        Some(w) => {
+            let dir = w.join(INDEX_DIR);
+            ncb_core::atomic::ensure_dir(&dir, 0o700)?;
+            let header = ncb_archive::index::Header {
+                format: "ncb-index".into(),
+                version: 1,
+                run_id: ctx.run_id.clone(),
+                section: ctx.section.clone(),
+                archive: dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            let path = dir.join(format!("{}{}", ctx.artifact_stem(), ncb_archive::index::SUFFIX));
+            Some(ncb_archive::index::Writer::create(&path, &header)?)
+        }
+        None => None,
     };
+    let (artifact, stats) = if incremental {
+        archive_incremental(ctx, p, &roots, &opts, &dest, &mut report, index.as_mut())?
+    } else {
+        ncb_archive::write_archive_with(&roots, &opts, &dest, &mut report, None, index.as_mut())?
+    };
+    if let Some(i) = index {
+        report.set("index", i.finish()?.display().to_string());
+    }
     log::info!(
         "{}: {} files, {} folders, {} links, {} bytes in, {} bytes out",
         artifact.path.display(),
@@ -187,6 +211,7 @@ fn archive_incremental(
     opts: &Options,
     dest: &std::path::Path,
     report: &mut StageReport,
+    index: Option<&mut ncb_archive::index::Writer>,
 ) -> Result<(ncb_core::Artifact, ncb_archive::Stats)> {
     let paths = incremental::state_paths(p.path("STATE_FOLDER"), &ctx.general.hostname, &ctx.section);
     incremental::ensure_state_folder(&paths)?;
@@ -197,7 +222,7 @@ fn archive_incremental(
         after: ncb_archive::snapshot::Writer::create(&paths.0)?,
         failed: Vec::new(),
     };
-    let (artifact, stats) = ncb_archive::write_archive_with(roots, opts, dest, report, Some(&mut inc))?;
+    let (artifact, stats) = ncb_archive::write_archive_with(roots, opts, dest, report, Some(&mut inc), index)?;
     // Only now that the archive is in place: the snapshot it replaces stays as the base of a
     // run of this section made again.
     let header = incremental::header(ctx, p, &plan, std::mem::take(&mut inc.failed))?;

@@ -1,5 +1,6 @@
 //! backup-runner: walks conf.json in file order and runs each section.
 
+mod browse;
 mod config;
 mod daemon;
 mod exec;
@@ -60,6 +61,26 @@ fn cli() -> Command {
                 .arg(json_arg()),
         )
         .subcommand(
+            Command::new("ls")
+                .about("List what a run holds under a path, reading only its files' index (no archive is downloaded)")
+                .arg(run_arg("The run: an id or latest (default)"))
+                .arg(Arg::new("path").value_name("PATH").help("Only what is at or under this path (as backed up: /etc/nginx)"))
+                .arg(key_arg())
+                .arg(json_arg()),
+        )
+        .subcommand(
+            Command::new("find")
+                .about("Every run that holds a match of PATTERN, newest first, from the runs' indexes")
+                .arg(
+                    Arg::new("pattern")
+                        .value_name("PATTERN")
+                        .required(true)
+                        .help("A glob: against file names (nginx.conf, *.sql), or whole paths when it has a / (/etc/**/*.conf)"),
+                )
+                .arg(key_arg())
+                .arg(json_arg()),
+        )
+        .subcommand(
             Command::new("verify")
                 .about("Check runs against their run manifests; exit 1 naming any missing or damaged file")
                 .arg(run_arg("The run to check: an id, latest (default) or all"))
@@ -101,6 +122,13 @@ fn cli() -> Command {
                         .value_name("SECTION")
                         .action(ArgAction::Append)
                         .help("Restore only what this config section backed up (repeatable)"),
+                )
+                .arg(
+                    Arg::new("include")
+                        .long("include")
+                        .value_name("PATH_OR_GLOB")
+                        .action(ArgAction::Append)
+                        .help("Restore only these files and folders of the file archives (repeatable; a path as backed up, or a glob as for find); fetches only the archives that hold them"),
                 )
                 .arg(
                     Arg::new("force")
@@ -206,6 +234,8 @@ fn main() -> ExitCode {
     }
     let sub = match m.subcommand() {
         Some(("runs", sm)) => Some(runs_main(&m, sm)),
+        Some(("ls", sm)) => Some(ls_main(&m, sm)),
+        Some(("find", sm)) => Some(find_main(&m, sm)),
         Some(("verify", sm)) => Some(verify_main(&m, sm)),
         Some(("restore", sm)) => Some(restore_main(&m, sm)),
         Some(("daemon", sm)) => Some(daemon_main(&m, sm).map(|()| ExitStatus::Success)),
@@ -352,6 +382,79 @@ fn runs_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     Ok(if failed { ExitStatus::Failure } else { ExitStatus::Success })
 }
 
+/// The archives' indexes in WORK_FOLDER wait for storage only while their run is pending (a
+/// journal): the others go, with the encrypted copies a killed storage left.
+fn sweep_indexes(work: &std::path::Path) {
+    let pending = ncb_core::journal::pending_runs(work);
+    let dir = work.join(filesbackup::INDEX_DIR);
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !pending.iter().any(|r| name.contains(r.as_str())) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    for e in std::fs::read_dir(work).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".ncb-index-enc-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn ls_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
+    let config = load_config(m, "backup-runner ls")?;
+    let key = master_key(&config, sm)?;
+    let wanted = sm.get_one::<String>("run").map_or("latest", String::as_str);
+    let under = sm.get_one::<String>("path").map_or("", String::as_str);
+    let json = sm.get_flag("json");
+    let mut all = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    let mut n = 0u64;
+    let run = browse::ls(&readback::sources(&config)?, wanted, under, key.as_ref(), &mut |l| {
+        n += 1;
+        if json {
+            all.push(l);
+        } else {
+            browse::print(&l, false, &mut stdout).map_err(|e| Error::io("stdout", e))?;
+        }
+        Ok(())
+    })?;
+    if json {
+        print_json(&all);
+    }
+    if n == 0 && !under.is_empty() {
+        log::error!("run {run} holds nothing at or under {under}");
+        return Ok(ExitStatus::Failure);
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn find_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
+    let config = load_config(m, "backup-runner find")?;
+    let key = master_key(&config, sm)?;
+    let pattern = browse::Pattern::new(sm.get_one::<String>("pattern").map_or("", String::as_str))?;
+    let json = sm.get_flag("json");
+    let mut all = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    let mut n = 0u64;
+    let warnings = browse::find(&readback::sources(&config)?, &pattern, key.as_ref(), &mut |l| {
+        n += 1;
+        if json {
+            all.push(l);
+        } else {
+            browse::print(&l, true, &mut stdout).map_err(|e| Error::io("stdout", e))?;
+        }
+        Ok(())
+    })?;
+    for w in &warnings {
+        log::warn!("{w}");
+    }
+    if json {
+        print_json(&all);
+    }
+    Ok(if n == 0 { ExitStatus::Failure } else { ExitStatus::Success })
+}
+
 fn verify_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     let config = load_config(m, "backup-runner verify")?;
     let read = match (sm.get_flag("read-data"), sm.get_one::<String>("read-data-subset")) {
@@ -397,6 +500,7 @@ fn restore_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
         run: sm.get_one::<String>("run").cloned().unwrap_or_else(|| "latest".into()),
         to: sm.get_one::<String>("to").map(PathBuf::from).ok_or_else(|| Error::usage("restore needs --to DIR"))?,
         only: sm.get_many::<String>("only").map(|v| v.cloned().collect()).unwrap_or_default(),
+        include: sm.get_many::<String>("include").map(|v| v.cloned().collect()).unwrap_or_default(),
         force: sm.get_flag("force"),
         allow_unsigned: sm.get_flag("allow-unsigned"),
     };
@@ -546,6 +650,7 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
             }
         }
     }
+    sweep_indexes(&work);
     let mut journal = ncb_core::journal::Journal::new(&run_id, &config.path, started);
     let mut report = match recover::recover_all(&config, &work, &signal) {
         Ok(recovered) => {
@@ -567,6 +672,7 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
             ),
         ),
     };
+    sweep_indexes(&work);
     report.tally();
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     let mut report_path = None;

@@ -34,6 +34,8 @@ pub struct Options {
     pub run: String,
     pub to: PathBuf,
     pub only: Vec<String>,
+    /// Only these paths (or globs) of the file archives (`--include`).
+    pub include: Vec<String>,
     pub force: bool,
     pub allow_unsigned: bool,
 }
@@ -43,6 +45,7 @@ pub struct Summary {
     pub run_id: String,
     pub destination: String,
     pub to: PathBuf,
+    /// Stored items read (of every run of a chain), and their stored bytes.
     pub items: usize,
     pub stored_bytes: u64,
     /// Files, folders, links and bytes restored; entries refused.
@@ -89,8 +92,11 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
             failures.push(msg);
             continue;
         }
-        let levels = match chain(src, &run, &manifest, items.clone(), key, o.allow_unsigned) {
+        let levels = match chain(src, &run, &manifest, items.clone(), key, o.allow_unsigned)
+            .and_then(|l| if o.include.is_empty() { Ok(l) } else { selected(src, l, &o.include, key) })
+        {
             Ok(l) => l,
+            Err(e @ (Error::Usage(_) | Error::Config(_))) => return Err(e),
             Err(e) => {
                 let msg = format!("{}: {}", src.describe(), error_chain(&e));
                 log::error!("run {run}: {msg}");
@@ -99,6 +105,8 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
             }
         };
         log::info!("restoring run {run} from {} into {}", src.describe(), o.to.display());
+        // What is read: every item of every level (a chain's runs, a selection's archives).
+        let fetched = levels.iter().flat_map(|l| &l.items).fold((0, 0), |(n, b), i| (n + 1, b + i.stored_bytes()));
         let staged = match stage(src, &levels, key, &o.to) {
             Ok(x) => x,
             Err(e @ (Error::Usage(_) | Error::Config(_))) => return Err(e),
@@ -123,8 +131,8 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
             run_id: run.clone(),
             destination: src.describe(),
             to: o.to.clone(),
-            items: items.len(),
-            stored_bytes: items.iter().map(Item::stored_bytes).sum(),
+            items: fetched.0,
+            stored_bytes: fetched.1,
             unpacked: stats,
         });
     }
@@ -388,6 +396,10 @@ struct Level {
     /// For a run restored only as a base: the files of the incremental sections it is a base
     /// for; nothing else of it is restored.
     keep_only: Option<HashSet<String>>,
+    /// The indexes of this run's file archives (for the sections restored).
+    indexes: Vec<Item>,
+    /// A selective restore: the entries (paths as stored) to take from this run's archives.
+    select: Option<HashSet<String>>,
 }
 
 /// The levels restoring `run` takes: for every incremental section among `items`, its chain of
@@ -396,10 +408,12 @@ fn chain(
     src: &Source,
     run: &str,
     manifest: &storage::backend::RunManifest,
-    mut items: Vec<Item>,
+    items: Vec<Item>,
     key: Option<&MasterKey>,
     allow_unsigned: bool,
 ) -> Result<Vec<Level>> {
+    let is_index = |i: &Item| i.name.ends_with(ncb_archive::index::SUFFIX);
+    let (indexes, mut items): (Vec<Item>, Vec<Item>) = items.into_iter().partition(is_index);
     let mut earlier: std::collections::BTreeMap<String, Level> = std::collections::BTreeMap::new();
     let mut incremental = HashSet::new();
     for (section, first) in manifest.sources.iter().filter_map(|(n, x)| Some((n, x.base.clone()?))) {
@@ -431,10 +445,13 @@ fn chain(
                 items: Vec::new(),
                 sources: m.sources.values().flat_map(|s| s.artifacts.iter().cloned()).collect(),
                 keep_only: Some(HashSet::new()),
+                indexes: Vec::new(),
+                select: None,
             });
             for i in readback::items(&m).into_iter().filter(|i| i.from.contains(section)) {
-                if !level.items.iter().any(|x| x.name == i.name) {
-                    level.items.push(i);
+                let list = if is_index(&i) { &mut level.indexes } else { &mut level.items };
+                if !list.iter().any(|x| x.name == i.name) {
+                    list.push(i);
                 }
             }
             if let Some(k) = level.keep_only.as_mut() {
@@ -453,7 +470,69 @@ fn chain(
         items,
         sources: manifest.sources.values().flat_map(|s| s.artifacts.iter().cloned()).collect(),
         keep_only: None,
+        indexes,
+        select: None,
     });
+    Ok(levels)
+}
+
+/// A selective restore (`--include`): from the run's indexes, the entries that match; each is
+/// taken from the newest run of its chain whose archive holds it, and only the runs (and,
+/// in them, the file archives) that hold some are fetched. Other items (dumps) are left out.
+fn selected(src: &Source, mut levels: Vec<Level>, include: &[String], key: Option<&MasterKey>) -> Result<Vec<Level>> {
+    let globs: Vec<crate::browse::Pattern> = include
+        .iter()
+        .filter(|p| p.contains(['*', '?', '[']))
+        .map(|p| crate::browse::Pattern::new(p))
+        .collect::<Result<_>>()?;
+    let paths: Vec<String> =
+        include.iter().filter(|p| !p.contains(['*', '?', '['])).map(|p| crate::browse::normalize(p)).collect();
+    let wanted = |p: &str| paths.iter().any(|u| crate::browse::is_under(p, u)) || globs.iter().any(|g| g.matches(p));
+    let last = levels.len() - 1;
+    let run = levels[last].run.clone();
+    if levels[last].indexes.is_empty() {
+        return Err(Error::runtime(format!(
+            "run {run} holds no index of its files (stored before indexes were kept, or by `storage` alone): --include cannot choose; restore it whole"
+        )));
+    }
+    // Newest level first: what it holds is taken from it; what only an earlier one holds waits.
+    let mut pending: HashSet<String> = HashSet::new();
+    let mut sections: HashSet<String> = HashSet::new();
+    let mut found = 0usize;
+    for i in (0..=last).rev() {
+        let mut take = HashSet::new();
+        let indexes = levels[i].indexes.clone();
+        for item in &indexes {
+            crate::browse::read_index(src, &levels[i].run, item, key, &mut |h, e| {
+                let want = if i == last { wanted(&e.path) } else { pending.contains(&e.path) };
+                if want && i == last {
+                    found += 1;
+                    sections.insert(h.section.clone());
+                }
+                if want && e.stored {
+                    pending.remove(&e.path);
+                    take.insert(e.path);
+                } else if want && i == last {
+                    pending.insert(e.path);
+                }
+                Ok(())
+            })?;
+        }
+        levels[i].select = Some(take);
+    }
+    if found == 0 {
+        return Err(Error::usage(format!(
+            "--include {}: run {run} holds nothing that matches (see backup-runner ls)",
+            include.join(" ")
+        )));
+    }
+    for p in pending.iter().take(5) {
+        log::warn!("{p}: in run {run}'s index, but in no archive of its chain (it could not be read that night)");
+    }
+    levels.retain(|l| l.select.as_ref().is_some_and(|s| !s.is_empty()));
+    for l in &mut levels {
+        l.items.retain(|i| i.from.iter().any(|f| sections.contains(f)));
+    }
     Ok(levels)
 }
 
@@ -469,7 +548,8 @@ fn stage(src: &Source, levels: &[Level], key: Option<&MasterKey>, to: &Path) -> 
     let last = levels.last().map(|l| l.run.as_str()).unwrap_or_default();
     let bar = Progress::new(format!("restore {last}"), total);
     let mut stats = Extracted::default();
-    let opts = ExtractOptions { incremental: levels.len() > 1, ..ExtractOptions::default() };
+    let selective = levels.iter().any(|l| l.select.is_some());
+    let opts = ExtractOptions { incremental: levels.len() > 1 && !selective, ..ExtractOptions::default() };
     for level in levels {
         if level.keep_only.is_some() {
             log::info!("run {}: restoring its {} item(s) of the chain first", level.run, level.items.len());
@@ -481,6 +561,7 @@ fn stage(src: &Source, levels: &[Level], key: Option<&MasterKey>, to: &Path) -> 
             names: &names,
             opts,
             keep_only: level.keep_only.as_ref(),
+            select: level.select.as_ref(),
         };
         for item in &level.items {
             if key.is_some() && matches!(item.content, readback::Content::Plain(_)) {
@@ -508,6 +589,8 @@ struct Unpack<'a> {
     opts: ExtractOptions,
     /// A run restored only as a base of a chain: only these files (and sections) of it.
     keep_only: Option<&'a HashSet<String>>,
+    /// A selective restore: only these entries of the file archives.
+    select: Option<&'a HashSet<String>>,
 }
 
 /// A PostgreSQL directory-format dump (`NAME.dir/`): its files stay as pg_restore reads them.
@@ -593,7 +676,9 @@ impl Unpack<'_> {
                 }
                 Ok(true)
             };
-            extract::extract(&mut dec, self.root, self.opts, Some(&mut divert))?
+            let select = self.select.map(|set| move |p: &Path| set.contains(p.to_string_lossy().as_ref()));
+            let select = select.as_ref().map(|f| f as &dyn Fn(&Path) -> bool);
+            extract::extract_selected(&mut dec, self.root, self.opts, Some(&mut divert), select)?
         };
         if let Some(e) = inner_err {
             return Err(Error::runtime(e));

@@ -127,10 +127,9 @@ pub fn run_all(
             let objectives = step.params().paths("OBJECTIVES").unwrap_or_default();
             let made: Vec<_> = s.artifacts.iter().map(|a| a.path.clone()).collect();
             lineage.record(&step.section, &step.target_name(), &objectives, &made);
-            if let (Some(t), Some(base)) =
-                (lineage.sections.last_mut(), s.data.get("base_run").and_then(|v| v.as_str()))
-            {
-                t.base = Some(base.to_owned());
+            if let Some(t) = lineage.sections.last_mut() {
+                t.base = s.data.get("base_run").and_then(|v| v.as_str()).map(str::to_owned);
+                t.index = s.data.get("index").and_then(|v| v.as_str()).map(std::path::PathBuf::from);
             }
         }
         if let Err(e) = journal_end(walk.journal, walk.work, &s, &lineage) {

@@ -286,11 +286,13 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         infos.push((path, FileInfo { name, size, sha256: String::new(), from }));
     }
     let key = p.path("KEY_FILE").map(|k| encryption::key::load(&k)).transpose()?;
+    let objectives = infos.len();
+    let _encrypted_indexes = add_indexes(ctx, &mut infos, key.as_ref(), &mut report)?;
     for d in &dests {
         store_run(d.as_ref(), ctx, &prefix, &mut infos, key.as_ref(), &mut report)?;
     }
-    if p.flag("REMOVE_OBJECTIVES", false)? && !infos.is_empty() {
-        remove_stored(p, &infos)?;
+    if p.flag("REMOVE_OBJECTIVES", false)? && objectives > 0 {
+        remove_stored(p, &infos[..objectives])?;
     }
     let pol = policy(p)?;
     if !pol.is_empty() {
@@ -336,6 +338,67 @@ fn remove_stored(p: &Params, infos: &[(PathBuf, FileInfo)]) -> Result<()> {
         remove_empty_folders(&obj);
     }
     Ok(())
+}
+
+/// A folder removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Adds to the run the indexes of the file archives it stores (written by filesbackup under
+/// backup-runner), encrypted like the data with KEY_FILE: browsing and selective restores
+/// read only them. Without KEY_FILE they are stored as they are, unless the run holds
+/// encrypted files (a plain index would show the names the encryption hides): then none.
+fn add_indexes(
+    ctx: &StageCtx,
+    infos: &mut Vec<(PathBuf, FileInfo)>,
+    key: Option<&encryption::key::MasterKey>,
+    report: &mut StageReport,
+) -> Result<Option<TempDir>> {
+    let wanted: Vec<(String, PathBuf)> = ctx
+        .lineage
+        .sections
+        .iter()
+        .filter(|s| infos.iter().any(|(_, i)| i.from.contains(&s.name)))
+        .filter_map(|s| Some((s.name.clone(), s.index.clone()?)))
+        .filter(|(_, p)| p.is_file())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let encrypted = infos.iter().any(|(_, i)| i.name.ends_with(encryption::manifest::SUFFIX));
+    let Some(key) = key else {
+        if encrypted {
+            report.warn("no KEY_FILE in this storage section: the archives' indexes are not stored (they would show the names the encryption hides)");
+            return Ok(None);
+        }
+        for (section, path) in wanted {
+            let size = std::fs::metadata(&path).at("cannot stat", &path)?.len();
+            let name = file_name(&path);
+            infos.push((path, FileInfo { name, size, sha256: String::new(), from: vec![section] }));
+        }
+        return Ok(None);
+    };
+    let tmp = TempDir(ctx.general.work_dir().join(format!(".ncb-index-enc-{}-{}", ctx.run_id, std::process::id())));
+    let _ = std::fs::remove_dir_all(&tmp.0);
+    ncb_core::atomic::ensure_dir(&tmp.0, 0o700)?;
+    for (section, path) in wanted {
+        let e = encryption::crypt::encrypt_file(key, &path, &tmp.0, None, encryption::format::DEFAULT_SEGMENT)?;
+        for a in e.parts.iter().chain(std::iter::once(&e.manifest)) {
+            let info = FileInfo {
+                name: file_name(&a.path),
+                size: a.bytes,
+                sha256: a.sha256.clone(),
+                from: vec![section.clone()],
+            };
+            infos.push((a.path.clone(), info));
+        }
+    }
+    Ok(Some(tmp))
 }
 
 /// Removes `dir` and the folders under it that are empty (deepest first); others stay.
