@@ -379,3 +379,59 @@ fn ancestors(rel: &str) -> Vec<(String, Vec<u8>)> {
         .map(|a| (a.display().to_string(), b"dir".to_vec()))
         .collect()
 }
+
+/// `restore --keep-going`: a damaged part costs only the archive it belongs to; everything
+/// else is restored, and exit 1 names what was not. Without it, nothing is restored.
+#[test]
+fn keep_going_restores_everything_but_the_damaged_archive() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    sb.write("other/o.bin", &pseudo_random(2 << 20, 9));
+    let w = sb.join("work");
+    let conf = sb.config(&[
+        (
+            "FILES",
+            json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
+            "FILESET_INCLUDE": sb.join("data"), "DESTINATION": w.join("files")}}),
+        ),
+        (
+            "OTHER",
+            json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
+            "FILESET_INCLUDE": sb.join("other"), "DESTINATION": w.join("files")}}),
+        ),
+        (
+            "ENCRYPTION",
+            json!({"ACTION": "execute", "NAME": "encryption", "PARAMETERS": {
+            "KEY_FILE": sb.join("key_file"), "OBJECTIVES": w.join("files"), "FILE_SIZE": "1",
+            "DESTINATION": w.join("encrypted"), "REMOVE_OBJECTIVES": "True"}}),
+        ),
+        (
+            "STORAGE",
+            json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+            "OBJECTIVES": w.join("encrypted"), "DESTINATION": "local", "PATH": sb.join("store"),
+            "REMOVE_OBJECTIVES": "True"}}),
+        ),
+    ]);
+    let (run_id, _) = night(&conf);
+    // One byte flipped in the middle of OTHER's second part.
+    let part = sb.join(format!("store/testhost/{run_id}/testhost_OTHER_{run_id}.tar.gz.enc.001"));
+    let mut bytes = std::fs::read(&part).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&part, &bytes).unwrap();
+    let restore = |to: &Path, extra: &[&str]| {
+        run(cmd(&bin("backup-runner")).args(["restore", "--json", "-c"]).arg(&conf).arg("--to").arg(to).args(extra))
+    };
+    let strict = sb.join("strict");
+    let out = restore(&strict, &[]).expect(1);
+    assert!(out.stderr.contains("OTHER"), "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(&strict).unwrap().count(), 0, "a failed restore left files");
+    let to = sb.join("kept");
+    let out = restore(&to, &["--keep-going"]).expect(1);
+    let s = out.json();
+    assert_eq!(s["failed_items"], json!([format!("testhost_OTHER_{run_id}.tar.gz")]), "{s:#}");
+    assert!(out.stderr.contains("not restored") && out.stderr.contains("OTHER"), "{}", out.stderr);
+    assert_eq!(tree(&to.join(sb.join("data").strip_prefix("/").unwrap())), tree(&sb.join("data")));
+    // Of the damaged archive, nothing that was not authenticated: o.bin spans the damage.
+    assert!(!to.join(sb.join("other/o.bin").strip_prefix("/").unwrap()).exists());
+}

@@ -303,7 +303,15 @@ pub fn extract_selected(
                         continue;
                     }
                 };
-                let n = io::copy(&mut entry, &mut out).at("cannot write", &path)?;
+                // A stream cut short (a damaged part, a lost connection) leaves no half file.
+                let n = match io::copy(&mut entry, &mut out) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        drop(out);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(Error::path("cannot write", &path, e));
+                    }
+                };
                 stats.bytes += n;
                 stats.files += 1;
                 if let Err(e) = finish_file(&out, &path, mode, mtime, owner, opts) {

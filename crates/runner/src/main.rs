@@ -131,6 +131,12 @@ fn cli() -> Command {
                         .help("Restore only these files and folders of the file archives (repeatable; a path as backed up, or a glob as for find); fetches only the archives that hold them"),
                 )
                 .arg(
+                    Arg::new("keep-going")
+                        .long("keep-going")
+                        .action(ArgAction::SetTrue)
+                        .help("A damaged or missing part costs only the file it belongs to: everything else is restored, and exit 1 names what was not"),
+                )
+                .arg(
                     Arg::new("force")
                         .long("force")
                         .action(ArgAction::SetTrue)
@@ -501,6 +507,7 @@ fn restore_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
         to: sm.get_one::<String>("to").map(PathBuf::from).ok_or_else(|| Error::usage("restore needs --to DIR"))?,
         only: sm.get_many::<String>("only").map(|v| v.cloned().collect()).unwrap_or_default(),
         include: sm.get_many::<String>("include").map(|v| v.cloned().collect()).unwrap_or_default(),
+        keep_going: sm.get_flag("keep-going"),
         force: sm.get_flag("force"),
         allow_unsigned: sm.get_flag("allow-unsigned"),
     };

@@ -36,6 +36,8 @@ pub struct Options {
     pub only: Vec<String>,
     /// Only these paths (or globs) of the file archives (`--include`).
     pub include: Vec<String>,
+    /// An item that cannot be read costs only itself (the others are restored; exit 1).
+    pub keep_going: bool,
     pub force: bool,
     pub allow_unsigned: bool,
 }
@@ -48,6 +50,9 @@ pub struct Summary {
     /// Stored items read (of every run of a chain), and their stored bytes.
     pub items: usize,
     pub stored_bytes: u64,
+    /// Items that could not be read (`--keep-going`): what they hold is not (all) restored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_items: Vec<String>,
     /// Files, folders, links and bytes restored; entries refused.
     #[serde(flatten)]
     pub unpacked: Extracted,
@@ -107,7 +112,8 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
         log::info!("restoring run {run} from {} into {}", src.describe(), o.to.display());
         // What is read: every item of every level (a chain's runs, a selection's archives).
         let fetched = levels.iter().flat_map(|l| &l.items).fold((0, 0), |(n, b), i| (n + 1, b + i.stored_bytes()));
-        let staged = match stage(src, &levels, key, &o.to) {
+        let mut failed_items = Vec::new();
+        let staged = match stage(src, &levels, key, &o.to, o.keep_going, &mut failed_items) {
             Ok(x) => x,
             Err(e @ (Error::Usage(_) | Error::Config(_))) => return Err(e),
             Err(e) => {
@@ -134,6 +140,7 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
             items: fetched.0,
             stored_bytes: fetched.1,
             unpacked: stats,
+            failed_items,
         });
     }
     Err(Error::runtime(format!(
@@ -538,7 +545,16 @@ fn selected(src: &Source, mut levels: Vec<Level>, include: &[String], key: Optio
 
 /// Reads, checks, decrypts and unpacks every item of every level into a new staging folder
 /// inside `to`.
-fn stage(src: &Source, levels: &[Level], key: Option<&MasterKey>, to: &Path) -> Result<(Staging, Extracted)> {
+/// With `keep_going`, an item that cannot be read (a damaged or missing part) costs only itself:
+/// its name goes to `failed`, its error to the refused entries, and the others are restored.
+fn stage(
+    src: &Source,
+    levels: &[Level],
+    key: Option<&MasterKey>,
+    to: &Path,
+    keep_going: bool,
+    failed: &mut Vec<String>,
+) -> Result<(Staging, Extracted)> {
     use std::os::unix::fs::DirBuilderExt;
     let mut tag = [0u8; 4];
     getrandom::fill(&mut tag).map_err(|e| Error::runtime(format!("no randomness: {e}")))?;
@@ -570,8 +586,26 @@ fn stage(src: &Source, levels: &[Level], key: Option<&MasterKey>, to: &Path) -> 
             let got = readback::with_plaintext(src, &level.run, item, key, &|n| bar.add(n), |r| {
                 unpack.place(&item.name, r, 0)
             })
-            .map_err(|e| e.context(&format!("run {}: {}", level.run, item.name)))?;
-            stats.absorb(got);
+            .map_err(|e| e.context(&format!("run {}: {}", level.run, item.name)));
+            match got {
+                Ok(got) => stats.absorb(got),
+                Err(e) if keep_going && !matches!(e, Error::Usage(_) | Error::Config(_)) => {
+                    let plain = matches!(item.content, readback::Content::Plain(_));
+                    let msg = format!(
+                        "{}{}",
+                        error_chain(&e),
+                        if plain {
+                            " (stored unencrypted: what was unpacked of it before the error is kept, unverified)"
+                        } else {
+                            " (what was unpacked of it before the damage is kept: every byte of it authenticated)"
+                        }
+                    );
+                    log::error!("{msg}");
+                    stats.refused.push(msg);
+                    failed.push(item.name.clone());
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     bar.finish();
