@@ -11,6 +11,7 @@ mod dbfaults;
 mod diskfull;
 mod files;
 mod incremental;
+mod metadata;
 mod nights;
 mod notify;
 mod pipeline;

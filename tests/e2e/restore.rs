@@ -199,11 +199,12 @@ fn garage_restore_round_trip_verify_faults_and_fallback() {
         .expect(2);
     assert!(bad.stderr.contains("--only NOPE") && bad.stderr.contains("DBSBACKUP"), "{}", bad.stderr);
 
-    // verify --read-data: every part read back and decrypted, in both destinations.
+    // verify --read-data: every part read back and decrypted, in both destinations (the files
+    // archive, its index, the dump).
     let v = run(runner(&s).arg("verify").arg("-c").arg(&conf).arg("--read-data").arg("--json")).expect(0).json();
-    assert!(v.as_array().unwrap().iter().all(|x| x["decrypted"] == 2 && x["problems"].as_array().unwrap().is_empty()));
+    assert!(v.as_array().unwrap().iter().all(|x| x["decrypted"] == 3 && x["problems"].as_array().unwrap().is_empty()));
 
-    // A random share: at least one of the two files read back in each destination.
+    // A random share: half of the three files (rounded up) read back in each destination.
     let v = run(runner(&s).arg("verify").arg("-c").arg(&conf).args([
         "--read-data-subset",
         "50%",
@@ -213,7 +214,7 @@ fn garage_restore_round_trip_verify_faults_and_fallback() {
     ]))
     .expect(0)
     .json();
-    assert!(v.as_array().unwrap().iter().all(|x| x["read_items"] == 1 && x["items"] == 2), "{v}");
+    assert!(v.as_array().unwrap().iter().all(|x| x["read_items"] == 2 && x["items"] == 3), "{v}");
     let e = run(runner(&s).arg("verify").arg("-c").arg(&conf).args(["--read-data-subset", "0%"])).expect(2);
     assert!(e.stderr.contains("--read-data-subset"), "{}", e.stderr);
 

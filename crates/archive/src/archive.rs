@@ -294,6 +294,7 @@ impl Writer<'_> {
             let mut h = self.header(meta);
             h.set_entry_type(EntryType::Directory);
             h.set_size(0);
+            self.pax(path, name, meta)?;
             self.tar.append_data(&mut h, name, io::empty()).at("cannot write archive entry", name)?;
             self.stats.dirs += 1;
             self.indexed(name, 'd', 0, meta.mtime(), true)?;
@@ -412,6 +413,7 @@ impl Writer<'_> {
         let mut h = self.header(meta);
         h.set_entry_type(EntryType::new(b'D'));
         h.set_size(listing.len() as u64);
+        self.pax(path, name, meta)?;
         self.tar.append_data(&mut h, &shown, &listing[..]).at("cannot write archive entry", name)?;
         self.stats.dirs += 1;
         if !name.as_os_str().is_empty() {
@@ -439,6 +441,26 @@ impl Writer<'_> {
         if let Some(inc) = self.inc.as_mut() {
             inc.failed.push(name.to_string_lossy().into_owned());
         }
+    }
+
+    /// The PAX records of an entry (ns time, xattrs, ACLs), in an `x` header before it, as
+    /// GNU tar writes them with `--xattrs --acls`; nothing when it has none.
+    fn pax(&mut self, path: &Path, name: &Path, meta: &Metadata) -> Result<()> {
+        let xattrs = crate::meta::read_xattrs(path);
+        let records = crate::meta::pax_records((meta.mtime(), meta.mtime_nsec()), &xattrs, &self.owners);
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::XHeader);
+        h.set_size(records.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
+        if let Some(u) = h.as_ustar_mut() {
+            u.name[..9].copy_from_slice(b"PaxHeader");
+        }
+        h.set_cksum();
+        self.tar.append(&h, &records[..]).at("cannot write archive entry", name)
     }
 
     fn header(&self, meta: &Metadata) -> Header {
@@ -484,6 +506,7 @@ impl Writer<'_> {
                 }
             };
             h.set_entry_type(EntryType::Symlink);
+            self.pax(path, name, meta)?;
             self.link_entry(&mut h, name, &target)?;
             self.stats.symlinks += 1;
             self.indexed(name, 'l', 0, meta.mtime(), true)?;
@@ -498,6 +521,7 @@ impl Writer<'_> {
                 h.set_device_major(major).at("cannot write archive entry", name)?;
                 h.set_device_minor(minor).at("cannot write archive entry", name)?;
             }
+            self.pax(path, name, meta)?;
             self.tar.append_data(&mut h, name, io::empty()).at("cannot write archive entry", name)?;
             self.stats.special += 1;
             self.indexed(name, 's', 0, meta.mtime(), true)?;
@@ -538,10 +562,14 @@ impl Writer<'_> {
                 return self.trouble(path, &e, "vanished before it was read");
             }
         };
+        if let Some(map) = sparse_map(&file, meta, name) {
+            return self.sparse_file(path, name, meta, &file, &map);
+        }
         let mut h = self.header(meta);
         h.set_size(meta.len());
         let mut exact = ExactReader { file: &file, left: meta.len(), short: 0, error: None };
         let reader = BufReader::with_capacity(256 << 10, &mut exact);
+        self.pax(path, name, meta)?;
         self.tar.append_data(&mut h, name, reader).at("cannot write archive entry", name)?;
         if meta.nlink() > 1 {
             // Only now is the first name in the archive, for later hard links to point at.
@@ -572,6 +600,102 @@ impl Writer<'_> {
         };
         if let Some(p) = problem {
             let msg = format!("{}: {p}", path.display());
+            if self.opts.strict {
+                return Err(Error::runtime(format!("{msg} (STRICT)")));
+            }
+            self.report.warn(msg);
+        }
+        Ok(())
+    }
+}
+
+/// The data segments (offset, length) of a file with holes, found with SEEK_DATA/SEEK_HOLE;
+/// None for a file without holes (the usual case: its allocated blocks cover its size), or
+/// whose name does not fit the header (then it is stored whole).
+fn sparse_map(file: &File, meta: &Metadata, name: &Path) -> Option<Vec<(u64, u64)>> {
+    use rustix::fs::SeekFrom;
+    let size = meta.len();
+    if size == 0 || meta.blocks() * 512 >= size || name.as_os_str().len() >= 100 {
+        return None;
+    }
+    let mut map = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let data = match rustix::fs::seek(file, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => return None,
+        };
+        let hole = rustix::fs::seek(file, SeekFrom::Hole(data)).ok()?.min(size);
+        if hole > data {
+            map.push((data, hole - data));
+        }
+        pos = hole;
+    }
+    let _ = rustix::fs::seek(file, SeekFrom::Start(0));
+    let stored: u64 = map.iter().map(|(_, n)| n).sum();
+    (stored < size).then_some(map)
+}
+
+impl Writer<'_> {
+    /// A file with holes as an old-GNU sparse entry (type `S`: the map of its data segments in
+    /// the header and extension blocks, then only the data), as `tar --sparse` writes it; GNU
+    /// tar and `backup-runner restore` recreate the holes.
+    fn sparse_file(
+        &mut self,
+        path: &Path,
+        name: &Path,
+        meta: &Metadata,
+        file: &File,
+        map: &[(u64, u64)],
+    ) -> Result<()> {
+        use std::io::Write;
+        let stored: u64 = map.iter().map(|(_, n)| n).sum();
+        // The map ends with the file's end, so that a trailing hole is kept.
+        let mut segments = map.to_vec();
+        segments.push((meta.len(), 0));
+        let mut h = self.header(meta);
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_size(stored);
+        h.set_path(name).at("cannot write archive entry", name)?;
+        let (first, rest) = segments.split_at(segments.len().min(4));
+        let gnu = h.as_gnu_mut().ok_or_else(|| Error::runtime("sparse entry: not a GNU header"))?;
+        for (slot, (off, len)) in gnu.sparse.iter_mut().zip(first) {
+            slot.set_offset(*off);
+            slot.set_length(*len);
+        }
+        gnu.set_is_extended(!rest.is_empty());
+        gnu.set_real_size(meta.len());
+        h.set_cksum();
+        self.pax(path, name, meta)?;
+        let out = self.tar.get_mut();
+        out.write_all(h.as_bytes()).at("cannot write archive entry", name)?;
+        let chunks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut ext = tar::GnuExtSparseHeader::new();
+            for (slot, (off, len)) in ext.sparse.iter_mut().zip(chunk.iter()) {
+                slot.set_offset(*off);
+                slot.set_length(*len);
+            }
+            ext.isextended[0] = u8::from(i + 1 < chunks.len());
+            out.write_all(ext.as_bytes()).at("cannot write archive entry", name)?;
+        }
+        let mut short = 0;
+        for (off, len) in map {
+            let mut f = file;
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(*off)).at("cannot read", path)?;
+            let mut exact = ExactReader { file, left: *len, short: 0, error: None };
+            std::io::copy(&mut exact, out).at("cannot write archive entry", name)?;
+            short += exact.short;
+        }
+        let pad = (512 - stored % 512) % 512;
+        out.write_all(&vec![0u8; pad as usize]).at("cannot write archive entry", name)?;
+        self.stats.files += 1;
+        self.stats.bytes += stored;
+        self.bar.add(stored);
+        self.indexed(name, 'f', meta.len(), meta.mtime(), true)?;
+        if short > 0 {
+            let msg = format!("{}: file shrank while read; padded with zeros", path.display());
             if self.opts.strict {
                 return Err(Error::runtime(format!("{msg} (STRICT)")));
             }

@@ -52,6 +52,10 @@ pub struct Extracted {
     pub diverted: u64,
     /// Entries removed because an increment's dumpdir no longer lists them.
     pub removed: u64,
+    /// Metadata that could not be restored (an extended attribute the file system refuses):
+    /// the entries themselves are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Extracted {
@@ -65,6 +69,7 @@ impl Extracted {
         self.refused.extend(o.refused);
         self.diverted += o.diverted;
         self.removed += o.removed;
+        self.warnings.extend(o.warnings);
     }
 }
 
@@ -175,8 +180,9 @@ pub fn write_under(root: &Path, rel: &Path, reader: &mut dyn Read) -> Result<u64
 struct PendingDir {
     path: PathBuf,
     mode: u32,
-    mtime: u64,
+    mtime: (u64, u32),
     owner: Option<(u64, u64)>,
+    xattrs: Vec<(String, Vec<u8>)>,
 }
 
 struct PendingLink {
@@ -184,7 +190,7 @@ struct PendingLink {
     path: PathBuf,
     target: PathBuf,
     hard: bool,
-    mtime: u64,
+    mtime: (u64, u32),
     owner: Option<(u64, u64)>,
 }
 
@@ -209,14 +215,29 @@ pub fn extract_selected(
     select: Option<&dyn Fn(&Path) -> bool>,
 ) -> Result<Extracted> {
     let root = dest.to_path_buf();
-    let mut archive = tar::Archive::new(reader);
+    let (tap, paxes) = crate::meta::PaxTap::new(reader);
+    let mut archive = tar::Archive::new(tap);
     let mut stats = Extracted::default();
     let mut dirs: Vec<PendingDir> = Vec::new();
     let mut links: Vec<PendingLink> = Vec::new();
     let mut at = DirStack::open(&root)?;
-    for entry in archive.entries().at("cannot read archive", dest)? {
+    let owners = crate::owners::Owners::load();
+    for (entry_no, entry) in archive.entries().at("cannot read archive", dest)?.enumerate() {
         let mut entry = entry.at("cannot read archive", dest)?;
-        let raw = entry.path_bytes().into_owned();
+        // PAX records read by their lengths (see `meta::PaxTap`).
+        let pax = paxes.borrow_mut().take(entry_no as u64);
+        let extra = match &pax {
+            Some(data) => {
+                let recs = crate::meta::parse_pax(data);
+                crate::meta::Extra::from_pax(recs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), &owners)
+            }
+            None => crate::meta::Extra::default(),
+        };
+        // A PAX 1.0 sparse file is stored under a made-up name; its own is in the records.
+        let raw = match &extra.sparse {
+            Some((name, _)) => name.clone(),
+            None => entry.path_bytes().into_owned(),
+        };
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let Some(rel) = clean(&raw) else {
             stats.refused.push(format!("{shown}: name with '..' or nothing but '/' (refused)"));
@@ -258,6 +279,7 @@ pub fn extract_selected(
         let h = entry.header();
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let mtime = h.mtime().unwrap_or(0);
+        let mtime_ns = (mtime, extra.mtime_nanos);
         let owner = if opts.same_owner {
             match (h.uid(), h.gid()) {
                 (Ok(u), Ok(g)) => Some((u, g)),
@@ -286,7 +308,7 @@ pub fn extract_selected(
                 if dumpdir && opts.incremental {
                     purge(&path, &mut entry, &shown, &mut stats)?;
                 }
-                dirs.push(PendingDir { path, mode, mtime, owner });
+                dirs.push(PendingDir { path, mode, mtime: mtime_ns, owner, xattrs: extra.xattrs });
                 stats.dirs += 1;
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -304,7 +326,12 @@ pub fn extract_selected(
                     }
                 };
                 // A stream cut short (a damaged part, a lost connection) leaves no half file.
-                let n = match io::copy(&mut entry, &mut out) {
+                let copied = match extra.sparse {
+                    Some((_, size)) => copy_sparse_pax(&mut entry, &mut out, size),
+                    None if kind == EntryType::GNUSparse => copy_sparse(&mut entry, &mut out),
+                    None => io::copy(&mut entry, &mut out),
+                };
+                let n = match copied {
                     Ok(n) => n,
                     Err(e) => {
                         drop(out);
@@ -314,8 +341,14 @@ pub fn extract_selected(
                 };
                 stats.bytes += n;
                 stats.files += 1;
-                if let Err(e) = finish_file(&out, &path, mode, mtime, owner, opts) {
+                if let Err(e) = finish_file(&out, &path, mode, mtime_ns, owner, opts) {
                     stats.refused.push(format!("{shown}: restored, but {}", ncb_core::stage::error_chain(&e)));
+                }
+                // After the owner (a chown clears security.capability) and the content.
+                for (n, v) in &extra.xattrs {
+                    if let Err(e) = rustix::fs::fsetxattr(&out, n.as_str(), v, rustix::fs::XattrFlags::empty()) {
+                        stats.warnings.push(format!("{shown}: extended attribute {n} not restored: {e}"));
+                    }
                 }
             }
             EntryType::Symlink | EntryType::Link => {
@@ -338,7 +371,7 @@ pub fn extract_selected(
                 } else {
                     PathBuf::from(std::ffi::OsStr::from_bytes(&target))
                 };
-                links.push(PendingLink { name: shown, path, target, hard, mtime, owner });
+                links.push(PendingLink { name: shown, path, target, hard, mtime: mtime_ns, owner });
             }
             EntryType::Fifo | EntryType::Char | EntryType::Block => {
                 if let Err(why) = clear_for(&path) {
@@ -350,7 +383,7 @@ pub fn extract_selected(
                 match make_special(&path, kind, mode, major, minor) {
                     Ok(()) => {
                         stats.special += 1;
-                        set_meta_nofollow(&path, mtime, owner)?;
+                        set_meta_nofollow(&path, mtime_ns, owner)?;
                     }
                     Err(e) => stats.refused.push(format!("{shown}: cannot create special file: {e}")),
                 }
@@ -396,7 +429,12 @@ pub fn extract_selected(
         }
         std::fs::set_permissions(&d.path, std::fs::Permissions::from_mode(d.mode))
             .at("cannot set the mode of", &d.path)?;
-        set_times_nofollow(&d.path, d.mtime)?;
+        for (n, v) in &d.xattrs {
+            if let Err(e) = rustix::fs::lsetxattr(&d.path, n.as_str(), v, rustix::fs::XattrFlags::empty()) {
+                stats.warnings.push(format!("{}: extended attribute {n} not restored: {e}", d.path.display()));
+            }
+        }
+        set_times_nofollow(&d.path, d.mtime.0, d.mtime.1)?;
     }
     Ok(stats)
 }
@@ -519,6 +557,81 @@ fn create_at(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr, shown: &P
         .map_err(|e| Error::path("cannot create", shown, e.into()))
 }
 
+/// Copies a sparse entry's content (its holes read as zeros) leaving holes where whole 4 KiB
+/// blocks are zero, as `tar --sparse -x` recreates them; the bytes copied.
+fn copy_sparse(from: &mut dyn Read, out: &mut File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    const BLOCK: usize = 4096;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for block in buf[..n].chunks(BLOCK) {
+            if block.iter().all(|b| *b == 0) {
+                out.seek(SeekFrom::Current(block.len() as i64))?;
+            } else {
+                out.write_all(block)?;
+            }
+        }
+        total += n as u64;
+    }
+    out.set_len(total)?;
+    Ok(total)
+}
+
+/// A PAX 1.0 sparse entry's data: the map (decimal lines: how many segments, then each
+/// one's offset and size), padded to 512 bytes, then the segments, written at their offsets
+/// with holes between; the file's real size at the end.
+fn copy_sparse_pax(from: &mut dyn Read, out: &mut File, size: u64) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sparse map");
+    let mut read = 0u64;
+    let mut line = || -> io::Result<u64> {
+        let mut s = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            from.read_exact(&mut b)?;
+            read += 1;
+            if b[0] == b'\n' {
+                break;
+            }
+            s.push(b[0]);
+            if s.len() > 20 {
+                return Err(bad());
+            }
+        }
+        std::str::from_utf8(&s).ok().and_then(|t| t.parse().ok()).ok_or_else(bad)
+    };
+    let count = line()?;
+    let mut map = Vec::new();
+    for _ in 0..count.min(1 << 24) {
+        let off = line()?;
+        let len = line()?;
+        map.push((off, len));
+    }
+    let pad = (512 - read % 512) % 512;
+    io::copy(&mut from.take(pad), &mut io::sink())?;
+    let mut total = 0;
+    for (off, len) in map {
+        if off.checked_add(len).is_none_or(|end| end > size) {
+            return Err(bad());
+        }
+        out.seek(SeekFrom::Start(off))?;
+        let n = io::copy(&mut from.take(len), out)?;
+        if n != len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "sparse data cut short"));
+        }
+        total += n;
+    }
+    out.set_len(size)?;
+    Ok(total)
+}
+
 /// The entry name as a relative path: leading `/` and `./` dropped, `..` refused.
 fn clean(raw: &[u8]) -> Option<PathBuf> {
     let p = Path::new(std::ffi::OsStr::from_bytes(raw));
@@ -582,7 +695,7 @@ fn finish_file(
     f: &File,
     path: &Path,
     mode: u32,
-    mtime: u64,
+    mtime: (u64, u32),
     owner: Option<(u64, u64)>,
     opts: ExtractOptions,
 ) -> Result<()> {
@@ -593,7 +706,7 @@ fn finish_file(
     }
     let mode = if opts.same_owner { mode } else { mode & 0o1777 };
     f.set_permissions(std::fs::Permissions::from_mode(mode)).at("cannot set the mode of", path)?;
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime);
+    let t = SystemTime::UNIX_EPOCH + Duration::new(mtime.0, mtime.1);
     f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t)).at("cannot set the time of", path)
 }
 
@@ -602,16 +715,16 @@ fn lchown(path: &Path, uid: u64, gid: u64) -> Result<()> {
         .at("cannot set the owner of", path)
 }
 
-fn set_meta_nofollow(path: &Path, mtime: u64, owner: Option<(u64, u64)>) -> Result<()> {
+fn set_meta_nofollow(path: &Path, mtime: (u64, u32), owner: Option<(u64, u64)>) -> Result<()> {
     if let Some((uid, gid)) = owner {
         lchown(path, uid, gid)?;
     }
-    set_times_nofollow(path, mtime)
+    set_times_nofollow(path, mtime.0, mtime.1)
 }
 
 /// Sets access and modification time without following a symlink.
-fn set_times_nofollow(path: &Path, mtime: u64) -> Result<()> {
-    ncb_core::sys::set_times_nofollow(path, mtime).at("cannot set the time of", path)
+fn set_times_nofollow(path: &Path, secs: u64, nanos: u32) -> Result<()> {
+    ncb_core::sys::set_times_nofollow(path, secs, nanos).at("cannot set the time of", path)
 }
 
 fn make_special(path: &Path, kind: EntryType, mode: u32, major: u32, minor: u32) -> io::Result<()> {

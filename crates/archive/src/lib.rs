@@ -14,6 +14,7 @@ pub mod extract;
 pub mod glob;
 pub mod index;
 pub mod longpath;
+pub mod meta;
 pub mod owners;
 pub mod pgzip;
 pub mod snapshot;

@@ -31,4 +31,10 @@ impl Owners {
     pub fn group(&self, gid: u32) -> Option<&str> {
         self.groups.get(&gid).map(String::as_str)
     }
+    pub fn user_id(&self, name: &str) -> Option<u32> {
+        self.users.iter().find(|(_, n)| n.as_str() == name).map(|(id, _)| *id)
+    }
+    pub fn group_id(&self, name: &str) -> Option<u32> {
+        self.groups.iter().find(|(_, n)| n.as_str() == name).map(|(id, _)| *id)
+    }
 }

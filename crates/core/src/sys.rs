@@ -105,10 +105,11 @@ fn c_path(p: &std::path::Path) -> io::Result<std::ffi::CString> {
 }
 
 /// Sets access and modification time of `path` itself, never of what a symlink points at.
-pub fn set_times_nofollow(path: &std::path::Path, secs: u64) -> io::Result<()> {
+pub fn set_times_nofollow(path: &std::path::Path, secs: u64, nanos: u32) -> io::Result<()> {
     let c = c_path(path)?;
     let secs = libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX);
-    let ts = [libc::timespec { tv_sec: secs, tv_nsec: 0 }, libc::timespec { tv_sec: secs, tv_nsec: 0 }];
+    let ns = libc::c_long::from(nanos.min(999_999_999));
+    let ts = [libc::timespec { tv_sec: secs, tv_nsec: ns }, libc::timespec { tv_sec: secs, tv_nsec: ns }];
     // SAFETY: c is a valid NUL-terminated path and ts two valid timespecs, both outliving the call.
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }

@@ -527,6 +527,9 @@ fn restore_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
         s.unpacked.links,
         s.unpacked.special
     );
+    for w in &s.unpacked.warnings {
+        log::warn!("{w}");
+    }
     if !s.unpacked.refused.is_empty() {
         for r in &s.unpacked.refused {
             log::error!("not restored: {r}");
