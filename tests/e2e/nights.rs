@@ -655,7 +655,9 @@ fn storing_the_work_folder_itself_takes_and_removes_nothing_of_the_runner() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(stored.len(), 2, "{stored:?}");
+    // The archive, its index and the run manifest; nothing of the runner's.
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(stored.iter().any(|n| n.ends_with(".ncb-index.jsonl.gz")), "{stored:?}");
     assert!(stored.iter().all(|n| !n.starts_with('.')), "the runner's files were stored: {stored:?}");
     assert!(w.join(".backup-runner.lock").exists(), "REMOVE_OBJECTIVES removed the run lock");
     // A compression asked to remove the work folder itself is refused before anything runs.
