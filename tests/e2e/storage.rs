@@ -155,3 +155,63 @@ fn rclone_over_sftp_stores_skips_downloads_and_prunes() {
         .collect();
     assert_eq!(left, ["20261121T000000Z-2222"]);
 }
+
+/// The rclone upload of a storage killed with SIGKILL dies with it (a parent-death signal,
+/// besides the broken pipes of its output): no upload goes on unattended after its storage is
+/// gone.
+#[test]
+fn rclone_dies_with_a_killed_storage() {
+    let s = nc_backup_e2e::Servers::get();
+    let sb = Sandbox::new();
+    // Slowed down (RCLONE_BWLIMIT) so that the upload is still going when storage is killed.
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    sb.write("enc/big.bin", &big);
+    drop(big);
+    let remote = format!(
+        ":sftp,host=127.0.0.1,port={},user=root,key_file={}:{}",
+        s.var("NCB_SSH_PORT"),
+        s.var("NCB_SSH_KEY"),
+        sb.join("remote").display()
+    );
+    let mut child = cmd(&bin("storage"))
+        .env("NCB_RUN_ID", "20261201T000000Z-dead")
+        .env("RCLONE_BWLIMIT", "1M")
+        .args(["--HOSTNAME", "web1", "--DESTINATION", "rclone", "--RCLONE_REMOTE", &remote, "--OBJECTIVES"])
+        .arg(sb.join("enc"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let parent = child.id();
+    let rclones = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let after = stat.rsplit(')').next().unwrap_or("");
+                let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let copying = cmdline.split(|b| *b == 0).any(|a| a == b"copyto");
+                stat.contains("(rclone)") && ppid == Some(parent) && copying
+            })
+            .collect()
+    };
+    let mut uploading = Vec::new();
+    assert!(
+        nc_backup_e2e::wait_for(std::time::Duration::from_secs(30), || {
+            uploading = rclones();
+            !uploading.is_empty()
+        }),
+        "storage never started its upload with rclone copyto"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for pid in uploading {
+        assert!(
+            nc_backup_e2e::wait_for(std::time::Duration::from_secs(2), || !nc_backup_e2e::alive(pid)),
+            "rclone {pid} outlived its storage"
+        );
+    }
+}

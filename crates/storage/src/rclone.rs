@@ -34,6 +34,8 @@ impl Rclone {
             c.arg("--config").arg(conf);
         }
         c.args(["--retries", "3", "--low-level-retries", "10", "--contimeout", "15s"]).args(args);
+        // A killed storage takes its rclone with it: no upload goes on unattended.
+        ncb_core::sys::dies_with_parent(&mut c, ncb_core::sys::SIGTERM);
         c
     }
 
