@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use nc_backup_e2e::{Sandbox, Servers, bin, cmd, run, unique};
+use nc_backup_e2e::{Sandbox, Servers, bin, cmd, pseudo_random, run, unique};
 
 struct Moto {
     endpoint: String,
@@ -111,22 +111,10 @@ fn config(sb: &Sandbox, m: &Moto, prefix: &str, storage_extra: &[(&str, &str)]) 
     ])
 }
 
-fn noise(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 7) as u8
-        })
-        .collect()
-}
-
 fn write_data(root: &Path) -> Vec<(String, Vec<u8>)> {
     let files = vec![
         ("etc/app.conf".to_owned(), b"key = value\n".to_vec()),
-        ("var/blob.bin".to_owned(), noise(3 << 20, 11)),
+        ("var/blob.bin".to_owned(), pseudo_random(3 << 20, 11)),
         ("var/small.txt".to_owned(), b"small".to_vec()),
     ];
     for (rel, bytes) in &files {

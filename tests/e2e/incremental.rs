@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nc_backup_e2e::{Sandbox, bin, cmd, run};
+use nc_backup_e2e::{Sandbox, bin, cmd, pseudo_random, run};
 use serde_json::{Value, json};
 
 fn pipeline(sb: &Sandbox, files_extra: Value, keep_last: &str) -> PathBuf {
@@ -41,18 +41,6 @@ fn setup(sb: &Sandbox) {
     sb.write("data/docs/b.txt", b"bravo\n");
     sb.write("data/old/dir/x.txt", b"x\n");
     std::os::unix::fs::symlink("docs/a.txt", sb.join("data/link")).unwrap();
-}
-
-fn pseudo_random(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 7) as u8
-        })
-        .collect()
 }
 
 /// Every entry under `dir`: relative name -> content, link target or "dir".

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nc_backup_e2e::{Out, Sandbox, Servers, bin, cmd, repo, run, unique, wait_for};
+use nc_backup_e2e::{Out, Sandbox, Servers, bin, cmd, pseudo_random, repo, run, unique, wait_for};
 
 struct S3Env {
     s: Servers,
@@ -94,23 +94,11 @@ fn sha256(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).split_whitespace().next().unwrap().to_owned()
 }
 
-fn big(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 7) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn s3_store_multipart_readback_idempotence_download_retention_and_faults() {
     let env = S3Env { s: Servers::get(), prefix: unique("ncbs3") };
     let sb = Sandbox::new();
-    let big_data = big(21 << 20, 3);
+    let big_data = pseudo_random(21 << 20, 3);
     sb.write("enc/small.bin", b"small file");
     sb.write("enc/big.bin", &big_data);
     let objectives = sb.join("enc").display().to_string();
@@ -164,7 +152,7 @@ fn s3_store_multipart_readback_idempotence_download_retention_and_faults() {
     // A file large enough (640 MiB, one 5 MiB part at a time: seconds of upload) to be caught
     // mid-upload for sure.
     std::fs::create_dir_all(sb.join("slow")).unwrap();
-    let block = big(1 << 20, 5);
+    let block = pseudo_random(1 << 20, 5);
     let mut f = std::io::BufWriter::new(std::fs::File::create(sb.join("slow/huge.bin")).unwrap());
     for i in 0..640u32 {
         std::io::Write::write_all(&mut f, &i.to_le_bytes()).unwrap();
@@ -216,7 +204,7 @@ fn storage_class_reaches_the_server() {
     aws(&["s3api", "create-bucket", "--bucket", &bucket]);
     let sb = Sandbox::new();
     sb.write("enc/small.bin", b"small");
-    sb.write("enc/big.bin", &big(11 << 20, 9));
+    sb.write("enc/big.bin", &pseudo_random(11 << 20, 9));
     let run_id = "20261122T010000Z-dddd";
     let mut c = cmd(&bin("storage"));
     c.env("NCB_RUN_ID", run_id)

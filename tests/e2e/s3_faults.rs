@@ -13,24 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nc_backup_e2e::faultproxy::{Fault, FaultProxy, Rule, RuleId};
-use nc_backup_e2e::{Out, Sandbox, Servers, alive, bin, cmd, repo, run, unique, wait_for};
+use nc_backup_e2e::{Out, Sandbox, Servers, alive, bin, cmd, pseudo_random, repo, run, unique, wait_for};
 use serde_json::{Value, json};
 
 /// 20 MiB: four 5 MiB parts with PART_SIZE_MB 5.
 const BIG: usize = 20 << 20;
-
-/// Pseudo-random bytes (incompressible, so a compressed archive of them stays multipart).
-fn data(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 7) as u8
-        })
-        .collect()
-}
 
 /// Garage through the aws CLI (an independent client, never through the proxy), and the
 /// clients under test pointed at a proxy.
@@ -245,8 +232,8 @@ fn assert_injected(proxy: &FaultProxy, rules: &[(&str, RuleId, u64)]) {
 
 /// Files to store: one uploaded in parts, one small.
 fn objectives(sb: &Sandbox) -> (PathBuf, Vec<u8>, Vec<u8>) {
-    let big = data(BIG, 11);
-    let small = data(64 << 10, 12);
+    let big = pseudo_random(BIG, 11);
+    let small = pseudo_random(64 << 10, 12);
     sb.write("enc/big.bin", &big);
     sb.write("enc/small.bin", &small);
     (sb.join("enc"), big, small)
@@ -446,7 +433,7 @@ fn archive_key(g: &Garage, night: &str) -> String {
 /// A night's data: a large file (the encrypted archive goes up in parts) and a small one.
 fn night_data(sb: &Sandbox) {
     run(cmd(&bin("encryption")).arg("--generate-key").arg(sb.join("key_file"))).expect(0);
-    sb.write("data/big.bin", &data(BIG, 21));
+    sb.write("data/big.bin", &pseudo_random(BIG, 21));
     sb.write("data/night.txt", b"night 1\n");
 }
 
@@ -548,8 +535,8 @@ fn recent_id(mins: u32, tag: &str) -> String {
 fn garage_retention_cut_off_mid_deletion_is_finished_by_the_next_one() {
     let g = Garage::new("ncbfdel");
     let sb = Sandbox::new();
-    sb.write("enc/a.bin", &data(64 << 10, 21));
-    sb.write("enc/b.bin", &data(64 << 10, 22));
+    sb.write("enc/a.bin", &pseudo_random(64 << 10, 21));
+    sb.write("enc/b.bin", &pseudo_random(64 << 10, 22));
     let enc = sb.join("enc");
     let proxy = g.proxy();
     let (r1, r2, r3) = (recent_id(3, "d001"), recent_id(2, "d002"), recent_id(1, "d003"));
@@ -567,6 +554,6 @@ fn garage_retention_cut_off_mid_deletion_is_finished_by_the_next_one() {
     assert!(out.stderr.contains("its deletion was interrupted"), "{}", out.stderr);
     let left: Vec<String> = g.keys().into_iter().filter(|k| k.contains(&r1)).collect();
     assert!(left.is_empty(), "left of the deleted run: {left:?}");
-    g.assert_stored(&r2, &[("a.bin", &data(64 << 10, 21))], &sb);
-    g.assert_stored(&r3, &[("b.bin", &data(64 << 10, 22))], &sb);
+    g.assert_stored(&r2, &[("a.bin", &pseudo_random(64 << 10, 21))], &sb);
+    g.assert_stored(&r3, &[("b.bin", &pseudo_random(64 << 10, 22))], &sb);
 }

@@ -130,6 +130,19 @@ impl Sandbox {
     }
 }
 
+/// `n` incompressible bytes (xorshift), the same for the same seed.
+pub fn pseudo_random(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 7) as u8
+        })
+        .collect()
+}
+
 /// Waits until `cond` holds, up to `limit`; false when it never did.
 pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let t = Instant::now();

@@ -27,6 +27,19 @@ pub struct Listed {
     pub mtime: i64,
 }
 
+impl Listed {
+    fn of(run: &str, h: &index::Header, e: Entry) -> Listed {
+        Listed {
+            run_id: run.to_owned(),
+            section: h.section.clone(),
+            path: e.path,
+            kind: e.kind,
+            size: e.size,
+            mtime: e.mtime,
+        }
+    }
+}
+
 /// The index items of a run, by section.
 pub fn index_items(m: &RunManifest) -> Vec<Item> {
     readback::items(m).into_iter().filter(|i| i.name.ends_with(index::SUFFIX)).collect()
@@ -78,14 +91,7 @@ pub fn ls(
     for item in &items {
         read_index(src, &run, item, key, &mut |h, e| {
             if is_under(&e.path, &under) {
-                out(Listed {
-                    run_id: run.clone(),
-                    section: h.section.clone(),
-                    path: e.path,
-                    kind: e.kind,
-                    size: e.size,
-                    mtime: e.mtime,
-                })?;
+                out(Listed::of(&run, h, e))?;
             }
             Ok(())
         })?;
@@ -167,14 +173,7 @@ pub fn find(
         for item in &items {
             read_index(src, &run, item, key, &mut |h, e| {
                 if pattern.matches(&e.path) {
-                    out(Listed {
-                        run_id: run.clone(),
-                        section: h.section.clone(),
-                        path: e.path,
-                        kind: e.kind,
-                        size: e.size,
-                        mtime: e.mtime,
-                    })?;
+                    out(Listed::of(&run, h, e))?;
                 }
                 Ok(())
             })?;
