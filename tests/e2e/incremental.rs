@@ -110,6 +110,7 @@ fn increments_restore_each_night_byte_for_byte_by_us_and_by_gnu_tar() {
     let conf = pipeline(&sb, json!({}), "1");
     let (n1, f1) = night(&conf);
     assert_eq!((data(&f1, "level"), data(&f1, "base_run")), (json!(0), Value::Null), "{f1:#}");
+    assert!(f1["warnings"].to_string().contains("no snapshot of an earlier run"), "{f1:#}");
     let t1 = tree(&sb.join("data"));
 
     // Night 2: one file changed, one added, one removed, a folder removed, a link retargeted.

@@ -115,7 +115,10 @@ pub fn plan(ctx: &StageCtx, p: &Params, paths: &(PathBuf, PathBuf), report: &mut
     let (path, header) = match base_snapshot(paths, &ctx.run_id) {
         Ok(Some(x)) => x,
         Ok(None) => {
-            log::info!("no snapshot of an earlier run in {}: a full archive", paths.0.display());
+            report.warn(format!(
+                "no snapshot of an earlier run in {} (the first incremental run, or the state was lost): a full archive",
+                paths.0.display()
+            ));
             return Ok(full);
         }
         Err(e) => {
