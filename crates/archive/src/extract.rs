@@ -113,6 +113,8 @@ type Head<R> = BufReader<io::Chain<io::Cursor<Vec<u8>>, R>>;
 /// A stream decoded by its first bytes.
 pub enum Decoded<R: Read> {
     Gzip(Box<flate2::bufread::MultiGzDecoder<Head<R>>>),
+    /// Written by nc-backup's parallel gzip: inflated on every core.
+    ParallelGzip(Box<crate::pgzip::ParallelGzReader<Head<R>>>),
     Zstd(zstd::stream::read::Decoder<'static, Head<R>>),
     Plain(Head<R>),
 }
@@ -121,6 +123,7 @@ impl<R: Read> std::fmt::Debug for Decoded<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Decoded::Gzip(_) => "Decoded::Gzip",
+            Decoded::ParallelGzip(_) => "Decoded::ParallelGzip",
             Decoded::Zstd(_) => "Decoded::Zstd",
             Decoded::Plain(_) => "Decoded::Plain",
         })
@@ -131,15 +134,17 @@ impl<R: Read> Read for Decoded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Decoded::Gzip(d) => d.read(buf),
+            Decoded::ParallelGzip(d) => d.read(buf),
             Decoded::Zstd(d) => d.read(buf),
             Decoded::Plain(d) => d.read(buf),
         }
     }
 }
 
-/// Decodes a stream by its first bytes: gzip (every member), zstd, or as is.
+/// Decodes a stream by its first bytes: gzip (every member; on every core when its members
+/// carry their lengths), zstd, or as is.
 pub fn decode<R: Read>(mut r: R) -> io::Result<Decoded<R>> {
-    let mut magic = [0u8; 4];
+    let mut magic = [0u8; 20];
     let mut n = 0;
     while n < magic.len() {
         match r.read(&mut magic[n..]) {
@@ -151,9 +156,11 @@ pub fn decode<R: Read>(mut r: R) -> io::Result<Decoded<R>> {
     }
     let head = io::Cursor::new(magic[..n].to_vec()).chain(r);
     let buffered = BufReader::with_capacity(1 << 20, head);
-    Ok(if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+    Ok(if crate::pgzip::has_member_sizes(&magic[..n]) {
+        Decoded::ParallelGzip(Box::new(crate::pgzip::ParallelGzReader::new(buffered, 0)))
+    } else if n >= 2 && magic[..2] == [0x1f, 0x8b] {
         Decoded::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
-    } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+    } else if n >= 4 && magic[..4] == [0x28, 0xb5, 0x2f, 0xfd] {
         Decoded::Zstd(zstd::stream::read::Decoder::with_buffer(buffered)?)
     } else {
         Decoded::Plain(buffered)
