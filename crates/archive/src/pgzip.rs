@@ -388,7 +388,7 @@ mod tests {
     /// reading; a damaged or cut stream is an error, never short data.
     #[test]
     fn parallel_reader_reads_what_the_writer_wrote() {
-        let data: Vec<u8> = (0..900_000u32).flat_map(|i| (i % 251 ^ i / 7919).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..900_000u32).flat_map(|i| ((i % 251) ^ (i / 7919)).to_le_bytes()).collect();
         let mut w = ParallelGzWriter::new(Vec::new(), 6, 2, 64 << 10);
         w.write_all(&data).unwrap();
         let gz = w.finish().unwrap();
