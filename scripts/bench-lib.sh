@@ -1,4 +1,4 @@
-# Shared by the benchmarks: `measure LABEL CMD...` runs CMD once under GNU time and records
+# Shared by the benchmarks: `measure LABEL CMD...` runs CMD once (after a sync) under GNU time and records
 # wall seconds, CPU seconds and peak RSS (LABEL must not contain ';'); appending a size to
 # the last row (BENCH_ROWS[-1]+=BYTES) adds it to the table; `table` prints the rows with
 # ratios to the first one.
@@ -6,6 +6,8 @@ BENCH_ROWS=()
 measure() {
   local label=$1; shift
   local t; t=$(mktemp)
+  # Each tool starts with nothing of the one before still being written back to the disk.
+  sync
   if ! /usr/bin/time -f '%e %U %S %M' -o "$t" "$@" >/dev/null 2>"$t.err"; then
     echo "bench: $label failed:" >&2; cat "$t.err" >&2; rm -f "$t" "$t.err"; return 1
   fi

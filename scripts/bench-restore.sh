@@ -4,7 +4,8 @@
 # -> local storage) backed up and restored with `backup-runner restore`, beside what users run
 # instead: tar | gzip | gpg (and its restore), and restic (Debian's) backup and restore.
 #   scripts/bench-restore.sh [WORKDIR] [DATA...]   (default /var/tmp/ncb-bench, /usr/share /usr/include)
-# Prints wall, CPU, peak RSS, the stored size, and ratios to our backup (speedup: their wall / ours).
+# Prints wall, CPU, peak RSS, the stored size, and ratios to our backup (speedup: their wall / ours);
+# each restore runs NCB_BENCH_ROUNDS times (default 3), taking turns, and the summary gives medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
@@ -39,18 +40,32 @@ tar -cf /dev/null -C / "${rel[@]}"   # warm the page cache for everyone
 
 measure "nc-backup backup (runner)" "$BIN/backup-runner" -r -q -c "$R/conf.json"
 BENCH_ROWS[-1]+="$(du -sb "$R/store" | cut -f1)"
-measure "nc-backup restore (runner)" "$BIN/backup-runner" restore -q -c "$R/conf.json" --to "$R/ours"
 measure "tar|gzip|gpg backup" sh -c "tar -cf - -C / ${rel[*]} | gzip -6 | gpg --batch -q --symmetric --cipher-algo AES256 --compress-algo none --passphrase-file $R/pass -o $R/tgz.gpg"
 BENCH_ROWS[-1]+="$(stat -c %s "$R/tgz.gpg")"
-measure "gpg|gunzip|tar restore" sh -c "mkdir -p $R/gpg && gpg --batch -q -d --passphrase-file $R/pass $R/tgz.gpg | gzip -dc | tar -xf - -C $R/gpg"
 export RESTIC_PASSWORD_FILE=$R/pass RESTIC_REPOSITORY=$R/restic RESTIC_CACHE_DIR=$R/restic-cache
 restic init -q >/dev/null
 measure "restic backup" restic backup -q "${DATA[@]}"
 BENCH_ROWS[-1]+="$(du -sb "$R/restic" | cut -f1)"
-measure "restic restore" restic restore -q latest --target "$R/restic-out"
+# The restores, ROUNDS times each, taking turns (the disk's state weighs on restores: a tool
+# measured once, right after another wrote 800 MB, can lose or gain a third of its time).
+ROUNDS=${NCB_BENCH_ROUNDS:-3}
+for i in $(seq 1 "$ROUNDS"); do
+  rm -rf "$R/ours" "$R/gpg" "$R/restic-out"
+  measure "nc-backup restore (runner) #$i" "$BIN/backup-runner" restore -q -c "$R/conf.json" --to "$R/ours"
+  [ "$i" = "$ROUNDS" ] || rm -rf "$R/ours"
+  measure "gpg|gunzip|tar restore #$i" sh -c "mkdir -p $R/gpg && gpg --batch -q -d --passphrase-file $R/pass $R/tgz.gpg | gzip -dc | tar -xf - -C $R/gpg"
+  rm -rf "$R/gpg"
+  measure "restic restore #$i" restic restore -q latest --target "$R/restic-out"
+  rm -rf "$R/restic-out"
+done
 wall() { cut -d';' -f2 <<<"${BENCH_ROWS[$1]}"; }
-summary=$(printf 'restore wall / backup wall: nc-backup %s, tar|gzip|gpg %s, restic %s (below 1: restore faster than backup)' \
-  "$(echo "scale=2; $(wall 1) / $(wall 0)" | bc)" "$(echo "scale=2; $(wall 3) / $(wall 2)" | bc)" "$(echo "scale=2; $(wall 5) / $(wall 4)" | bc)")
+# Median wall of the restores of one tool: rows FIRST, FIRST+3, …
+median() { local w=(); for i in $(seq 0 $((ROUNDS - 1))); do w+=("$(wall $(($1 + 3 * i)))"); done; printf '%s\n' "${w[@]}" | sort -n | sed -n "$(((ROUNDS + 1) / 2))p"; }
+ours=$(median 3); gpgr=$(median 4); resr=$(median 5)
+summary=$(printf 'median restore wall (of %s): nc-backup %s s, tar|gzip|gpg %s s, restic %s s; restore / backup: nc-backup %s, tar|gzip|gpg %s, restic %s; restic restore / ours: %s (above 1: ours is faster)' \
+  "$ROUNDS" "$ours" "$gpgr" "$resr" \
+  "$(echo "scale=2; $ours / $(wall 0)" | bc)" "$(echo "scale=2; $gpgr / $(wall 1)" | bc)" "$(echo "scale=2; $resr / $(wall 2)" | bc)" \
+  "$(echo "scale=2; $resr / $ours" | bc)")
 table
 echo "$summary"
 
