@@ -424,3 +424,37 @@ fn keep_going_restores_everything_but_the_damaged_archive() {
     // Of the damaged archive, nothing that was not authenticated: o.bin spans the damage.
     assert!(!to.join(sb.join("other/o.bin").strip_prefix("/").unwrap()).exists());
 }
+
+/// A section made again under the same run id (the next night's recovery re-runs an
+/// interrupted one) builds on the same base, however many times it is made.
+#[test]
+fn a_section_made_again_under_its_run_id_keeps_its_base() {
+    let sb = Sandbox::new();
+    setup(&sb);
+    let made = std::cell::Cell::new(0);
+    let files = |run_id: &str| -> Value {
+        made.set(made.get() + 1);
+        run(cmd(&bin("filesbackup"))
+            .env("NCB_RUN_ID", run_id)
+            .env("NCB_SECTION", "FILES")
+            .args(["--HOSTNAME", "testhost", "--INCREMENTAL", "True", "--FILESET_INCLUDE"])
+            .arg(sb.join("data"))
+            .arg("--STATE_FOLDER")
+            .arg(sb.join("state"))
+            .arg("--DESTINATION")
+            .arg(sb.join(format!("out-{}", made.get()))))
+        .expect(0)
+        .json()
+    };
+    let r1 = "20261201T010000Z-0001";
+    let r2 = "20261202T010000Z-0002";
+    assert_eq!(files(r1)["data"]["level"], json!(0));
+    for _ in 0..3 {
+        let again = files(r2);
+        assert_eq!(
+            (again["data"]["level"].clone(), again["data"]["base_run"].clone()),
+            (json!(1), json!(r1)),
+            "{again:#}"
+        );
+    }
+}

@@ -224,9 +224,11 @@ fn archive_incremental(
     };
     let (artifact, stats) = ncb_archive::write_archive_with(roots, opts, dest, report, Some(&mut inc), index)?;
     // Only now that the archive is in place: the snapshot it replaces stays as the base of a
-    // run of this section made again.
+    // run of this section made again, unless it is this run's own (made again: the one
+    // before it is still the base).
     let header = incremental::header(ctx, p, &plan, std::mem::take(&mut inc.failed))?;
-    inc.after.finish(&header, Some(&paths.1))?;
+    let own = ncb_archive::snapshot::read_header(&paths.0).is_ok_and(|h| h.run_id == ctx.run_id);
+    inc.after.finish(&header, if own { None } else { Some(&paths.1) })?;
     match &plan.base_run {
         Some(base) => log::info!(
             "level {} increment on run {base} (chain of {}): {} entries unchanged left out",
