@@ -33,4 +33,7 @@ if [ $# -eq 0 ]; then
   echo "== soak: 3 nights killed with SIGKILL at random moments, each next night checked" >&2
   # Small data and the debug binaries just built: about a minute (scripts/soak-kill.sh).
   NCB_SOAK_BIN=target/debug NCB_SOAK_DATA_MB=20 NCB_SOAK_ROWS=20000 NCB_SOAK_FILE_SIZE=2 scripts/soak-kill.sh 3
+  echo "== soak: the same with incremental file backups (FULL_EVERY 2)" >&2
+  NCB_SOAK_INCREMENTAL=2 NCB_SOAK_BIN=target/debug NCB_SOAK_DATA_MB=20 NCB_SOAK_ROWS=20000 NCB_SOAK_FILE_SIZE=2 \
+    scripts/soak-kill.sh 3
 fi
