@@ -5,7 +5,8 @@
 # instead: tar | gzip | gpg (and its restore), and restic (Debian's) backup and restore.
 #   scripts/bench-restore.sh [WORKDIR] [DATA...]   (default /var/tmp/ncb-bench, /usr/share /usr/include)
 # Prints wall, CPU, peak RSS, the stored size, and ratios to our backup (speedup: their wall / ours);
-# each restore runs NCB_BENCH_ROUNDS times (default 3), taking turns, and the summary gives medians.
+# each restore runs NCB_BENCH_ROUNDS times (default 3), taking turns, and the summary gives medians;
+# then once each into tmpfs, when /dev/shm has room: the tools' own work without the disk's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
@@ -58,6 +59,16 @@ for i in $(seq 1 "$ROUNDS"); do
   measure "restic restore #$i" restic restore -q latest --target "$R/restic-out"
   rm -rf "$R/restic-out"
 done
+# The same restores into memory (tmpfs), once each: the tools' own work, without the disk's.
+SHM=/dev/shm/ncb-bench-restore.$$
+shm_rows=0
+if [ "$(df -Pk /dev/shm | awk 'NR==2 {print $4}')" -gt $(( $(du -sk "${DATA[@]}" | awk '{s+=$1} END {print s}') * 3 )) ]; then
+  measure "nc-backup restore into tmpfs" "$BIN/backup-runner" restore -q -c "$R/conf.json" --to "$SHM/ours"
+  rm -rf "$SHM"
+  measure "restic restore into tmpfs" restic restore -q latest --target "$SHM/restic"
+  rm -rf "$SHM"
+  shm_rows=2
+fi
 wall() { cut -d';' -f2 <<<"${BENCH_ROWS[$1]}"; }
 # Median wall of the restores of one tool: rows FIRST, FIRST+3, …
 median() { local w=(); for i in $(seq 0 $((ROUNDS - 1))); do w+=("$(wall $(($1 + 3 * i)))"); done; printf '%s\n' "${w[@]}" | sort -n | sed -n "$(((ROUNDS + 1) / 2))p"; }
@@ -66,6 +77,10 @@ summary=$(printf 'median restore wall (of %s): nc-backup %s s, tar|gzip|gpg %s s
   "$ROUNDS" "$ours" "$gpgr" "$resr" \
   "$(echo "scale=2; $ours / $(wall 0)" | bc)" "$(echo "scale=2; $gpgr / $(wall 1)" | bc)" "$(echo "scale=2; $resr / $(wall 2)" | bc)" \
   "$(echo "scale=2; $resr / $ours" | bc)")
+if [ "$shm_rows" = 2 ]; then
+  n=${#BENCH_ROWS[@]}
+  summary="$summary; into tmpfs (no disk): nc-backup $(wall $((n - 2))) s, restic $(wall $((n - 1))) s, our restore / our backup $(echo "scale=2; $(wall $((n - 2))) / $(wall 0)" | bc)"
+fi
 table
 echo "$summary"
 
