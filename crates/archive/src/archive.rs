@@ -302,23 +302,30 @@ impl Writer<'_> {
         if self.opts.one_file_system && meta.dev() != self.root_dev {
             return Ok(());
         }
-        let entries = match Short::of(path).and_then(|s| std::fs::read_dir(&s.path)) {
-            Ok(e) => e,
-            Err(e) => return self.trouble(path, &e, "folder vanished before it was read"),
-        };
-        let mut children = Vec::new();
-        for e in entries {
-            match e {
-                Ok(e) => children.push(e.file_name()),
-                Err(err) => return self.trouble(path, &err, "folder vanished while it was read"),
-            }
-        }
-        children.sort();
+        let Some(children) = self.children(path)? else { return Ok(()) };
         // Reversed onto the stack, so entries are written in name order.
         for child in children.into_iter().rev() {
             stack.push((path.join(&child), name.join(&child), None));
         }
         Ok(())
+    }
+
+    /// The names in a folder, sorted (the order entries are written in); None when it could
+    /// not be read (a warning, or fatal with STRICT).
+    fn children(&mut self, path: &Path) -> Result<Option<Vec<std::ffi::OsString>>> {
+        let entries = match Short::of(path).and_then(|s| std::fs::read_dir(&s.path)) {
+            Ok(e) => e,
+            Err(e) => return self.trouble(path, &e, "folder vanished before it was read").map(|()| None),
+        };
+        let mut children = Vec::new();
+        for e in entries {
+            match e {
+                Ok(e) => children.push(e.file_name()),
+                Err(err) => return self.trouble(path, &err, "folder vanished while it was read").map(|()| None),
+            }
+        }
+        children.sort();
+        Ok(Some(children))
     }
 
     /// A folder of an incremental archive: its dumpdir entry, listing every entry it holds
@@ -332,20 +339,12 @@ impl Writer<'_> {
         stack: &mut Vec<(PathBuf, PathBuf, Option<Metadata>)>,
     ) -> Result<()> {
         let descend = !(self.opts.one_file_system && meta.dev() != self.root_dev);
-        let mut children = Vec::new();
-        if descend {
-            let entries = match Short::of(path).and_then(|s| std::fs::read_dir(&s.path)) {
-                Ok(e) => e,
-                Err(e) => return self.trouble(path, &e, "folder vanished before it was read"),
-            };
-            for e in entries {
-                match e {
-                    Ok(e) => children.push(e.file_name()),
-                    Err(err) => return self.trouble(path, &err, "folder vanished while it was read"),
-                }
-            }
-            children.sort();
-        }
+        let children = if descend {
+            let Some(c) = self.children(path)? else { return Ok(()) };
+            c
+        } else {
+            Vec::new()
+        };
         let name_bytes = name.as_os_str().as_bytes();
         let root_idx = self.root_idx;
         let old = match self.inc.as_mut().and_then(|i| i.before.as_mut()) {

@@ -280,6 +280,11 @@ impl Reader {
         Ok((header, Reader { input, next: None, done: false, path: path.to_path_buf(), failed }))
     }
 
+    /// The snapshot file read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Whether the run before could not store `name` (an archive name) it meant to.
     pub fn failed(&self, name: &[u8]) -> bool {
         self.failed.contains(name)

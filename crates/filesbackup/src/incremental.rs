@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{Datelike, Weekday};
-use ncb_archive::snapshot::{self, Header, Reader};
+use ncb_archive::snapshot::{Header, Reader};
 use ncb_core::params::Params;
 use ncb_core::{Error, Result, StageCtx, StageReport};
 use sha2::{Digest, Sha256};
@@ -58,14 +58,15 @@ pub fn state_paths(state_folder: Option<PathBuf>, hostname: &str, section: &str)
 /// The snapshot tonight's run `run_id` builds on: the current one, unless it is this very run's
 /// own (the section run again), then the one before. None when there is none; an error when
 /// the one to use cannot be read.
-pub fn base_snapshot(paths: &(PathBuf, PathBuf), run_id: &str) -> Result<Option<(PathBuf, Header)>> {
+pub fn base_snapshot(paths: &(PathBuf, PathBuf), run_id: &str) -> Result<Option<(Header, Reader)>> {
     for p in [&paths.0, &paths.1] {
         if std::fs::symlink_metadata(p).is_err() {
             continue;
         }
-        let h = snapshot::read_header(p)?;
+        // Opening checks the whole file against its hash, once.
+        let (h, reader) = Reader::open(p)?;
         if h.run_id != run_id {
-            return Ok(Some((p.clone(), h)));
+            return Ok(Some((h, reader)));
         }
     }
     Ok(None)
@@ -105,27 +106,35 @@ pub struct Plan {
     pub full_run: String,
     pub base_run: Option<String>,
     pub before: Option<Reader>,
+    /// The current snapshot is this run's own (the section made again): it is replaced and
+    /// the one before it kept.
+    pub replaces_own: bool,
 }
 
 /// Decides between a full archive and an increment, warning in `report` why a full one is made
 /// when an increment was possible.
 pub fn plan(ctx: &StageCtx, p: &Params, paths: &(PathBuf, PathBuf), report: &mut StageReport) -> Result<Plan> {
-    let full = Plan { level: 0, full_run: ctx.run_id.clone(), base_run: None, before: None };
+    // The current snapshot is this very run's own when the section is made again: it is then
+    // replaced, and the one before (its base) stays.
+    let own = |chosen: bool| !chosen && std::fs::symlink_metadata(&paths.0).is_ok();
+    let full =
+        |replaces_own| Plan { level: 0, full_run: ctx.run_id.clone(), base_run: None, before: None, replaces_own };
     let digest = fileset_digest(p)?;
-    let (path, header) = match base_snapshot(paths, &ctx.run_id) {
+    let (header, reader) = match base_snapshot(paths, &ctx.run_id) {
         Ok(Some(x)) => x,
         Ok(None) => {
             report.warn(format!(
                 "no snapshot of an earlier run in {} (the first incremental run, or the state was lost): a full archive",
                 paths.0.display()
             ));
-            return Ok(full);
+            return Ok(full(own(false)));
         }
         Err(e) => {
             report.warn(format!("{}: a full archive", ncb_core::stage::error_chain(&e)));
-            return Ok(full);
+            return Ok(full(false));
         }
     };
+    let replaces_own = own(reader.path() == paths.0);
     let why_full = if header.fileset != digest {
         Some(format!(
             "the fileset changed since run {} (FILESET_INCLUDE, FILESET_EXCLUDE or their options)",
@@ -137,31 +146,26 @@ pub fn plan(ctx: &StageCtx, p: &Params, paths: &(PathBuf, PathBuf), report: &mut
         match full_every(p)? {
             FullEvery::Runs(n) if header.level + 1 >= n => {
                 log::info!("FULL_EVERY {n}: run {} was level {}: a full archive", header.run_id, header.level);
-                return Ok(full);
+                return Ok(full(replaces_own));
             }
             FullEvery::Weekday(w) if full_due_on(w, &header.full_run) => {
                 log::info!("FULL_EVERY {w}: a full archive");
-                return Ok(full);
+                return Ok(full(replaces_own));
             }
             _ => None,
         }
     };
     if let Some(why) = why_full {
         report.warn(format!("{why}: a full archive instead of an increment"));
-        return Ok(full);
+        return Ok(full(replaces_own));
     }
-    match Reader::open(&path) {
-        Ok((h, reader)) => Ok(Plan {
-            level: h.level + 1,
-            full_run: h.full_run.clone(),
-            base_run: Some(h.run_id.clone()),
-            before: Some(reader),
-        }),
-        Err(e) => {
-            report.warn(format!("{}: a full archive", ncb_core::stage::error_chain(&e)));
-            Ok(full)
-        }
-    }
+    Ok(Plan {
+        level: header.level + 1,
+        full_run: header.full_run.clone(),
+        base_run: Some(header.run_id.clone()),
+        before: Some(reader),
+        replaces_own,
+    })
 }
 
 /// Whether today (local time) is `w` and the chain's full archive was made before today.

@@ -227,8 +227,7 @@ fn archive_incremental(
     // run of this section made again, unless it is this run's own (made again: the one
     // before it is still the base).
     let header = incremental::header(ctx, p, &plan, std::mem::take(&mut inc.failed))?;
-    let own = ncb_archive::snapshot::read_header(&paths.0).is_ok_and(|h| h.run_id == ctx.run_id);
-    inc.after.finish(&header, if own { None } else { Some(&paths.1) })?;
+    inc.after.finish(&header, if plan.replaces_own { None } else { Some(&paths.1) })?;
     match &plan.base_run {
         Some(base) => log::info!(
             "level {} increment on run {base} (chain of {}): {} entries unchanged left out",

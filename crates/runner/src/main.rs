@@ -407,27 +407,45 @@ fn sweep_indexes(work: &std::path::Path) {
     }
 }
 
+/// What `ls` and `find` print: a line per entry as it comes, or one JSON array at the end.
+struct Listing {
+    json: bool,
+    with_run: bool,
+    all: Vec<browse::Listed>,
+    n: u64,
+}
+
+impl Listing {
+    fn new(json: bool, with_run: bool) -> Self {
+        Listing { json, with_run, all: Vec::new(), n: 0 }
+    }
+
+    fn add(&mut self, l: browse::Listed) -> Result<(), Error> {
+        self.n += 1;
+        if self.json {
+            self.all.push(l);
+            return Ok(());
+        }
+        browse::print(&l, self.with_run, &mut std::io::stdout().lock()).map_err(|e| Error::io("stdout", e))
+    }
+
+    /// Prints the JSON array when asked for; how many entries there were.
+    fn finish(self) -> u64 {
+        if self.json {
+            print_json(&self.all);
+        }
+        self.n
+    }
+}
+
 fn ls_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     let config = load_config(m, "backup-runner ls")?;
     let key = master_key(&config, sm)?;
     let wanted = sm.get_one::<String>("run").map_or("latest", String::as_str);
     let under = sm.get_one::<String>("path").map_or("", String::as_str);
-    let json = sm.get_flag("json");
-    let mut all = Vec::new();
-    let mut stdout = std::io::stdout().lock();
-    let mut n = 0u64;
-    let run = browse::ls(&readback::sources(&config)?, wanted, under, key.as_ref(), &mut |l| {
-        n += 1;
-        if json {
-            all.push(l);
-        } else {
-            browse::print(&l, false, &mut stdout).map_err(|e| Error::io("stdout", e))?;
-        }
-        Ok(())
-    })?;
-    if json {
-        print_json(&all);
-    }
+    let mut out = Listing::new(sm.get_flag("json"), false);
+    let run = browse::ls(&readback::sources(&config)?, wanted, under, key.as_ref(), &mut |l| out.add(l))?;
+    let n = out.finish();
     if n == 0 && !under.is_empty() {
         log::error!("run {run} holds nothing at or under {under}");
         return Ok(ExitStatus::Failure);
@@ -439,25 +457,12 @@ fn find_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
     let config = load_config(m, "backup-runner find")?;
     let key = master_key(&config, sm)?;
     let pattern = browse::Pattern::new(sm.get_one::<String>("pattern").map_or("", String::as_str))?;
-    let json = sm.get_flag("json");
-    let mut all = Vec::new();
-    let mut stdout = std::io::stdout().lock();
-    let mut n = 0u64;
-    let warnings = browse::find(&readback::sources(&config)?, &pattern, key.as_ref(), &mut |l| {
-        n += 1;
-        if json {
-            all.push(l);
-        } else {
-            browse::print(&l, true, &mut stdout).map_err(|e| Error::io("stdout", e))?;
-        }
-        Ok(())
-    })?;
+    let mut out = Listing::new(sm.get_flag("json"), true);
+    let warnings = browse::find(&readback::sources(&config)?, &pattern, key.as_ref(), &mut |l| out.add(l))?;
     for w in &warnings {
         log::warn!("{w}");
     }
-    if json {
-        print_json(&all);
-    }
+    let n = out.finish();
     Ok(if n == 0 { ExitStatus::Failure } else { ExitStatus::Success })
 }
 

@@ -435,7 +435,7 @@ fn base_missing(config: &Config, step: &Step, general: &ncb_core::General, run_i
         return None;
     }
     let paths = filesbackup::incremental::state_paths(p.path("STATE_FOLDER"), &general.hostname, &step.section);
-    let Ok(Some((_, snap))) = filesbackup::incremental::base_snapshot(&paths, run_id) else { return None };
+    let Ok(Some((snap, _))) = filesbackup::incremental::base_snapshot(&paths, run_id) else { return None };
     let base = &snap.run_id;
     let sources = crate::readback::sources(config).ok()?;
     let key = match crate::readback::key_file(config, None) {
