@@ -1,5 +1,6 @@
 //! backup-runner: walks conf.json in file order and runs each section.
 
+mod apps;
 mod browse;
 mod config;
 mod daemon;
@@ -33,6 +34,7 @@ fn cli() -> Command {
         .about("Run the sections of an nc-backup conf.json in order")
         .after_help("Exit codes: 0 success, 1 runtime failure, 2 usage or config error.")
         .arg(Arg::new("config").short('c').long("config").value_name("CONF.JSON").help("The config file").global(true))
+        .subcommand(apps::command())
         .subcommand(
             Command::new("schedule")
                 .about("Install, list or remove the crontab entries of GENERAL SCHEDULE, or print systemd units")
@@ -246,6 +248,7 @@ fn main() -> ExitCode {
         Some(("restore", sm)) => Some(restore_main(&m, sm)),
         Some(("daemon", sm)) => Some(daemon_main(&m, sm).map(|()| ExitStatus::Success)),
         Some(("prune", sm)) => Some(prune_main(&m, sm)),
+        Some(("apps", sm)) => Some(apps::main(&m, sm)),
         _ => None,
     };
     if let Some(r) = sub {

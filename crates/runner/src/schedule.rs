@@ -205,6 +205,16 @@ fn crontab(user: Option<&str>, args: &[&str], stdin: Option<&str>) -> Result<Str
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The whole crontab (empty when there is none).
+pub fn read_crontab(user: Option<&str>) -> Result<String> {
+    crontab(user, &["-l"], None)
+}
+
+/// Replaces the whole crontab.
+pub fn write_crontab(user: Option<&str>, text: &str) -> Result<()> {
+    crontab(user, &["-"], Some(text)).map(drop)
+}
+
 /// The current crontab without this config's lines, and those lines.
 fn split(current: &str, config: &Path) -> (Vec<String>, Vec<String>) {
     let t = tag(config);
