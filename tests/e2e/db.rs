@@ -104,7 +104,7 @@ fn only_file(dir: &Path, ext: &str) -> PathBuf {
 }
 
 /// Every process's argv, scanned while `f` runs: the secret must never appear.
-fn watch_argv<T>(secret: &str, f: impl FnOnce() -> T) -> T {
+pub(crate) fn watch_argv<T>(secret: &str, f: impl FnOnce() -> T) -> T {
     let stop = Arc::new(AtomicBool::new(false));
     let (stop2, secret2) = (Arc::clone(&stop), secret.to_owned());
     let watcher = std::thread::spawn(move || {
@@ -240,7 +240,7 @@ fn mysql_dump_without_event_privilege_warns_and_dumps_the_rest() {
     my_admin(&s, &format!("DROP USER '{user}'@'%'; DROP DATABASE {db}"));
 }
 
-fn pg_admin(s: &Servers, db: &str, sql: &str) -> String {
+pub(crate) fn pg_admin(s: &Servers, db: &str, sql: &str) -> String {
     sh(
         &format!(
             "psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {} -U ncbadmin -d {db} <<'SQL'\n{sql}\nSQL",
@@ -250,7 +250,7 @@ fn pg_admin(s: &Servers, db: &str, sql: &str) -> String {
     )
 }
 
-fn make_pg_db(s: &Servers) -> String {
+pub(crate) fn make_pg_db(s: &Servers) -> String {
     let db = unique("ncbpg");
     pg_admin(s, "postgres", &format!("CREATE DATABASE {db};"));
     pg_admin(
@@ -278,7 +278,7 @@ fn pg_fingerprint(s: &Servers, db: &str) -> String {
     )
 }
 
-fn pg_restore_matches(s: &Servers, db: &str, dump: &Path) {
+pub(crate) fn pg_restore_matches(s: &Servers, db: &str, dump: &Path) {
     let restored = format!("{db}_r");
     pg_admin(s, "postgres", &format!("CREATE DATABASE {restored};"));
     let port = s.var("NCB_PG_PORT");

@@ -1,6 +1,7 @@
 //! End-to-end tests: the built binaries, run as a user runs them.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod apps;
 mod check;
 mod classes;
 mod cli;
