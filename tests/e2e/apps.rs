@@ -77,6 +77,9 @@ impl HttpServer {
     }
 }
 
+/// An answer that comes only after a minute (a server that hangs).
+const HANG: u16 = 999;
+
 fn serve(conn: TcpStream, answer: &Mutex<Answer>, seen: &Mutex<Vec<Request>>) {
     let mut r = BufReader::new(conn.try_clone().unwrap());
     let mut line = String::new();
@@ -107,6 +110,9 @@ fn serve(conn: TcpStream, answer: &Mutex<Answer>, seen: &Mutex<Vec<Request>>) {
         a.body.clone()
     };
     seen.lock().unwrap().push(Request { method, target, headers, body });
+    if a.status == HANG {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
     let mut w = conn;
     let _ = write!(
         w,
@@ -504,4 +510,70 @@ fn apps_backup_synced_encrypted_to_a_folder_decrypts_and_is_not_sent_twice() {
     let o = run(&mut a.cmd(&["backup", "shop"])).expect(0);
     assert!(o.stdout.contains("2 file(s) synced, 2 already stored"), "{}", o.stdout);
     my_admin(&s, &format!("DROP USER '{user}'@'%'; DROP DATABASE {db}"));
+}
+
+#[test]
+fn apps_backup_killed_mid_upload_blocks_nothing_and_a_second_one_waits_its_turn() {
+    let s = Servers::get();
+    let a = Apps::new(serde_json::json!({
+        "NOTIFY": {"ON_FAILURE": "echo \"$NCB_RUN_STATUS $NCB_RUN_ID\" > \"$(dirname \"$NCB_REPORT\")/../notified\""},
+    }));
+    let db = make_mysql_db(&s);
+    let (user, pw) = mysql_app_user(&s, &db);
+    let root = a.app("shop", &mysql_env(&s, &db, &user, &pw));
+    std::fs::create_dir_all(root.join("storage/app/public")).unwrap();
+    std::fs::write(root.join("storage/app/public/x.bin"), nc_backup_e2e::pseudo_random(1 << 20, 3)).unwrap();
+    a.http.answer(HANG, "application/json", "");
+    let mut first = a
+        .cmd(&["backup", "shop"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        nc_backup_e2e::wait_for(std::time::Duration::from_secs(30), || a
+            .http
+            .seen()
+            .iter()
+            .any(|r| r.method == "POST")),
+        "the media POST never came"
+    );
+    // While it hangs in the upload, a second backup of the same app is refused.
+    let out = run(&mut a.cmd(&["backup", "shop"])).expect(1);
+    assert!(out.stderr.contains("another backup of this app is running"), "{}", out.stderr);
+    // Killed there: the dump it placed is whole, its scratch space is swept by the next run,
+    // and the lock died with it.
+    nc_backup_e2e::signal(first.id(), "KILL");
+    first.wait().unwrap();
+    let dumps = a.dumps("shop");
+    assert_eq!(dumps.len(), 1);
+    assert!(Command::new("gzip").arg("-t").arg(&dumps[0]).status().unwrap().success());
+    assert!(a.sb.join("backups/.work/shop").exists(), "the killed run's scratch space");
+    a.http.answer(200, "application/json", "");
+    let out = run(&mut a.cmd(&["backup", "shop"])).expect(0);
+    assert!(out.stdout.contains("shop: ok"), "{}", out.stdout);
+    assert!(!a.sb.join("backups/.work/shop").exists(), "scratch space left after a run");
+    assert_eq!(a.dumps("shop").len(), 2);
+    // A failure notifies (NOTIFY as for a run), with the app as the run id.
+    a.http.answer(500, "text/plain", "down");
+    run(&mut a.cmd(&["backup", "shop"])).expect(1);
+    let notified = std::fs::read_to_string(a.sb.join("backups/notified")).unwrap();
+    assert_eq!(notified.trim(), "failed shop");
+    my_admin(&s, &format!("DROP USER '{user}'@'%'; DROP DATABASE {db}"));
+}
+
+#[test]
+fn apps_config_problems_are_named_by_key_path() {
+    let a = Apps::new(
+        serde_json::json!({"KEEP_LOCAL": 0, "SYNC": {"DESTINATION": "tape"}, "APPS": {"shop": {"MEDIA_PATHS": ["/etc"]}}}),
+    );
+    let out = run(&mut a.cmd(&["list"])).expect(2);
+    for want in [
+        "KEEP_LOCAL: must be a whole number",
+        "SYNC.DESTINATION: must be one of",
+        "APPS.shop.MEDIA_PATHS: '/etc' must be a folder inside",
+    ] {
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+    }
+    assert!(out.stderr.contains("apps.json"), "{}", out.stderr);
 }
