@@ -302,18 +302,7 @@ fn apps_backup_of_mariadb_and_postgres_apps_with_media_synced_to_garage() {
                  "ENDPOINT_URL": s.var("NCB_S3_ENDPOINT"), "PREFIX": prefix},
         "APPS": {"blog": {"SKIP_MEDIA": true}},
     }));
-    let aws = |args: &[&str]| {
-        let out = Command::new("aws")
-            .args(["--endpoint-url", &s.var("NCB_S3_ENDPOINT"), "--region", &s.var("NCB_S3_REGION")])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", s.var("NCB_S3_ACCESS_KEY"))
-            .env("AWS_SECRET_ACCESS_KEY", s.var("NCB_S3_SECRET_KEY"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let aws = |args: &[&str]| nc_backup_e2e::aws(&s, args);
     let with_s3 = |c: &mut Command| {
         c.env("AWS_ACCESS_KEY_ID", s.var("NCB_S3_ACCESS_KEY"))
             .env("AWS_SECRET_ACCESS_KEY", s.var("NCB_S3_SECRET_KEY"))

@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nc_backup_e2e::{Out, Sandbox, Servers, bin, cmd, run, unique};
+use nc_backup_e2e::{Out, Sandbox, Servers, aws, bin, cmd, run, unique};
 
 use crate::db::{make_mysql_db, my_admin, my_creds, mysql_restore_matches};
 
@@ -19,19 +19,6 @@ fn runner(s: &Servers) -> Command {
         .env("AWS_SECRET_ACCESS_KEY", s.var("NCB_S3_SECRET_KEY"))
         .env("AWS_EC2_METADATA_DISABLED", "true");
     c
-}
-
-fn aws(s: &Servers, args: &[&str]) -> String {
-    let out = Command::new("aws")
-        .args(["--endpoint-url", &s.var("NCB_S3_ENDPOINT"), "--region", &s.var("NCB_S3_REGION")])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", s.var("NCB_S3_ACCESS_KEY"))
-        .env("AWS_SECRET_ACCESS_KEY", s.var("NCB_S3_SECRET_KEY"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Files with the metadata a restore must bring back.

@@ -198,3 +198,17 @@ pub fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
     assert!(ok, "kill -{sig} {pid}");
 }
+
+/// The aws CLI against the test Garage, as an independent reader of what we stored.
+pub fn aws(s: &Servers, args: &[&str]) -> String {
+    let out = Command::new("aws")
+        .args(["--endpoint-url", &s.var("NCB_S3_ENDPOINT"), "--region", &s.var("NCB_S3_REGION")])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", s.var("NCB_S3_ACCESS_KEY"))
+        .env("AWS_SECRET_ACCESS_KEY", s.var("NCB_S3_SECRET_KEY"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

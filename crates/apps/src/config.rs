@@ -35,17 +35,7 @@ const APP_KEYS: [&str; 5] = ["ENV_FILE", "MEDIA_PATHS", "KEEP_LOCAL", "SKIP_MEDI
 
 /// A problem of the config: the key path (`SYNC.BUCKET_NAME`, `APPS.shop.KEEP_LOCAL`) and what
 /// is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.key.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.key, self.message) }
-    }
-}
+pub use ncb_core::params::Problem;
 
 /// Where an app's media archive goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +174,10 @@ fn url(v: &Value) -> Result<String, String> {
 
 /// Reads and checks the apps config. Err: every problem found.
 pub fn load(path: &Path) -> Result<AppsConfig, Vec<Problem>> {
-    let bad = |key: &str, message: String| Problem { key: key.to_owned(), message };
+    let bad = |key: &str, message: String| Problem {
+        key: if key.is_empty() { "file".into() } else { key.to_owned() },
+        message,
+    };
     let raw = std::fs::read(path).map_err(|e| vec![bad("", format!("cannot read: {e}"))])?;
     let root: Value = serde_json::from_slice(&raw).map_err(|e| vec![bad("", format!("not valid JSON: {e}"))])?;
     let Value::Object(top) = root else {

@@ -34,10 +34,4 @@ pub fn read_secret(path: &Path, what: &str) -> Result<String> {
     Ok(t.to_owned())
 }
 
-/// A URL as logs show it: scheme and host only (paths and queries may carry tokens).
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "<url>".into() };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    format!("{scheme}://{host}/…")
-}
+pub use ncb_core::params::redact_url as redact;

@@ -132,6 +132,15 @@ pub fn has_url_password(v: &str) -> bool {
     !url_passwords(v).is_empty()
 }
 
+/// A URL as logs show it: scheme and host only. Paths and queries are often the secret
+/// themselves (a healthchecks UUID, a Slack hook token, a signed URL's signature).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "<url>".into() };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    format!("{scheme}://{host}/…")
+}
+
 /// A parameter problem found by [`check`]: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

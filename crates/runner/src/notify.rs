@@ -165,14 +165,7 @@ impl Notify {
     }
 }
 
-/// A notification URL as logs show it: scheme and host only. Ping and webhook paths are often
-/// the secret themselves (a healthchecks UUID, a Slack hook token).
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "<url>".into() };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    format!("{scheme}://{host}/…")
-}
+use ncb_core::params::redact_url as redact;
 
 fn run_command(c: &str, ok: bool, run_id: &str, report: Option<&Path>) {
     let mut cmd = Command::new("sh");
