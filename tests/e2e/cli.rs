@@ -3,11 +3,20 @@
 use nc_backup_e2e::{bin, cmd, run};
 
 /// Every binary of the workspace.
-pub const BINARIES: &[&str] =
-    &["backup-runner", "size-calc", "filesbackup", "compression", "encryption", "mysql-dump", "pg-dump", "storage"];
+pub const BINARIES: &[&str] = &[
+    "backup-runner",
+    "size-calc",
+    "filesbackup",
+    "compression",
+    "encryption",
+    "mysql-dump",
+    "pg-dump",
+    "storage",
+    "object-mirror",
+];
 /// The stage binaries.
 pub const STAGES: &[&str] =
-    &["size-calc", "filesbackup", "compression", "encryption", "mysql-dump", "pg-dump", "storage"];
+    &["size-calc", "filesbackup", "compression", "encryption", "mysql-dump", "pg-dump", "storage", "object-mirror"];
 
 #[test]
 fn every_binary_has_help_and_version() {

@@ -14,7 +14,7 @@ pub struct Known {
 /// Every stage of nc-backup. `def: None` marks a stage not available in this build, so that
 /// a config naming it gets a precise error rather than "unknown".
 pub fn stages() -> Vec<Known> {
-    let built: [&'static StageDef; 7] = [
+    let built: [&'static StageDef; 8] = [
         &size_calc::STAGE,
         &filesbackup::STAGE,
         &compression::STAGE,
@@ -22,6 +22,7 @@ pub fn stages() -> Vec<Known> {
         &mysql_dump::STAGE,
         &pg_dump::STAGE,
         &storage::STAGE,
+        &object_mirror::STAGE,
     ];
     let planned: [(&str, &[&str]); 7] = [
         ("filesbackup", &["files", "files_backup", "files-backup"]),

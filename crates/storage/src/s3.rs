@@ -364,6 +364,14 @@ impl S3 {
         Ok(S3 { client, bucket, class, part_size: usize::try_from(part_mb << 20).unwrap_or(8 << 20), concurrency, rt })
     }
 
+    /// Deletes one object (deleting a missing one succeeds, as S3 answers).
+    pub fn delete_key(&self, key: &str) -> Result<()> {
+        self.rt
+            .block_on(self.client.delete_object().bucket(&self.bucket).key(key).send())
+            .map(drop)
+            .map_err(|e| err(&format!("cannot delete s3://{}/{key}", self.bucket), e))
+    }
+
     /// Aborts multipart uploads under `prefix` left by a run that died.
     pub fn abort_stale(&self, prefix: &str) -> Result<usize> {
         self.rt.block_on(async {
