@@ -16,14 +16,14 @@ use serde_json::json;
 use crate::diskfull::{complete_looking, night, recovered, run_id, stored_runs, sub, walk};
 
 /// A MariaDB server of the test's own, started as scripts/servers.sh starts the shared one.
-struct PrivateMariaDb {
+pub(crate) struct PrivateMariaDb {
     dir: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
     server: Option<Child>,
 }
 
 impl PrivateMariaDb {
-    fn install(dir: &Path) -> Self {
+    pub(crate) fn install(dir: &Path) -> Self {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         // Its own tmpdir: bootstraps sharing /tmp collide on their temporary tables.
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -57,7 +57,7 @@ impl PrivateMariaDb {
         format!("--defaults-file={}", self.dir.join("my.cnf").display())
     }
 
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let child =
             Command::new("mariadbd").arg(self.cnf()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         self.server = Some(child);
@@ -72,13 +72,13 @@ impl PrivateMariaDb {
     }
 
     /// Sends `sig` to the server and waits for it to be gone.
-    fn stop(&mut self, sig: &str) {
+    pub(crate) fn stop(&mut self, sig: &str) {
         let mut child = self.server.take().expect("server running");
         signal(child.id(), sig);
         child.wait().unwrap();
     }
 
-    fn sql(&self, sql: &str) -> String {
+    pub(crate) fn sql(&self, sql: &str) -> String {
         let out = Command::new("mariadb")
             .arg(self.cnf())
             .args(["--default-character-set=utf8mb4", "-N", "-B", "-e", sql])

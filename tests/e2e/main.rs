@@ -13,6 +13,7 @@ mod diskfull;
 mod files;
 mod incremental;
 mod metadata;
+mod mirror;
 mod nights;
 mod notify;
 mod pipeline;

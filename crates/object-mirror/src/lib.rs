@@ -243,7 +243,9 @@ fn s3_params(p: &Params, bucket: &str) -> Params {
     s
 }
 
-fn open(ctx: &StageCtx, p: &Params) -> Result<Mirror> {
+/// The database, its password from DATABASE_PASSWORD_FILE (0600) or DATABASE_PASSWORD; the
+/// client's secret file goes in `secret_dir`.
+fn open_db(p: &Params, secret_dir: &Path) -> Result<Db> {
     let url = Url::parse(p.required_str("DATABASE_URL")?).map_err(|e| Error::usage(format!("--DATABASE_URL: {e}")))?;
     let password = match (p.path("DATABASE_PASSWORD_FILE"), p.str("DATABASE_PASSWORD")) {
         (Some(f), _) => {
@@ -254,6 +256,10 @@ fn open(ctx: &StageCtx, p: &Params) -> Result<Mirror> {
         (None, Some(pw)) => Some(pw.to_owned()),
         (None, None) => None,
     };
+    Ok(Db::new(url, password, secret_dir, p.str("DATABASE_CLIENT").map(str::to_owned)))
+}
+
+fn open(ctx: &StageCtx, p: &Params) -> Result<Mirror> {
     let bucket = p.required_str("SOURCE_BUCKET")?.to_owned();
     let dest_raw = p.required_str("DESTINATION")?;
     let (dest, dest_shown) = if dest_raw.eq_ignore_ascii_case("s3") {
@@ -270,6 +276,7 @@ fn open(ctx: &StageCtx, p: &Params) -> Result<Mirror> {
     let source_storage = p.str("SOURCE_STORAGE").map(str::to_owned);
     let source =
         if source_storage.is_some() { Some(storage::s3::S3::from_params(&s3_params(p, &bucket))?) } else { None };
+    let url = Url::parse(p.required_str("DATABASE_URL")?).map_err(|e| Error::usage(format!("--DATABASE_URL: {e}")))?;
     let source_shown = format!("{} {bucket}", url.shown());
     let state_path = p.path("STATE_FILE").unwrap_or_else(|| {
         let id =
@@ -296,7 +303,7 @@ fn open(ctx: &StageCtx, p: &Params) -> Result<Mirror> {
     let mut report_path = state_path.clone().into_os_string();
     report_path.push(".report.json");
     Ok(Mirror {
-        db: Db::new(url, password, &state_dir, p.str("DATABASE_CLIENT").map(str::to_owned)),
+        db: open_db(p, &state_dir)?,
         bucket,
         source_storage,
         source,
@@ -315,13 +322,14 @@ fn open(ctx: &StageCtx, p: &Params) -> Result<Mirror> {
 
 fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     let mut report = StageReport::new(STAGE.name);
-    let m = open(ctx, p)?;
     if p.flag("INIT_SCHEMA", false)? {
-        m.db.init_schema()?;
-        log::info!("{}: ObjectStorageFiles and ObjectStorageDeleteLog are there", m.db.url.shown());
+        let db = open_db(p, &ctx.general.work_dir())?;
+        db.init_schema()?;
+        log::info!("{}: ObjectStorageFiles and ObjectStorageDeleteLog are there", db.url.shown());
         report.set("schema", "created");
         return Ok(report);
     }
+    let m = open(ctx, p)?;
     let source = format!("{} {}", m.db.url.shown(), m.bucket);
     if !p.flag("WATCH", false)? {
         let r = pass(&m, &source)?;
@@ -391,11 +399,21 @@ fn copy(m: &Mirror, r: &Record) -> Result<(PathBuf, u64, String)> {
                 .as_deref()
                 .ok_or_else(|| Error::runtime("no SignedDownloadUrl, and Storage is not SOURCE_STORAGE"))?;
             let shown = ncb_core::params::redact_url(url);
-            let resp = m.http.get(url).call().map_err(|e| Error::runtime(format!("GET {shown}: {e}")))?;
+            let mut resp = m.http.get(url).call().map_err(|e| Error::runtime(format!("GET {shown}: {e}")))?;
             let status = resp.status().as_u16();
             if status != 200 {
-                let why = if status == 403 { " (an expired or refused signed URL)" } else { "" };
-                return Err(Error::runtime(format!("GET {shown}: HTTP {status}{why}")));
+                let body = resp.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
+                let tag = |t: &str| {
+                    let open = format!("<{t}>");
+                    body.split_once(&open).and_then(|(_, r)| r.split_once("</")).map(|(v, _)| v.trim().to_owned())
+                };
+                let said = match (tag("Code"), tag("Message")) {
+                    (Some(c), Some(msg)) => format!(": {c}: {msg}"),
+                    (Some(c), None) => format!(": {c}"),
+                    _ => String::new(),
+                };
+                let why = if matches!(status, 400 | 401 | 403) { " (an expired or refused signed URL)" } else { "" };
+                return Err(Error::runtime(format!("GET {shown}: HTTP {status}{said}{why}")));
             }
             Box::new(resp.into_body().into_reader())
         }
