@@ -94,6 +94,7 @@ fn pg_app(s: &Servers, sb: &Sandbox) -> PgApp {
     PgApp { db, role, pw_file }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pg_insert(
     s: &Servers,
     app: &PgApp,
