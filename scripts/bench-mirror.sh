@@ -73,7 +73,7 @@ echo "== $N small objects + 3 x 64 MiB ($src_bytes bytes) in s3://$BUCKET"
 for round in first second; do
   measure "object-mirror ($round pass)" "$OM" "${OURS[@]}"
   BENCH_ROWS[-1]+="$(du -sb "$M/ours" | cut -f1)"
-  measure "rclone copy ($round)" rclone copy --transfers 8 --checkers 16 "garage:$BUCKET" "$M/rclone"
+  measure "rclone copy ($round)" env -u AWS_CA_BUNDLE rclone copy --transfers 8 --checkers 16 "garage:$BUCKET" "$M/rclone"
   BENCH_ROWS[-1]+="$(du -sb "$M/rclone" | cut -f1)"
   measure "aws s3 sync ($round)" $AWS s3 sync --only-show-errors "s3://$BUCKET" "$M/aws"
   BENCH_ROWS[-1]+="$(du -sb "$M/aws" | cut -f1)"

@@ -482,3 +482,30 @@ fn mirror_garage_pass_killed_mid_copy_leaves_no_partial_copy_and_the_next_comple
     assert!(w.wait().unwrap().success());
     pg_admin(&s, "postgres", &format!("DROP DATABASE {} WITH (FORCE); DROP ROLE {};", app.db, app.role));
 }
+
+#[test]
+fn mirror_garage_as_a_conf_json_section_keeps_the_password_out_of_argv() {
+    let s = Servers::get();
+    let sb = Sandbox::new();
+    let bucket = AppBucket::new(&s, &sb);
+    let app = pg_app(&s, &sb);
+    let body = b"an object mirrored by a conf.json section".to_vec();
+    bucket.put("a/b.txt", &body);
+    pg_insert(&s, &app, "b.txt", "a/", "s3", 1, &sha(&body), "");
+    let pw = std::fs::read_to_string(&app.pw_file).unwrap().trim().to_owned();
+    let dest = sb.join("offsite");
+    let conf = sb.config(&[(
+        "MIRROR",
+        serde_json::json!({"ACTION": "execute", "NAME": "object-mirror", "PARAMETERS": {
+            "DATABASE_URL": format!("postgres://{}@127.0.0.1:{}/{}", app.role, s.var("NCB_PG_PORT"), app.db),
+            "DATABASE_PASSWORD": pw, "SOURCE_BUCKET": bucket.name, "SOURCE_STORAGE": "s3",
+            "ENDPOINT_URL": s.var("NCB_S3_ENDPOINT"), "REGION": s.var("NCB_S3_REGION"),
+            "DESTINATION": dest, "STATE_FILE": sb.join("state/m.json")}}),
+    )]);
+    let mut c = cmd(&bin("backup-runner"));
+    c.args(["-r", "-c"]).arg(&conf);
+    s3_env(&mut c, &s);
+    crate::db::watch_argv(&pw, || run(&mut c)).expect(0);
+    assert_eq!(gunzip(&dest.join(&bucket.name).join("a/b/v1.gzip")), body);
+    pg_admin(&s, "postgres", &format!("DROP DATABASE {} WITH (FORCE); DROP ROLE {};", app.db, app.role));
+}

@@ -57,7 +57,7 @@ pub static PARAMS: [ParamSpec; 21] = [
     ),
     ParamSpec::new("KEEP_VERSIONS", Kind::Int, "Versions kept per file (default 1: the latest)"),
     ParamSpec::new("POLL_INTERVAL", Kind::Str, "--watch: time between passes (default 60s)"),
-    ParamSpec::new("CONCURRENCY", Kind::Int, "Objects copied at once (default 8)"),
+    ParamSpec::new("CONCURRENCY", Kind::Int, "Objects copied at once (default 16)"),
     ParamSpec::new(
         "STATE_FILE",
         Kind::Path,
@@ -210,6 +210,19 @@ impl Dest {
     }
 }
 
+impl Mirror {
+    /// Saves the state once what it records is on disk: a local destination's file system is
+    /// synced first (one syncfs for every copy since the last checkpoint, instead of an fsync
+    /// per copy); S3 copies are stored when their upload is answered.
+    fn checkpoint(&self, st: &State) -> Result<()> {
+        if let Dest::Local(root) = &self.dest {
+            let dir = std::fs::File::open(root).at("cannot open", root)?;
+            rustix::fs::syncfs(&dir).map_err(|e| Error::path("cannot sync", root, e.into()))?;
+        }
+        st.save(&self.state_path)
+    }
+}
+
 /// One pass's figures; written as JSON to `<STATE_FILE>.report.json`.
 #[derive(Debug, Default, Serialize)]
 struct PassReport {
@@ -311,7 +324,7 @@ fn open(ctx: &StageCtx, p: &Params) -> Result<Mirror> {
         master,
         delete_after: span(p.str("DELETE_AFTER").unwrap_or("7d")).map_err(Error::usage)?,
         keep_versions: usize::try_from(p.u64("KEEP_VERSIONS")?.unwrap_or(1)).unwrap_or(1),
-        concurrency: usize::try_from(p.u64("CONCURRENCY")?.unwrap_or(8)).unwrap_or(8),
+        concurrency: usize::try_from(p.u64("CONCURRENCY")?.unwrap_or(16)).unwrap_or(16),
         state_path,
         report_path: PathBuf::from(report_path),
         tmp,
@@ -444,10 +457,8 @@ fn copy(m: &Mirror, r: &Record) -> Result<(PathBuf, u64, String)> {
         return Err(Error::runtime(format!("SHA-256 mismatch: the object is {got}, the record says {}", r.hash)));
     }
     let (w, bytes, sha) = gz.finish().at("cannot write", &tmp)?.finish();
-    w.into_inner()
-        .map_err(|e| Error::io("cannot write the copy", e.into_error()))?
-        .sync_all()
-        .at("cannot sync", &tmp)?;
+    // Not synced one by one: `checkpoint` syncs the file system before the state says stored.
+    w.into_inner().map_err(|e| Error::io("cannot write the copy", e.into_error()))?;
     let Some(master) = &m.master else {
         std::mem::forget(cleanup);
         return Ok((tmp, bytes, sha));
@@ -529,7 +540,7 @@ fn pass(m: &Mirror, source: &str) -> Result<PassReport> {
     }
     apply_deletes(m, &mut st, &mut rep)?;
     prune_versions(m, &mut st, &mut rep)?;
-    st.save(&m.state_path)?;
+    m.checkpoint(&st)?;
     rep.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let json = serde_json::to_vec_pretty(&rep).map_err(|e| Error::runtime(format!("report: {e}")))?;
     ncb_core::atomic::write_file(&m.report_path, &json, 0o600)?;
@@ -588,7 +599,7 @@ fn copy_batch(m: &Mirror, st: &mut State, rep: &mut PassReport, batch: Vec<Recor
                 Err(e) => fail(st, rep, &r, ncb_core::stage::error_chain(&e)),
             }
             if saved.elapsed() > SAVE_EVERY {
-                if let Err(e) = st.save(&m.state_path) {
+                if let Err(e) = m.checkpoint(st) {
                     log::error!("{e}");
                 }
                 saved = Instant::now();
@@ -596,11 +607,11 @@ fn copy_batch(m: &Mirror, st: &mut State, rep: &mut PassReport, batch: Vec<Recor
         }
     });
     if m.stop.load(Ordering::SeqCst) {
-        st.save(&m.state_path)?;
+        m.checkpoint(st)?;
         return Err(Error::runtime("stopped by a signal; the next pass goes on"));
     }
     st.high_water = st.high_water.max(top);
-    st.save(&m.state_path)
+    m.checkpoint(st)
 }
 
 fn fail(st: &mut State, rep: &mut PassReport, r: &Record, error: String) {
@@ -684,7 +695,7 @@ fn apply_deletes(m: &Mirror, st: &mut State, rep: &mut PassReport) -> Result<()>
         if let Some(d) = st.deletes.get_mut(&fid) {
             d.done_at = Some(t);
         }
-        st.save(&m.state_path)?;
+        m.checkpoint(st)?;
     }
     rep.pending_deletes = st.deletes.values().filter(|d| d.done_at.is_none()).count();
     Ok(())
