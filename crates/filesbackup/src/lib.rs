@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 
 pub mod incremental;
+pub mod remote;
 
 use ncb_archive::encoder::{FORMAT_PARAM, LEVEL_PARAM};
 use ncb_archive::{Exclude, Options, Root, Settings};
 use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Result, StageCtx, StageDef, StageReport};
 
-pub static PARAMS: [ParamSpec; 15] = [
+pub static PARAMS: [ParamSpec; 20] = [
     ParamSpec::new("FILESET_INCLUDE", Kind::Paths, "Files and folders to back up [required unless ALLOW_EMPTY]"),
     ParamSpec::new(
         "FILESET_EXCLUDE",
@@ -58,6 +59,11 @@ pub static PARAMS: [ParamSpec; 15] = [
     FORMAT_PARAM,
     LEVEL_PARAM,
     ParamSpec::new("TAR_COMMAND", Kind::Ignored, "nc-backup-py's tar command line"),
+    ncb_dbdump::SSH_HOST,
+    ncb_dbdump::SSH_USER,
+    ncb_dbdump::SSH_PORT,
+    ncb_dbdump::SSH_KEY,
+    ncb_dbdump::SSH_KNOWN_HOSTS,
 ];
 
 /// Where, in WORK_FOLDER, archives' indexes wait for storage (`<stem>.ncb-index.jsonl.gz`).
@@ -96,7 +102,25 @@ fn validate(p: &Params) -> Vec<Problem> {
             }
         }
     }
-    if !p.flag("IGNORE_MISSING", false).unwrap_or(false) {
+    let remote = p.has("SSH_HOST");
+    if remote {
+        for key in ["FILE_EXTENSIONS", "INCREMENTAL"] {
+            if p.has(key) && (key != "INCREMENTAL" || p.flag(key, false).unwrap_or(false)) {
+                problems.push(Problem {
+                    key: key.into(),
+                    message: "is not available for a remote file backup (SSH_HOST)".into(),
+                });
+            }
+        }
+    } else {
+        for key in ["SSH_USER", "SSH_PORT", "SSH_KEY", "SSH_KNOWN_HOSTS"] {
+            if p.has(key) {
+                problems.push(Problem { key: key.into(), message: "has no effect without SSH_HOST".into() });
+            }
+        }
+    }
+    // Remote includes are checked by the remote tar (a missing one fails the run).
+    if !remote && !p.flag("IGNORE_MISSING", false).unwrap_or(false) {
         let missing: Vec<String> = p
             .paths("FILESET_INCLUDE")
             .unwrap_or_default()
@@ -157,6 +181,19 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     let dest: PathBuf = dest_dir.join(name);
     let mut report = StageReport::new(STAGE.name);
     let incremental = p.flag("INCREMENTAL", false)?;
+    if p.has("SSH_HOST") {
+        let (artifact, bytes_in) = remote::archive(p, opts.compression, &dest)?;
+        log::info!(
+            "{}: {bytes_in} bytes of tar from {}, {} bytes out",
+            artifact.path.display(),
+            p.str("SSH_HOST").unwrap_or(""),
+            artifact.bytes
+        );
+        report.set("bytes_in", bytes_in);
+        report.set("remote", p.str("SSH_HOST").unwrap_or("").to_owned());
+        report.artifacts.push(artifact);
+        return Ok(report);
+    }
     // Under backup-runner (a WORK_FOLDER), the archive's index goes beside it for storage.
     let mut index = match &ctx.general.work_folder {
         Some(w) => {
