@@ -437,11 +437,11 @@ fn copy(m: &Mirror, r: &Record) -> Result<(PathBuf, u64, String)> {
     let cleanup = TmpGuard(vec![tmp.clone()]);
     let file = std::fs::File::create(&tmp).at("cannot create", &tmp)?;
     let mut gz = flate2::write::GzEncoder::new(
-        ncb_core::hash::HashWriter::new(std::io::BufWriter::with_capacity(256 << 10, file)),
+        ncb_core::hash::HashWriter::new(std::io::BufWriter::with_capacity(64 << 10, file)),
         flate2::Compression::new(6),
     );
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) => break,

@@ -87,12 +87,12 @@ impl State {
     /// destination, is an error: starting over would re-copy everything and restart every
     /// grace period, so the user decides (move it away to start over).
     pub fn load(path: &Path, source: &str, destination: &str) -> Result<Self> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::new(source, destination)),
             Err(e) => return Err(Error::path("cannot read the state", path, e)),
         };
-        let s: State = serde_json::from_slice(&bytes).map_err(|e| {
+        let s: State = serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, file)).map_err(|e| {
             Error::runtime(format!(
                 "the state {} is damaged ({e}); move it away to start over (every object is then copied again)",
                 path.display()
@@ -112,12 +112,19 @@ impl State {
         Ok(s)
     }
 
+    /// Replaces the state file atomically, streamed (a state of 100,000 files is never held
+    /// twice in memory).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_vec(self).map_err(|e| Error::runtime(format!("state: {e}")))?;
         if let Some(dir) = path.parent() {
             ncb_core::atomic::ensure_dir(dir, 0o700)?;
         }
-        ncb_core::atomic::write_file(path, &json, 0o600)
+        let mut out = ncb_core::atomic::AtomicFile::create_mode(path, 0o600)?;
+        {
+            let mut w = std::io::BufWriter::with_capacity(64 << 10, &mut out);
+            serde_json::to_writer(&mut w, self).map_err(|e| Error::runtime(format!("state: {e}")))?;
+            std::io::Write::flush(&mut w).map_err(|e| Error::path("cannot write", path, e))?;
+        }
+        out.commit().map(drop)
     }
 
     /// The folder each stored record's copy is in, by Id.
