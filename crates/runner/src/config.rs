@@ -116,6 +116,10 @@ pub type Parsed = (Config, Vec<ConfigProblem>);
 pub fn load(path: &Path) -> Result<Parsed, Vec<ConfigProblem>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![ConfigProblem::new(None, None, format!("cannot read {}: {e}", path.display()))])?;
+    if crate::yaml::is_yaml(path) {
+        // A neighbouring tool's YAML: translated to the conf.json it means (crates/runner/src/yaml).
+        return parse(path, &crate::yaml::selected(path, &text)?);
+    }
     parse(path, &text)
 }
 

@@ -17,6 +17,7 @@ mod restore;
 mod run;
 mod schedule;
 mod verify;
+mod yaml;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -33,15 +34,32 @@ fn cli() -> Command {
         .version(env!("CARGO_PKG_VERSION"))
         .about("Run the sections of an nc-backup conf.json in order")
         .after_help("Exit codes: 0 success, 1 runtime failure, 2 usage or config error.")
-        .arg(Arg::new("config").short('c').long("config").value_name("CONF.JSON").help("The config file").global(true))
+        .arg(Arg::new("config").short('c').long("config").value_name("CONF.JSON").help("The config file (conf.json, or a seeds/000 config.yaml)").global(true))
+        .arg(
+            Arg::new("job")
+                .long("job")
+                .value_name("PROJECT/N")
+                .global(true)
+                .help("The job of a YAML config with several (PROJECT/N: the Nth backup of PROJECT)"),
+        )
+        .subcommand(
+            Command::new("convert")
+                .about("Print the conf.json of each job of a YAML config (secrets masked)"),
+        )
         .subcommand(apps::command())
         .subcommand(
             Command::new("schedule")
                 .about("Install, list or remove the crontab entries of GENERAL SCHEDULE, or print systemd units")
                 .arg(
                     Arg::new("action")
-                        .value_parser(["install", "list", "remove"])
-                        .help("What to do with this config's crontab entries"),
+                        .value_parser(["install", "sync", "list", "remove"])
+                        .help("What to do with this config's crontab entries (sync: add the missing, remove the stale)"),
+                )
+                .arg(
+                    Arg::new("dry-run")
+                        .long("dry-run")
+                        .action(ArgAction::SetTrue)
+                        .help("sync: print what would be added and removed; change nothing"),
                 )
                 .arg(
                     Arg::new("user")
@@ -240,6 +258,16 @@ fn main() -> ExitCode {
     if let Some(shell) = m.get_one::<String>("generate-completion") {
         return status(completion(cmd, shell)).into();
     }
+    if let Some(j) = m.get_one::<String>("job") {
+        let _ = yaml::SELECTED_JOB.set(j.clone());
+    }
+    if let Some(path) = m.get_one::<String>("config").map(PathBuf::from)
+        && yaml::is_yaml(&path)
+        && let Err(e) = dotenv_reexec(&path)
+    {
+        eprintln!("backup-runner: error: {e}");
+        return ExitStatus::Usage.into();
+    }
     let sub = match m.subcommand() {
         Some(("runs", sm)) => Some(runs_main(&m, sm)),
         Some(("ls", sm)) => Some(ls_main(&m, sm)),
@@ -249,6 +277,7 @@ fn main() -> ExitCode {
         Some(("daemon", sm)) => Some(daemon_main(&m, sm).map(|()| ExitStatus::Success)),
         Some(("prune", sm)) => Some(prune_main(&m, sm)),
         Some(("apps", sm)) => Some(apps::main(&m, sm)),
+        Some(("convert", _)) => Some(convert_main(&m)),
         _ => None,
     };
     if let Some(r) = sub {
@@ -276,6 +305,58 @@ fn main() -> ExitCode {
             e.exit_status().into()
         }
     }
+}
+
+/// A YAML config's `.env` (seeds/000 keeps storage credentials there, 0600) reaches every
+/// stage and this process's own S3 clients: the runner starts itself again with its variables
+/// added to the environment (those already set win), once.
+fn dotenv_reexec(config: &Path) -> Result<(), String> {
+    const DONE: &str = "NCB_DOTENV_LOADED";
+    if std::env::var_os(DONE).is_some() {
+        return Ok(());
+    }
+    let vars = yaml::dotenv_beside(config).map_err(|e| e.to_string())?;
+    let add: Vec<(String, String)> = vars.into_iter().filter(|(k, _)| std::env::var_os(k).is_none()).collect();
+    if add.is_empty() {
+        return Ok(());
+    }
+    let me = std::env::current_exe().map_err(|e| format!("cannot find backup-runner's own path: {e}"))?;
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(me).args(std::env::args_os().skip(1)).envs(add).env(DONE, "1"),
+    );
+    Err(format!("cannot start again with the .env beside {}: {err}", config.display()))
+}
+
+/// `convert`: each job of a YAML config as the conf.json it runs, secrets masked.
+fn convert_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
+    let path = config_path(m)?;
+    if !yaml::is_yaml(&path) {
+        return Err(Error::usage(format!("{}: convert reads a YAML config (.yaml, .yml)", path.display())));
+    }
+    let text = std::fs::read_to_string(&path).at("cannot read", &path)?;
+    let jobs = match yaml::jobs(&path, &text) {
+        Ok(j) => j,
+        Err(problems) => {
+            report_problems(&path, &problems);
+            return Err(Error::config(format!("{}: fix the config first", path.display())));
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for j in jobs {
+        let mut conf = j.conf.clone();
+        for ptr in &j.secrets {
+            if let Some(v) = conf.pointer_mut(ptr) {
+                *v = serde_json::Value::String("****".into());
+                eprintln!(
+                    "backup-runner: job {}: {ptr} masked: put the secret in a 0600 file (PASSFILE / CREDENTIAL_PATH)",
+                    j.id
+                );
+            }
+        }
+        let _ = writeln!(out, "// job {}: runs at {}", j.id, j.intervals.join(", "));
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&conf).unwrap_or_default());
+    }
+    Ok(ExitStatus::Success)
 }
 
 fn status(r: Result<(), Error>) -> ExitStatus {
@@ -313,6 +394,9 @@ fn config_path(m: &ArgMatches) -> Result<PathBuf, Error> {
 
 fn schedule_main(m: &ArgMatches, sm: &ArgMatches) -> Result<(), Error> {
     let path = config_path(m)?;
+    if yaml::is_yaml(&path) {
+        return schedule_yaml(&path, sm);
+    }
     let config = match config::load(&path) {
         Ok((c, problems)) if problems.is_empty() => c,
         Ok((_, problems)) | Err(problems) => {
@@ -334,6 +418,14 @@ fn schedule_main(m: &ArgMatches, sm: &ArgMatches) -> Result<(), Error> {
         return Ok(());
     }
     match sm.get_one::<String>("action").map(String::as_str) {
+        Some("sync") => {
+            let wanted = schedule::cron_lines(&schedules, &runner, &conf);
+            let t = schedule::tag(&conf);
+            print_sync(
+                schedule::reconcile(user, &wanted, &|l: &str| l.ends_with(&t), sm.get_flag("dry-run"))?,
+                sm.get_flag("dry-run"),
+            );
+        }
         Some("install") => {
             for l in schedule::install(user, &schedule::cron_lines(&schedules, &runner, &conf), &conf)? {
                 let _ = writeln!(out, "{l}");
@@ -349,6 +441,53 @@ fn schedule_main(m: &ArgMatches, sm: &ArgMatches) -> Result<(), Error> {
             let _ = writeln!(out, "removed {n} crontab entr{} of {}", if n == 1 { "y" } else { "ies" }, conf.display());
         }
         _ => return Err(Error::usage("schedule needs install, list or remove (or --systemd)")),
+    }
+    Ok(())
+}
+
+fn print_sync((added, removed): (Vec<String>, Vec<String>), dry: bool) {
+    let mut out = std::io::stdout().lock();
+    for l in &removed {
+        let _ = writeln!(out, "- {l}");
+    }
+    for l in &added {
+        let _ = writeln!(out, "+ {l}");
+    }
+    let _ = match (added.len() + removed.len(), dry) {
+        (0, _) => writeln!(out, "crontab already in line"),
+        (_, true) => writeln!(out, "dry run: {} to add, {} to remove; crontab not changed", added.len(), removed.len()),
+        _ => writeln!(out, "{} added, {} removed", added.len(), removed.len()),
+    };
+}
+
+/// `schedule` for a YAML config: one crontab line per job and interval.
+fn schedule_yaml(path: &Path, sm: &ArgMatches) -> Result<(), Error> {
+    let text = std::fs::read_to_string(path).at("cannot read", path)?;
+    let jobs = match yaml::jobs(path, &text) {
+        Ok(j) => j,
+        Err(problems) => {
+            report_problems(path, &problems);
+            return Err(Error::config(format!("{}: fix the config first", path.display())));
+        }
+    };
+    let conf = path.canonicalize().at("cannot resolve", path)?;
+    let runner =
+        std::env::current_exe().and_then(|e| e.canonicalize()).ctx(|| "cannot find backup-runner's own path".into())?;
+    let user = sm.get_one::<String>("user").map(String::as_str);
+    let ids: Vec<(String, Vec<String>)> = jobs.iter().map(|j| (j.id.clone(), j.intervals.clone())).collect();
+    let wanted = schedule::job_lines(&ids, &runner, &conf);
+    let mine = |l: &str| schedule::is_job_line(l, &conf);
+    let dry = sm.get_flag("dry-run");
+    match sm.get_one::<String>("action").map(String::as_str) {
+        Some("sync" | "install") => print_sync(schedule::reconcile(user, &wanted, &mine, dry)?, dry),
+        Some("list") => {
+            let mut out = std::io::stdout().lock();
+            for l in schedule::read_crontab(user)?.lines().filter(|l| mine(l)) {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        Some("remove") => print_sync(schedule::reconcile(user, &[], &mine, dry)?, dry),
+        _ => return Err(Error::usage("schedule needs sync, install, list or remove")),
     }
     Ok(())
 }

@@ -210,6 +210,66 @@ pub fn read_crontab(user: Option<&str>) -> Result<String> {
     crontab(user, &["-l"], None)
 }
 
+/// Brings the lines `is_mine` selects in line with `wanted`: stale ones removed, missing ones
+/// added (at the end), every other line untouched and in place. Writes nothing when nothing
+/// changes or `dry`. Returns (added, removed).
+pub fn reconcile(
+    user: Option<&str>,
+    wanted: &[String],
+    is_mine: &dyn Fn(&str) -> bool,
+    dry: bool,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let current = read_crontab(user)?;
+    let mut lines: Vec<String> = Vec::new();
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for l in current.lines() {
+        if is_mine(l) && (!wanted.iter().any(|w| w == l) || lines.iter().any(|k| k == l)) {
+            removed.push(l.to_owned());
+        } else {
+            lines.push(l.to_owned());
+        }
+    }
+    for w in wanted {
+        if !lines.contains(w) {
+            lines.push(w.clone());
+            added.push(w.clone());
+        }
+    }
+    if !(dry || added.is_empty() && removed.is_empty()) {
+        write_crontab(user, &(lines.join("\n") + "\n"))?;
+    }
+    Ok((added, removed))
+}
+
+/// The tag of a YAML job's lines.
+pub fn job_tag(config: &Path, job: &str) -> String {
+    format!("# nc-backup job {job}: {}", config.display()).replace('%', "\\%")
+}
+
+/// Whether a crontab line is one of a YAML config's job lines.
+pub fn is_job_line(line: &str, config: &Path) -> bool {
+    let end = format!(": {}", config.display()).replace('%', "\\%");
+    line.ends_with(&end) && line.contains(" # nc-backup job ")
+}
+
+/// The crontab lines of YAML jobs: one per interval.
+pub fn job_lines(jobs: &[(String, Vec<String>)], runner: &Path, config: &Path) -> Vec<String> {
+    let q = |p: &Path| ncb_core::params::shell_quote(&p.display().to_string()).replace('%', "\\%");
+    let mut out = Vec::new();
+    for (id, intervals) in jobs {
+        for i in intervals {
+            out.push(format!(
+                "{i} {} -q -r -c {} --job {} {}",
+                q(runner),
+                q(config),
+                ncb_core::params::shell_quote(id),
+                job_tag(config, id)
+            ));
+        }
+    }
+    out
+}
+
 /// Replaces the whole crontab.
 pub fn write_crontab(user: Option<&str>, text: &str) -> Result<()> {
     crontab(user, &["-"], Some(text)).map(drop)
