@@ -25,3 +25,4 @@ mod s3;
 mod s3_faults;
 mod schedule;
 mod storage;
+mod yaml;

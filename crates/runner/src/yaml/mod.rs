@@ -71,7 +71,23 @@ pub fn locate(text: &str, path: &[Seg]) -> Option<usize> {
         }
         (col, rest.to_owned())
     };
+    // Inside a flow collection (`[a, b]`, `{K: v}`) every step stays on that line.
+    let mut flow = false;
     for seg in path {
+        if flow {
+            continue;
+        }
+        if parent_col.is_some() {
+            let l = lines.get(start).copied().unwrap_or("");
+            let after = l.split_once(':').map_or("", |(_, r)| r).trim_start();
+            if after.starts_with('[')
+                || after.starts_with('{')
+                || l.trim_start().trim_start_matches("- ").starts_with('{')
+            {
+                flow = true;
+                continue;
+            }
+        }
         match seg {
             Seg::Key(k) => {
                 let mut found = None;

@@ -179,7 +179,7 @@ fn uploads(c: &mut Ctx, m: &yaml_serde::Mapping, path: &[Seg], objectives: &str)
         else {
             continue;
         };
-        let dest_path = path_.unwrap_or_default().trim_matches('/').to_owned();
+        let dest_path = path_.clone().unwrap_or_default().trim_matches('/').to_owned();
         let mut params = serde_json::Map::new();
         params.insert("OBJECTIVES".into(), objectives.into());
         if i + 1 == n {
@@ -208,7 +208,8 @@ fn uploads(c: &mut Ctx, m: &yaml_serde::Mapping, path: &[Seg], objectives: &str)
             "ONEDRIVE" => {
                 let remote = c.env("ONEDRIVE_REMOTE").unwrap_or_else(|| "onedrive".into());
                 params.insert("DESTINATION".into(), "rclone".into());
-                params.insert("RCLONE_REMOTE".into(), format!("{remote}:{dest_path}").into());
+                let rpath = path_.as_deref().unwrap_or("").trim_end_matches('/');
+                params.insert("RCLONE_REMOTE".into(), format!("{remote}:{rpath}").into());
                 params.insert("PREFIX".into(), "".into());
                 if let Some(rc) = c.env("RCLONE_CONFIG") {
                     params.insert("RCLONE_CONFIG".into(), rc.into());

@@ -1,0 +1,201 @@
+//! seeds/000's config.yaml, run as it is (paths and hosts changed): a project whose files are
+//! read over SSH (the test sshd, a throwaway user) and whose PostgreSQL database is dumped
+//! inside a podman container, uploaded to Garage (S3) and to an rclone remote (its ONEDRIVE,
+//! an SFTP remote here), credentials from the `.env` beside it; restored and compared.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use nc_backup_e2e::{Sandbox, Servers, aws, bin, cmd, run, unique};
+
+use crate::db::{make_pg_db, pg_admin, pg_restore_matches};
+
+const SSH_USER: &str = "ncbsshfiles";
+const CRON_USER: &str = "ncbyamlcron";
+
+fn ensure_user(name: &str, shell: &str) {
+    if Command::new("id").arg(name).output().unwrap().status.code() != Some(0) {
+        assert!(Command::new("useradd").args(["-M", "-s", shell, name]).status().unwrap().success());
+    }
+    assert!(Command::new("usermod").args(["-p", "*", name]).status().unwrap().success());
+}
+
+fn private(p: &Path) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn runner(conf: &Path, args: &[&str]) -> Command {
+    let mut c = cmd(&bin("backup-runner"));
+    c.args(args).arg("-c").arg(conf);
+    c
+}
+
+#[test]
+fn seed_000_config_yaml_runs_as_it_is_against_garage_sftp_ssh_and_a_container() {
+    let s = Servers::get();
+    ensure_user(SSH_USER, "/bin/sh");
+    ensure_user(CRON_USER, "/usr/sbin/nologin");
+    let sb = Sandbox::new();
+    std::fs::set_permissions(sb.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let site = sb.join("site");
+    std::fs::create_dir_all(site.join("img")).unwrap();
+    std::fs::write(site.join("index.html"), b"<h1>shop</h1>\n").unwrap();
+    std::fs::write(site.join("img/logo.bin"), nc_backup_e2e::pseudo_random(200_000, 11)).unwrap();
+    assert!(Command::new("chown").args(["-R", &format!("{SSH_USER}:")]).arg(&site).status().unwrap().success());
+    let db = make_pg_db(&s);
+    let prefix = unique("yaml").replace('_', "-");
+    let onedrive = sb.join("onedrive");
+    let yaml = format!(
+        r#"PROJECTS:
+  - NAME : shop
+    BACKUPS:
+      - FILE_BACKUP :
+          - FILE_PATH:
+              - {site}
+          - INTERVALS:
+              - "3 2 * * *"
+              - "1 4 * * 0"
+          - UPLOAD_TO:
+              - STORAGE_NAME : S3
+                PATH: {prefix}/files
+              - STORAGE_NAME : ONEDRIVE
+                PATH: {onedrive}
+          - SSH:
+              USERNAME: {SSH_USER}
+              IP_ADDRESS: 127.0.0.1
+      - DB_BACKUPS :
+          - INTERVALS:
+              - "30 1 * * *"
+          - UPLOAD_TO:
+              - STORAGE_NAME : S3
+                PATH: {prefix}/db
+          - DB_INFO:
+              USERNAME : ncbadmin
+              PASSWORD : {pw}
+              PORT : {port}
+              NAME : {db}
+              HOST : 127.0.0.1
+          - DOCKER :
+              CONTAINER_NAME : {container}
+"#,
+        site = site.display(),
+        onedrive = onedrive.display(),
+        pw = s.var("NCB_PG_PASSWORD"),
+        port = s.var("NCB_PG_PORT"),
+        container = s.var("NCB_CONTAINER"),
+    );
+    let conf = sb.write("conf/config.yaml", yaml.as_bytes());
+    let key = s.var("NCB_SSH_KEY");
+    let env = format!(
+        "# storage credentials, as seeds/000 keeps them\nS3_BUCKET_NAME={}\nS3_ENDPOINT_URL={}\nAWS_REGION={}\nAWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\nAWS_EC2_METADATA_DISABLED=true\n\
+         ONEDRIVE_REMOTE=:sftp,host=127.0.0.1,port={},user=root,key_file={key}\nSSH_PORT={}\nSSH_KEY={key}\nSSH_KNOWN_HOSTS={}\n\
+         CONTAINER_CLI=podman\nNC_BACKUP_WORK_FOLDER={}\nNC_BACKUP_LOG_FOLDER={}\n",
+        s.var("NCB_S3_BUCKET"),
+        s.var("NCB_S3_ENDPOINT"),
+        s.var("NCB_S3_REGION"),
+        s.var("NCB_S3_ACCESS_KEY"),
+        s.var("NCB_S3_SECRET_KEY"),
+        s.var("NCB_SSH_PORT"),
+        s.var("NCB_SSH_PORT"),
+        sb.join("known_hosts").display(),
+        sb.join("work").display(),
+        sb.join("log").display(),
+    );
+    let dotenv = sb.write("conf/.env", env.as_bytes());
+
+    // A .env others can read is refused.
+    std::fs::set_permissions(&dotenv, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&mut runner(&conf, &["--check", "--job", "shop/1"])).expect(2);
+    assert!(o.stderr.contains(".env") && o.stderr.contains("chmod 600"), "{}", o.stderr);
+    private(&dotenv);
+
+    // Several jobs: --job chooses; convert shows them, the password masked.
+    let o = run(&mut runner(&conf, &["--check"])).expect(2);
+    assert!(o.stderr.contains("holds 2 jobs") && o.stderr.contains("shop/1, shop/2"), "{}", o.stderr);
+    let converted = run(&mut runner(&conf, &["convert"])).expect(0).stdout;
+    assert!(converted.contains("// job shop/1: runs at 3 2 * * *, 1 4 * * 0"), "{converted}");
+    assert!(converted.contains("\"NAME\": \"pg-dump\"") && converted.contains("\"DOCKER_CONTAINER\""), "{converted}");
+    assert!(!converted.contains(&s.var("NCB_PG_PASSWORD")), "convert printed the password");
+    run(&mut runner(&conf, &["--check", "--job", "shop/1"])).expect(0);
+
+    // The file backup over SSH, to Garage and the SFTP remote; restored from Garage.
+    let o = crate::db::watch_argv(&s.var("NCB_PG_PASSWORD"), || run(&mut runner(&conf, &["-r", "--job", "shop/1"])));
+    let o = o.expect(0);
+    let _ = o;
+    let keys = aws(&s, &["s3", "ls", "--recursive", &format!("s3://{}/{prefix}/files/", s.var("NCB_S3_BUCKET"))]);
+    assert!(keys.contains("RUN-MANIFEST.json"), "{keys}");
+    assert!(std::fs::read_dir(&onedrive).unwrap().count() == 1, "one run on the rclone remote");
+    let back = sb.join("restored-files");
+    run(&mut runner(&conf, &["restore", "--job", "shop/1", "--to", back.to_str().unwrap()])).expect(0);
+    let got = back.join(site.strip_prefix("/").unwrap());
+    assert!(Command::new("diff").arg("-r").arg(&site).arg(&got).status().unwrap().success());
+
+    // The database, dumped inside the container (password on its stdin, never argv).
+    let o = crate::db::watch_argv(&s.var("NCB_PG_PASSWORD"), || run(&mut runner(&conf, &["-r", "--job", "shop/2"])));
+    o.expect(0);
+    let dback = sb.join("restored-db");
+    run(&mut runner(&conf, &["restore", "--job", "shop/2", "--to", dback.to_str().unwrap()])).expect(0);
+    let dumps: Vec<_> = walk(&dback).into_iter().filter(|p| p.to_string_lossy().ends_with(".dump")).collect();
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    pg_restore_matches(&s, &db, &dumps[0]);
+
+    // schedule sync: one line per job and interval, tagged; idempotent; a removed interval goes.
+    let sched = |extra: &[&str]| run(&mut runner(&conf, &[&["schedule", "sync", "--user", CRON_USER], extra].concat()));
+    let o = sched(&[]).expect(0);
+    assert!(o.stdout.contains("3 added, 0 removed"), "{}", o.stdout);
+    assert!(sched(&[]).expect(0).stdout.contains("already in line"));
+    let tab = String::from_utf8_lossy(&Command::new("crontab").args(["-u", CRON_USER, "-l"]).output().unwrap().stdout)
+        .into_owned();
+    assert!(
+        tab.lines().any(|l| l.starts_with("30 1 * * * ") && l.contains("--job shop/2 # nc-backup job shop/2: ")),
+        "{tab}"
+    );
+    std::fs::write(&conf, yaml.replace("              - \"1 4 * * 0\"\n", "")).unwrap();
+    let o = sched(&["--dry-run"]).expect(0);
+    assert!(o.stdout.contains("dry run: 0 to add, 1 to remove"), "{}", o.stdout);
+    assert!(sched(&[]).expect(0).stdout.contains("0 added, 1 removed"));
+    assert!(
+        run(&mut runner(&conf, &["schedule", "remove", "--user", CRON_USER])).expect(0).stdout.contains("2 removed")
+    );
+    pg_admin(&s, "postgres", &format!("DROP DATABASE {db} WITH (FORCE);"));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+#[test]
+fn malformed_yaml_is_refused_with_the_key_path_and_line() {
+    let sb = Sandbox::new();
+    let cases: [(&str, &str); 6] = [
+        ("PROJECTS:\n\t- NAME: x\n", "line 2"),
+        ("PROJECTS:\n  - NAME: x\n   BACKUPS: []\n", "line 3"),
+        (
+            "PROJECTS:\n  - NAME: shop\n    BACKUPS:\n      - FILE_BACKUP:\n          FILE_PATH: /srv\n          INTERVALS: [\"* * *\"]\n          UPLOAD_TO: [{STORAGE_NAME: LOCAL, PATH: /x}]\n",
+            "PROJECTS[0].BACKUPS[0].FILE_BACKUP.INTERVALS[0] (line 6)",
+        ),
+        (
+            "PROJECTS:\n  - NAME: shop\n    BACKUPS:\n      - FILE_BACKUP:\n          FILE_PATH: /srv\n          INTERVALS: [\"@daily\"]\n          COLOUR: blue\n          UPLOAD_TO: [{STORAGE_NAME: LOCAL, PATH: /x}]\n",
+            "PROJECTS[0].BACKUPS[0].FILE_BACKUP.COLOUR (line 7): unknown key",
+        ),
+        (
+            "PROJECTS:\n  - NAME: shop\n    BACKUPS:\n      - DB_BACKUPS:\n          INTERVALS: [\"@daily\"]\n          UPLOAD_TO: [{STORAGE_NAME: LOCAL, PATH: /x}]\n          DB_INFO:\n            NAME: shop\n            PORT: [5432]\n",
+            "PROJECTS[0].BACKUPS[0].DB_BACKUPS.DB_INFO.PORT (line 9): must be a non-empty string",
+        ),
+        (
+            "PROJECTS:\n  - NAME: shop\n    BACKUPS:\n      - FILE_BACKUP:\n          FILE_PATH: /srv\n          INTERVALS: [\"@daily\"]\n          UPLOAD_TO: [{STORAGE_NAME: DROPBOX, PATH: /x}]\n",
+            "'DROPBOX' is not S3, ONEDRIVE or LOCAL",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let conf = sb.write(&format!("c{i}/config.yaml"), text.as_bytes());
+        let o = run(&mut runner(&conf, &["--check"])).expect(2);
+        assert!(o.stderr.contains(want), "case {i}: want {want:?} in:\n{}", o.stderr);
+    }
+}
