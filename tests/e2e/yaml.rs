@@ -199,3 +199,106 @@ fn malformed_yaml_is_refused_with_the_key_path_and_line() {
         assert!(o.stderr.contains(want), "case {i}: want {want:?} in:\n{}", o.stderr);
     }
 }
+
+/// C3's config.yaml and command line (seeds/001), on moto (it keeps storage classes).
+#[test]
+fn c3_config_yaml_uploads_each_file_once_with_caps_and_its_class_and_downloads() {
+    let s = Servers::get();
+    ensure_user(CRON_USER, "/usr/sbin/nologin");
+    let sb = Sandbox::new();
+    let endpoint = s.var("NCB_MOTO_ENDPOINT");
+    let bucket = unique("ncbc3").replace('_', "-");
+    let aws_moto = |args: &[&str]| {
+        let out = Command::new("aws")
+            .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "moto")
+            .env("AWS_SECRET_ACCESS_KEY", "moto")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    aws_moto(&["s3api", "create-bucket", "--bucket", &bucket]);
+    sb.write("c3/photos/a.jpg", b"jpeg a");
+    sb.write("c3/photos/b.png", &nc_backup_e2e::pseudo_random(100_000, 3));
+    sb.write("c3/photos/notes.txt", b"not a photo");
+    sb.write("c3/photos/trip/d.JPG", b"jpeg d");
+    // C3's sample config, with the bucket changed.
+    let conf = sb.write(
+        "c3/config.yaml",
+        format!(
+            "input:\n  path: \"./photos\"\n  file-extensions:\n    - '.jpg'\n    - '.png'\n\ntarget:\n  max-uploaded-file: 2\n  max-download-file:\n  provider:\n    aws:\n      region: \"us-east-1\"\n      bucket-name: \"{bucket}\"\n      storage-policy: \"STANDARD_IA\"\n\njob:\n  job-description: \"test backup!\"\n  runtime:\n    at:\n      - second: 1\n      - minute: 10\n      - hour: 2\n"
+        )
+        .as_bytes(),
+    );
+    let with_moto = |c: &mut Command| {
+        c.env("AWS_ACCESS_KEY_ID", "moto")
+            .env("AWS_SECRET_ACCESS_KEY", "moto")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("NC_BACKUP_WORK_FOLDER", sb.join("work"))
+            .env("NC_BACKUP_LOG_FOLDER", sb.join("log"));
+    };
+    let keys = || {
+        let out = aws_moto(&[
+            "s3api",
+            "list-objects-v2",
+            "--bucket",
+            &bucket,
+            "--query",
+            "Contents[].[Key,StorageClass]",
+            "--output",
+            "text",
+        ]);
+        let mut v: Vec<String> = out.lines().filter(|l| *l != "None").map(|l| l.replace('\t', " ")).collect();
+        v.sort();
+        v
+    };
+    // backup-runner -r -c config.yaml: the upload; the cap sends 2 now (name order), 1 waits.
+    let mut c = runner(&conf, &["-r", "--json"]);
+    with_moto(&mut c);
+    let o = run(&mut c).expect(0);
+    assert!(o.stdout.contains("\"waiting\": 1") || o.stdout.contains("\"waiting\":1"), "{}", o.stdout);
+    assert_eq!(keys(), ["a.jpg STANDARD_IA", "b.png STANDARD_IA"]);
+    // The next run sends the one that waited and nothing twice; notes.txt never.
+    let mut c = runner(&conf, &["-r"]);
+    with_moto(&mut c);
+    run(&mut c).expect(0);
+    assert_eq!(keys(), ["a.jpg STANDARD_IA", "b.png STANDARD_IA", "trip/d.JPG STANDARD_IA"]);
+    let mut c = cmd(&bin("backup-runner"));
+    c.args(["c3", "--run", "upload", "-f"]).arg(&conf);
+    with_moto(&mut c);
+    let o = run(&mut c).expect(0);
+    assert!(o.stdout.contains("\"stored\": 0") && o.stdout.contains("\"skipped\": 3"), "{}", o.stdout);
+
+    // -d: download into input.path; the photos come back byte for byte.
+    std::fs::remove_dir_all(sb.join("c3/photos")).unwrap();
+    let mut c = cmd(&bin("backup-runner"));
+    c.args(["c3", "--run", "download", "-f"]).arg(&conf);
+    with_moto(&mut c);
+    run(&mut c).expect(0);
+    assert_eq!(std::fs::read(sb.join("c3/photos/b.png")).unwrap(), nc_backup_e2e::pseudo_random(100_000, 3));
+    assert_eq!(std::fs::read(sb.join("c3/photos/trip/d.JPG")).unwrap(), b"jpeg d");
+    assert!(!sb.join("c3/photos/notes.txt").exists());
+
+    // -n and -d: the jobs in the crontab at job.runtime.at, once each.
+    for _ in 0..2 {
+        let mut c = cmd(&bin("backup-runner"));
+        c.args(["c3", "-n", "-d", "--user", CRON_USER, "-f"]).arg(&conf);
+        run(&mut c).expect(0);
+    }
+    let tab = String::from_utf8_lossy(&Command::new("crontab").args(["-u", CRON_USER, "-l"]).output().unwrap().stdout)
+        .into_owned();
+    let ours: Vec<&str> = tab.lines().filter(|l| l.contains("# nc-backup c3 ")).collect();
+    assert_eq!(ours.len(), 2, "{tab}");
+    assert!(ours.iter().all(|l| l.starts_with("10 2 * * * ")), "{tab}");
+    assert!(ours.iter().any(|l| l.contains("c3 --run download -f ")), "{tab}");
+
+    // A policy C3 does not know, and a bad cap: exit 2 naming the key and line.
+    let bad = sb.write("bad/config.yaml", b"input:\n  path: ./p\ntarget:\n  max-uploaded-file: -3\n  provider:\n    aws:\n      region: us-east-1\n      bucket-name: b\n      storage-policy: standard\njob:\n  runtime:\n    at:\n      - hour: 2\n");
+    let o = run(&mut runner(&bad, &["--check"])).expect(2);
+    assert!(o.stderr.contains("target.max-uploaded-file (line 4)"), "{}", o.stderr);
+    assert!(o.stderr.contains("target.provider.aws.storage-policy (line 9)"), "{}", o.stderr);
+}

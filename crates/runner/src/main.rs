@@ -43,6 +43,15 @@ fn cli() -> Command {
                 .help("The job of a YAML config with several (PROJECT/N: the Nth backup of PROJECT)"),
         )
         .subcommand(
+            Command::new("c3")
+                .about("C3's command line (seeds/001): schedule the upload (-n) or download (-d) job of its config.yaml")
+                .arg(Arg::new("new").short('n').long("new").action(ArgAction::SetTrue).help("Schedule the upload job (job.runtime.at)"))
+                .arg(Arg::new("download").short('d').long("download").action(ArgAction::SetTrue).help("Schedule the download job"))
+                .arg(Arg::new("file").short('f').long("config-file").value_name("CONFIG_FILE").default_value("config.yaml").help("C3's config (default ./config.yaml)"))
+                .arg(Arg::new("run").long("run").value_parser(["upload", "download"]).help("Run a job now (what the crontab lines run)"))
+                .arg(Arg::new("user").long("user").short('u').value_name("USER").help("Whose crontab (default: yours)")),
+        )
+        .subcommand(
             Command::new("convert")
                 .about("Print the conf.json of each job of a YAML config (secrets masked)"),
         )
@@ -278,6 +287,7 @@ fn main() -> ExitCode {
         Some(("prune", sm)) => Some(prune_main(&m, sm)),
         Some(("apps", sm)) => Some(apps::main(&m, sm)),
         Some(("convert", _)) => Some(convert_main(&m)),
+        Some(("c3", sm)) => Some(c3_main(&m, sm)),
         _ => None,
     };
     if let Some(r) = sub {
@@ -325,6 +335,82 @@ fn dotenv_reexec(config: &Path) -> Result<(), String> {
         std::process::Command::new(me).args(std::env::args_os().skip(1)).envs(add).env(DONE, "1"),
     );
     Err(format!("cannot start again with the .env beside {}: {err}", config.display()))
+}
+
+/// `c3 -n|-d [-f config.yaml]`: C3's command line. `-n` and `-d` put the upload and download
+/// jobs in the crontab at job.runtime.at (replacing their earlier lines); `--run` runs one now.
+fn c3_main(m: &ArgMatches, sm: &ArgMatches) -> Result<ExitStatus, Error> {
+    let path = PathBuf::from(sm.get_one::<String>("file").map_or("config.yaml", String::as_str));
+    let text = std::fs::read_to_string(&path).at("cannot read", &path)?;
+    let root = match yaml::parse(&text) {
+        Ok(r) => r,
+        Err(problems) => {
+            report_problems(&path, &problems);
+            return Err(Error::config(format!("{}: fix the config first", path.display())));
+        }
+    };
+    let c = match yaml::c3::read(&path, &text, &root) {
+        Ok(c) => c,
+        Err(problems) => {
+            report_problems(&path, &problems);
+            return Err(Error::config(format!("{}: fix the config first", path.display())));
+        }
+    };
+    ncb_core::logging::init("backup-runner c3", None, m.get_flag("verbose"), m.get_flag("quiet"))?;
+    if let Some(job) = sm.get_one::<String>("run") {
+        let mut p = ncb_core::params::Params::new();
+        for (k, v) in yaml::c3::storage_params(&c) {
+            match v {
+                serde_json::Value::Array(a) => {
+                    p.set(&k, a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" "))
+                }
+                other => p.set(&k, other.as_str().unwrap_or_default()),
+            }
+        }
+        if job == "download" {
+            p.set("DOWNLOAD", "True");
+            p.set("SOURCE", "s3");
+            p.set("DESTINATION", c.input.clone());
+            if let Some(n) = c.max_download {
+                p.set("MAX_DOWNLOAD_FILES", n.to_string());
+            }
+        } else {
+            p.set("OBJECTIVES", c.input.clone());
+            if let Some(n) = c.max_upload {
+                p.set("MAX_UPLOAD_FILES", n.to_string());
+            }
+        }
+        let problems = storage::STAGE.check(&p);
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(Error::config(list.join("; ")));
+        }
+        let general =
+            ncb_core::context::General { hostname: ncb_core::context::system_hostname(), ..Default::default() };
+        let ctx =
+            ncb_core::StageCtx::new(general, new_run_id(chrono::Utc::now()), format!("C3_{}", job.to_uppercase()));
+        let report = storage::STAGE.execute(&ctx, &p)?;
+        print_json(&report);
+        return Ok(ExitStatus::Success);
+    }
+    let (new, download) = (sm.get_flag("new"), sm.get_flag("download"));
+    if !new && !download {
+        return Err(Error::usage("c3 needs -n (upload job), -d (download job) or --run"));
+    }
+    let conf = path.canonicalize().at("cannot resolve", &path)?;
+    let runner =
+        std::env::current_exe().and_then(|e| e.canonicalize()).ctx(|| "cannot find backup-runner's own path".into())?;
+    let q = |p: &Path| ncb_core::params::shell_quote(&p.display().to_string()).replace('%', "\\%");
+    let user = sm.get_one::<String>("user").map(String::as_str);
+    for (on, job) in [(new, "upload"), (download, "download")] {
+        if !on {
+            continue;
+        }
+        let tag = format!("# nc-backup c3 {job}: {}", conf.display()).replace('%', "\\%");
+        let line = format!("{} {} -q c3 --run {job} -f {} {tag}", c.schedule, q(&runner), q(&conf));
+        print_sync(schedule::reconcile(user, &[line], &|l: &str| l.ends_with(&tag), false)?, false);
+    }
+    Ok(ExitStatus::Success)
 }
 
 /// `convert`: each job of a YAML config as the conf.json it runs, secrets masked.

@@ -9,6 +9,7 @@
 //! S3-compatible store (DESTINATION s3), and every cloud rclone knows (DESTINATION rclone).
 
 pub mod backend;
+pub mod perfile;
 pub mod rclone;
 pub mod retention;
 pub mod s3;
@@ -23,7 +24,7 @@ use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
 use retention::Policy;
 
-pub static PARAMS: [ParamSpec; 32] = [
+pub static PARAMS: [ParamSpec; 34] = [
     ParamSpec::new(
         "DESTINATION",
         Kind::List,
@@ -37,7 +38,17 @@ pub static PARAMS: [ParamSpec; 32] = [
         Kind::Bool,
         "Delete the inputs once every destination holds them and its run manifest",
     ),
-    ParamSpec::new("MAX_UPLOAD_FILES", Kind::Int, "Refuse a run of more files than this"),
+    ParamSpec::new(
+        "MAX_UPLOAD_FILES",
+        Kind::Int,
+        "Refuse a run of more files than this (LAYOUT files: store at most this many now, the rest next run)",
+    ),
+    ParamSpec::new(
+        "LAYOUT",
+        Kind::Choice(&["runs", "files"]),
+        "runs (default): a run folder with its manifest; files: each file its own object under PREFIX, never sent twice (C3)",
+    ),
+    ParamSpec::new("FILE_EXTENSIONS", Kind::List, "LAYOUT files: only files with these extensions (.jpg .png)"),
     ParamSpec::new(
         "ALLOW_EMPTY",
         Kind::Bool,
@@ -73,7 +84,11 @@ pub static PARAMS: [ParamSpec; 32] = [
         "--download: the destination kind to fetch from (default local)",
     ),
     ParamSpec::new("RUN", Kind::Str, "--download: a run id, or latest (default): the newest complete run"),
-    ParamSpec::new("MAX_DOWNLOAD_FILES", Kind::Int, "--download: refuse a run of more files than this"),
+    ParamSpec::new(
+        "MAX_DOWNLOAD_FILES",
+        Kind::Int,
+        "--download: refuse a run of more files than this (LAYOUT files: fetch at most this many now)",
+    ),
     ParamSpec::new(
         "RCLONE_REMOTE",
         Kind::Str,
@@ -168,7 +183,28 @@ fn validate(p: &Params) -> Vec<Problem> {
             other => bad("DESTINATION", format!("unknown destination '{other}' (known: {})", KINDS.join(", "))),
         }
     }
+    let files_layout = p.str("LAYOUT").is_some_and(|l| l.eq_ignore_ascii_case("files"));
+    if files_layout {
+        for key in [
+            "REMOVE_OBJECTIVES",
+            "KEEP_LAST",
+            "KEEP_DAILY",
+            "KEEP_WEEKLY",
+            "KEEP_MONTHLY",
+            "KEEP_YEARLY",
+            "KEEP_HOURLY",
+            "KEEP_WITHIN",
+        ] {
+            if p.has(key) {
+                bad(key, "is not available with LAYOUT files (each file is kept; nothing is deleted)".into());
+            }
+        }
+    } else if p.has("FILE_EXTENSIONS") {
+        bad("FILE_EXTENSIONS", "needs LAYOUT files".into());
+    }
+    // PREFIX `/`: the root of the destination (LAYOUT files).
     if let Some(prefix) = p.str("PREFIX")
+        && !prefix.trim_matches('/').is_empty()
         && !prefix.trim_end_matches('/').split('/').all(|c| !c.is_empty() && c != "." && c != "..")
     {
         bad("PREFIX", format!("'{prefix}' is not a plain relative folder"));
@@ -238,8 +274,18 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         log::info!("UPLOAD_COMMAND is ignored: files are stored in-process");
     }
     let prefix = prefix(p, ctx);
+    let files_layout = p.choice("LAYOUT", &["runs", "files"], "runs")? == "files";
     if p.flag("DOWNLOAD", false)? {
         let source = p.choice("SOURCE", &["local", "s3", "rclone"], "local")?;
+        if files_layout {
+            let backend: Box<dyn Backend> = match source.as_str() {
+                "s3" => Box::new(s3::S3::from_params(p)?),
+                "rclone" => Box::new(rclone::Rclone::new(p.required_str("RCLONE_REMOTE")?, p.path("RCLONE_CONFIG"))),
+                _ => Box::new(Local { root: p.required_path("PATH")? }),
+            };
+            perfile::download(p, backend.as_ref(), &prefix, &mut report)?;
+            return Ok(report);
+        }
         if source == "s3" {
             download(p, &s3::S3::from_params(p)?, &prefix, &mut report)?;
         } else if source == "rclone" {
@@ -255,6 +301,11 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         return Ok(report);
     }
     let files = collect(p)?;
+    if files_layout {
+        let dests = backends(p, ctx)?;
+        perfile::upload(p, files, &dests, &prefix, &mut report)?;
+        return Ok(report);
+    }
     if files.is_empty() {
         let objectives: Vec<String> = p.paths("OBJECTIVES")?.iter().map(|o| o.display().to_string()).collect();
         if !p.flag("ALLOW_EMPTY", false)? {

@@ -3,11 +3,14 @@
 //! (`-r`, `--check`, `--dry-run`, `runs`, `verify`, `restore`, `schedule`) works on them
 //! unchanged and `backup-runner convert` can print what they mean.
 //!
+//! - [`c3`]: seeds/001, C3 (`input:`, `target:`, `job:` — a folder's files with an extension
+//!   filter, each its own object in an S3 bucket and storage class, never uploaded twice);
 //! - [`projects`]: seeds/000 (`PROJECTS:` — projects, each with file and database backups on
 //!   several cron intervals, uploaded to several storages, locally, over SSH or in a container).
 //!
 //! A YAML file is recognised by its name (`.yaml`, `.yml`) and its top-level keys.
 
+pub mod c3;
 pub mod projects;
 
 use std::path::{Path, PathBuf};
@@ -187,10 +190,13 @@ pub fn jobs(path: &Path, text: &str) -> Result<Vec<Job>, Vec<ConfigProblem>> {
     let env = dotenv_beside(path).map_err(|e| vec![e])?;
     match &root {
         yaml_serde::Value::Mapping(m) if m.contains_key("PROJECTS") => projects::jobs(path, text, &root, &env),
+        yaml_serde::Value::Mapping(m) if m.contains_key("input") || m.contains_key("target") => {
+            c3::jobs(path, text, &root)
+        }
         _ => Err(vec![ConfigProblem::new(
             None,
             None,
-            "a YAML config must have PROJECTS at the top (seeds/000); see docs/YAML.md",
+            "a YAML config must have PROJECTS (seeds/000) or input/target/job (C3, seeds/001) at the top; see docs/YAML.md",
         )]),
     }
 }
