@@ -9,7 +9,7 @@ use std::process::Command;
 
 use nc_backup_e2e::{Sandbox, Servers, aws, bin, cmd, run, unique};
 
-use crate::db::{make_pg_db, pg_admin, pg_restore_matches};
+use crate::db::{make_mysql_db, make_pg_db, my_admin, mysql_restore_matches, pg_admin, pg_restore_matches};
 
 const SSH_USER: &str = "ncbsshfiles";
 const CRON_USER: &str = "ncbyamlcron";
@@ -44,6 +44,19 @@ fn seed_000_config_yaml_runs_as_it_is_against_garage_sftp_ssh_and_a_container() 
     std::fs::write(site.join("img/logo.bin"), nc_backup_e2e::pseudo_random(200_000, 11)).unwrap();
     assert!(Command::new("chown").args(["-R", &format!("{SSH_USER}:")]).arg(&site).status().unwrap().success());
     let db = make_pg_db(&s);
+    let my_db = make_mysql_db(&s);
+    let my_user = unique("ncbyamlmy");
+    let my_pw = format!("my-{}", unique("pw"));
+    my_admin(
+        &s,
+        &format!(
+            "CREATE USER '{my_user}'@'%' IDENTIFIED BY '{my_pw}';
+             GRANT SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT ON {my_db}.* TO '{my_user}'@'%';
+             GRANT SELECT ON mysql.proc TO '{my_user}'@'%';"
+        ),
+    );
+    let my_pw_file = sb.write("conf/mariadb.pw", format!("{my_pw}\n").as_bytes());
+    private(&my_pw_file);
     let prefix = unique("yaml").replace('_', "-");
     let onedrive = sb.join("onedrive");
     let yaml = format!(
@@ -78,7 +91,24 @@ fn seed_000_config_yaml_runs_as_it_is_against_garage_sftp_ssh_and_a_container() 
               HOST : 127.0.0.1
           - DOCKER :
               CONTAINER_NAME : {container}
+      - DB_BACKUPS :
+          - INTERVALS:
+              - "45 1 * * *"
+          - UPLOAD_TO:
+              - STORAGE_NAME : S3
+                PATH: {prefix}/mariadb
+          - DB_INFO:
+              TYPE : mariadb
+              USERNAME : {my_user}
+              PASSWORD_FILE : {my_pw_file}
+              PORT : {my_port}
+              NAME : {my_db}
+              HOST : 127.0.0.1
 "#,
+        my_user = my_user,
+        my_pw_file = my_pw_file.display(),
+        my_port = s.var("NCB_MYSQL_PORT"),
+        my_db = my_db,
         site = site.display(),
         onedrive = onedrive.display(),
         pw = s.var("NCB_PG_PASSWORD"),
@@ -112,7 +142,7 @@ fn seed_000_config_yaml_runs_as_it_is_against_garage_sftp_ssh_and_a_container() 
 
     // Several jobs: --job chooses; convert shows them, the password masked.
     let o = run(&mut runner(&conf, &["--check"])).expect(2);
-    assert!(o.stderr.contains("holds 2 jobs") && o.stderr.contains("shop/1, shop/2"), "{}", o.stderr);
+    assert!(o.stderr.contains("holds 3 jobs") && o.stderr.contains("shop/1, shop/2, shop/3"), "{}", o.stderr);
     let converted = run(&mut runner(&conf, &["convert"])).expect(0).stdout;
     assert!(converted.contains("// job shop/1: runs at 3 2 * * *, 1 4 * * 0"), "{converted}");
     assert!(converted.contains("\"NAME\": \"pg-dump\"") && converted.contains("\"DOCKER_CONTAINER\""), "{converted}");
@@ -140,10 +170,22 @@ fn seed_000_config_yaml_runs_as_it_is_against_garage_sftp_ssh_and_a_container() 
     assert_eq!(dumps.len(), 1, "{dumps:?}");
     pg_restore_matches(&s, &db, &dumps[0]);
 
+    // MariaDB (TYPE mariadb), its password from a 0600 PASSWORD_FILE.
+    run(&mut runner(&conf, &["-r", "--job", "shop/3"])).expect(0);
+    let mback = sb.join("restored-mariadb");
+    run(&mut runner(&conf, &["restore", "--job", "shop/3", "--to", mback.to_str().unwrap()])).expect(0);
+    // Restore gives the dump back decompressed (`.sql`).
+    let mdumps: Vec<_> = walk(&mback).into_iter().filter(|p| p.to_string_lossy().ends_with(".sql")).collect();
+    assert_eq!(mdumps.len(), 1, "{mdumps:?}");
+    let gz = sb.join("mariadb.sql.gz");
+    let out = Command::new("gzip").arg("-c").arg(&mdumps[0]).output().unwrap();
+    std::fs::write(&gz, out.stdout).unwrap();
+    mysql_restore_matches(&s, &my_db, &gz, true);
+
     // schedule sync: one line per job and interval, tagged; idempotent; a removed interval goes.
     let sched = |extra: &[&str]| run(&mut runner(&conf, &[&["schedule", "sync", "--user", CRON_USER], extra].concat()));
     let o = sched(&[]).expect(0);
-    assert!(o.stdout.contains("3 added, 0 removed"), "{}", o.stdout);
+    assert!(o.stdout.contains("4 added, 0 removed"), "{}", o.stdout);
     assert!(sched(&[]).expect(0).stdout.contains("already in line"));
     let tab = String::from_utf8_lossy(&Command::new("crontab").args(["-u", CRON_USER, "-l"]).output().unwrap().stdout)
         .into_owned();
@@ -156,9 +198,10 @@ fn seed_000_config_yaml_runs_as_it_is_against_garage_sftp_ssh_and_a_container() 
     assert!(o.stdout.contains("dry run: 0 to add, 1 to remove"), "{}", o.stdout);
     assert!(sched(&[]).expect(0).stdout.contains("0 added, 1 removed"));
     assert!(
-        run(&mut runner(&conf, &["schedule", "remove", "--user", CRON_USER])).expect(0).stdout.contains("2 removed")
+        run(&mut runner(&conf, &["schedule", "remove", "--user", CRON_USER])).expect(0).stdout.contains("3 removed")
     );
     pg_admin(&s, "postgres", &format!("DROP DATABASE {db} WITH (FORCE);"));
+    my_admin(&s, &format!("DROP USER '{my_user}'@'%'; DROP DATABASE {my_db}"));
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
