@@ -2,6 +2,7 @@
 """Reference decryptor for docs/FORMAT.md, written from the document alone.
 
     decrypt-reference.py KEY_FILE PART [PART...] > plaintext
+    decrypt-reference.py IDENTITY_FILE PART [PART...] > plaintext   (public-key files)
 
 It holds the whole stream in memory: it exists to show the format is fully specified (the
 tests check it against the Rust implementation), not for large restores.
@@ -14,8 +15,38 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-key = bytes.fromhex(open(sys.argv[1]).read().strip())
+key_text = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
 stream = b"".join(open(p, "rb").read() for p in sys.argv[2:])
+if stream[:8] == b"NCBPKE\r\n":
+    # Public-key file: open the file key with the identity, then read the stream after it.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    if len(key_text) != 1 or not key_text[0].startswith("ncb-identity-v1:"):
+        sys.exit("a public-key file needs an identity file")
+    secret = X25519PrivateKey.from_private_bytes(bytes.fromhex(key_text[0][len("ncb-identity-v1:"):]))
+    public = secret.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if stream[8:10] != b"\x01\x01" or stream[11] != 0:
+        sys.exit("unsupported public-key version")
+    n = stream[10]
+    hlen = 12 + 88 * n + 32
+    pk, stream = stream[:hlen], stream[hlen:]
+    kid = hashlib.sha256(b"ncb-pke key id" + public).digest()[:8]
+    key = None
+    for i in range(n):
+        st = pk[12 + 88 * i:12 + 88 * (i + 1)]
+        if st[:8] != kid:
+            continue
+        eph = st[8:40]
+        shared = secret.exchange(X25519PublicKey.from_public_bytes(eph))
+        wrap = HKDF(hashes.SHA256(), 32, eph + public, b"ncb-pke v1 wrap").derive(shared)
+        key = AESGCM(wrap).decrypt(b"\x00" * 12, st[40:], st[:40])
+    if key is None:
+        sys.exit("not sealed for this identity")
+    hk = HKDF(hashes.SHA256(), 32, b"", b"ncb-pke v1 header").derive(key)
+    if not hmac.compare_digest(hmac.new(hk, pk[:-32], "sha256").digest(), pk[-32:]):
+        sys.exit("public-key header altered")
+else:
+    key = bytes.fromhex(key_text[0])
 h = stream[:96]
 if h[:8] != b"NCBENC\r\n":
     sys.exit("not an nc-backup encrypted stream")

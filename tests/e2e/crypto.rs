@@ -351,3 +351,153 @@ fn an_earlier_encryption_is_never_overwritten() {
     after.sort();
     assert!(before == after, "the earlier encryption changed");
 }
+
+/// Public-key encryption (issue 16): the host holds only recipients.
+mod public_key {
+    use super::*;
+
+    fn keypair(sb: &Sandbox, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let id = sb.join(format!("keys/{name}"));
+        std::fs::create_dir_all(sb.join("keys")).unwrap();
+        let out = run(cmd(&bin("encryption")).arg("--generate-keypair").arg(&id)).expect(0);
+        assert!(out.stdout.contains("key_id"), "{}", out.stdout);
+        (id.clone(), sb.join(format!("keys/{name}.pub")))
+    }
+
+    fn seal(input: &Path, dest: &Path, recipients: &[&Path]) -> nc_backup_e2e::Out {
+        let mut c = cmd(&bin("encryption"));
+        c.arg("--OBJECTIVES").arg(input).arg("--DESTINATION").arg(dest).args(["--FILE_SIZE", "1"]);
+        for r in recipients {
+            c.arg("--RECIPIENTS").arg(r);
+        }
+        run(&mut c)
+    }
+
+    fn open(prefix: &Path, out: &Path, identities: &[&Path]) -> nc_backup_e2e::Out {
+        let mut c = cmd(&bin("encryption"));
+        c.arg("-d").arg("--OBJECTIVES").arg(prefix).arg("--DESTINATION").arg(out);
+        for i in identities {
+            c.arg("--IDENTITY").arg(i);
+        }
+        run(&mut c)
+    }
+
+    #[test]
+    fn recipients_encrypt_identities_decrypt_and_the_host_cannot() {
+        let sb = Sandbox::new();
+        let (a, a_pub) = keypair(&sb, "offsite-a");
+        let (b, b_pub) = keypair(&sb, "offsite-b");
+        let (c, _) = keypair(&sb, "stranger");
+        assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o600);
+        for (i, size) in [0usize, 1, SEG, 2 * SEG + 7].into_iter().enumerate() {
+            let plain = data(size, 500 + i as u32);
+            let input = sb.write(&format!("in/f{i}.tar.gz"), &plain);
+            let dest = sb.join(format!("e{i}"));
+            // Two recipients: each identity alone decrypts.
+            let r = seal(&input, &dest, &[&a_pub, &b_pub]).expect(0).json();
+            assert_eq!(r["data"]["recipients"].as_array().unwrap().len(), 2, "{r}");
+            let prefix = dest.join(format!("f{i}.tar.gz.enc"));
+            for (n, id) in [(0, &a), (1, &b)] {
+                let out = sb.join(format!("out{i}-{n}"));
+                open(&prefix, &out, &[id]).expect(0);
+                assert!(std::fs::read(&out).unwrap() == plain, "size {size}, identity {n}");
+            }
+            // The reference decryptor (docs/FORMAT.md alone) reads it too.
+            let parts: Vec<String> = {
+                let mut v: Vec<String> = std::fs::read_dir(&dest)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path().display().to_string())
+                    .filter(|p| !p.ends_with(".json"))
+                    .collect();
+                v.sort();
+                v
+            };
+            let out = std::process::Command::new("python3")
+                .arg(nc_backup_e2e::repo().join("scripts/decrypt-reference.py"))
+                .arg(&b)
+                .args(&parts)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(out.stdout == plain, "size {size}: the reference decryptor disagrees");
+        }
+        let prefix = sb.join("e3/f3.tar.gz.enc");
+        // The wrong identity: exit 1, naming the keys it is sealed for; nothing written.
+        let o = open(&prefix, &sb.join("wrong"), &[&c]).expect(1);
+        assert!(o.stderr.contains("no identity given opens it"), "{}", o.stderr);
+        assert!(!sb.join("wrong").exists());
+        // What the host holds (the .pub files, no key file) cannot decrypt.
+        let o = open(&prefix, &sb.join("host"), &[&a_pub]).expect(2);
+        assert!(o.stderr.contains("decrypting needs the identity"), "{}", o.stderr);
+        let o = run(cmd(&bin("encryption"))
+            .arg("-d")
+            .arg("--OBJECTIVES")
+            .arg(&prefix)
+            .arg("--DESTINATION")
+            .arg(sb.join("host")))
+        .expect(2);
+        assert!(o.stderr.contains("KEY_FILE"), "{}", o.stderr);
+        // A key file cannot open a public-key file, and an identity cannot open a key file's.
+        std::fs::write(sb.join("k"), format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(sb.join("k"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let o = run(cmd(&bin("encryption"))
+            .arg("-d")
+            .arg("--KEY_FILE")
+            .arg(sb.join("k"))
+            .arg("--OBJECTIVES")
+            .arg(&prefix)
+            .arg("--DESTINATION")
+            .arg(sb.join("kf")))
+        .expect(1);
+        assert!(o.stderr.contains("encrypted for recipients"), "{}", o.stderr);
+        // An identity others can read is refused.
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let o = open(&prefix, &sb.join("loose"), &[&a]).expect(2);
+        assert!(o.stderr.contains("chmod 600"), "{}", o.stderr);
+    }
+
+    /// Every altered byte of the public-key header, the stream header, a segment, or a part
+    /// cut short: exit 1, nothing written.
+    #[test]
+    fn the_tamper_matrix_on_public_key_files() {
+        let sb = Sandbox::new();
+        let (a, a_pub) = keypair(&sb, "a");
+        let plain = data(2 * SEG + 100, 77);
+        let input = sb.write("in/x.bin", &plain);
+        let dest = sb.join("e");
+        seal(&input, &dest, &[&a_pub]).expect(0);
+        let p0 = dest.join("x.bin.enc.000");
+        let original = std::fs::read(&p0).unwrap();
+        let pk_len = 12 + 88 + 32;
+        let spots = [
+            0,
+            9,
+            10,
+            12,
+            20,
+            12 + 40,
+            12 + 87,
+            pk_len - 1,
+            pk_len + 3,
+            pk_len + 60,
+            pk_len + 96 + 10,
+            original.len() - 1,
+        ];
+        for (n, spot) in spots.into_iter().enumerate() {
+            let mut t = original.clone();
+            t[spot] ^= 0x01;
+            std::fs::write(&p0, &t).unwrap();
+            let out = sb.join(format!("o{n}"));
+            let o = open(&dest.join("x.bin.enc"), &out, &[&a]);
+            assert!(o.code == 1 || o.code == 2, "byte {spot} altered: exit {}: {}", o.code, o.stderr);
+            assert!(!out.exists(), "byte {spot} altered: output written");
+        }
+        std::fs::write(&p0, &original[..original.len() - 5]).unwrap();
+        let o = open(&dest.join("x.bin.enc"), &sb.join("cut"), &[&a]);
+        assert_ne!(o.code, 0, "a cut part was accepted");
+        std::fs::write(&p0, &original).unwrap();
+        open(&dest.join("x.bin.enc"), &sb.join("ok"), &[&a]).expect(0);
+        assert!(std::fs::read(sb.join("ok")).unwrap() == plain);
+    }
+}

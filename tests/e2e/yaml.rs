@@ -247,7 +247,9 @@ fn malformed_yaml_is_refused_with_the_key_path_and_line() {
 #[test]
 fn c3_config_yaml_uploads_each_file_once_with_caps_and_its_class_and_downloads() {
     let s = Servers::get();
-    ensure_user(CRON_USER, "/usr/sbin/nologin");
+    // Its own crontab user: the seeds/000 test edits CRON_USER's at the same time.
+    const C3_CRON_USER: &str = "ncbc3cron";
+    ensure_user(C3_CRON_USER, "/usr/sbin/nologin");
     let sb = Sandbox::new();
     let endpoint = s.var("NCB_MOTO_ENDPOINT");
     let bucket = unique("ncbc3").replace('_', "-");
@@ -329,12 +331,14 @@ fn c3_config_yaml_uploads_each_file_once_with_caps_and_its_class_and_downloads()
     // -n and -d: the jobs in the crontab at job.runtime.at, once each.
     for _ in 0..2 {
         let mut c = cmd(&bin("backup-runner"));
-        c.args(["c3", "-n", "-d", "--user", CRON_USER, "-f"]).arg(&conf);
+        c.args(["c3", "-n", "-d", "--user", C3_CRON_USER, "-f"]).arg(&conf);
         run(&mut c).expect(0);
     }
-    let tab = String::from_utf8_lossy(&Command::new("crontab").args(["-u", CRON_USER, "-l"]).output().unwrap().stdout)
-        .into_owned();
-    let ours: Vec<&str> = tab.lines().filter(|l| l.contains("# nc-backup c3 ")).collect();
+    let tab =
+        String::from_utf8_lossy(&Command::new("crontab").args(["-u", C3_CRON_USER, "-l"]).output().unwrap().stdout)
+            .into_owned();
+    let conf_shown = conf.canonicalize().unwrap().display().to_string();
+    let ours: Vec<&str> = tab.lines().filter(|l| l.contains("# nc-backup c3 ") && l.ends_with(&conf_shown)).collect();
     assert_eq!(ours.len(), 2, "{tab}");
     assert!(ours.iter().all(|l| l.starts_with("10 2 * * * ")), "{tab}");
     assert!(ours.iter().any(|l| l.contains("c3 --run download -f ")), "{tab}");

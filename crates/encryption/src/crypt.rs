@@ -85,6 +85,21 @@ pub fn part_names(base: &str, parts: u64, split: bool) -> Vec<String> {
     (0..parts).map(|i| format!("{base}.enc.{i:0width$}")).collect()
 }
 
+/// What a file is encrypted with: a key file's master key, or a fresh file key sealed for
+/// recipients (public keys; see [`crate::pke`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Sealing<'a> {
+    Key(&'a MasterKey),
+    Recipients(&'a [crate::pke::Recipient]),
+}
+
+/// What decrypts: a key file's master key, or identities (private keys).
+#[derive(Debug, Clone, Copy)]
+pub enum Opening<'a> {
+    Key(&'a MasterKey),
+    Identities(&'a [crate::pke::Identity]),
+}
+
 /// Encrypts `input` into `dest_dir`, in parts of `part_size` bytes (None: one part).
 pub fn encrypt_file(
     master: &MasterKey,
@@ -93,6 +108,29 @@ pub fn encrypt_file(
     part_size: Option<u64>,
     segment: u32,
 ) -> Result<Encrypted> {
+    encrypt_file_with(Sealing::Key(master), input, dest_dir, part_size, segment)
+}
+
+/// [`encrypt_file`] with a key file or for recipients.
+pub fn encrypt_file_with(
+    sealing: Sealing<'_>,
+    input: &Path,
+    dest_dir: &Path,
+    part_size: Option<u64>,
+    segment: u32,
+) -> Result<Encrypted> {
+    let (file_key, pk_header) = match sealing {
+        Sealing::Key(_) => (None, Vec::new()),
+        Sealing::Recipients(r) => {
+            let (k, h) = crate::pke::seal(r)?;
+            (Some(MasterKey::from_bytes(k.to_vec())), h)
+        }
+    };
+    let master = match (&sealing, &file_key) {
+        (Sealing::Key(m), _) => *m,
+        (_, Some(k)) => k,
+        (_, None) => return Err(Error::runtime("no key to encrypt with")),
+    };
     let base = input
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -115,7 +153,7 @@ pub fn encrypt_file(
     let bar = Progress::new(format!("encrypt {base}"), size);
     let header = Header::new(segment, random()?, random()?, master.bytes());
     let keys = Keys::open(master.bytes(), &header).map_err(|e| Error::runtime(e.to_string()))?;
-    let stream_len = header.stream_len(size);
+    let stream_len = pk_header.len() as u64 + header.stream_len(size);
     let count = part_size.map_or(1, |p| stream_len.div_ceil(p).max(1));
     let names = part_names(&base, count, part_size.is_some());
     let mut out = PartWriter {
@@ -142,7 +180,7 @@ pub fn encrypt_file(
                 }
             }
         });
-        let written = write_sealed(&mut out, &header, &sealed_rx, input, &free_tx);
+        let written = out.write(&pk_header).and_then(|()| write_sealed(&mut out, &header, &sealed_rx, input, &free_tx));
         drop(sealed_rx);
         let _ = sealer.join();
         let read = reader.join().map_err(|_| Error::runtime("reader thread panicked"))?;
@@ -178,6 +216,7 @@ pub fn encrypt_file(
         stream_size: stream_len,
         segment_size: segment,
         salt: hex::encode(header.salt),
+        recipients: crate::pke::recipients_of(&pk_header),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         parts: parts
             .iter()
@@ -448,8 +487,18 @@ impl PartsReader<'_, '_> {
 
 /// Joins and decrypts the located parts into `dest`, written atomically.
 pub fn decrypt(master: &MasterKey, located: &Located, dest: &Path) -> Result<Artifact> {
+    decrypt_with(Opening::Key(master), located, dest)
+}
+
+/// [`decrypt`] with a key file or identities.
+pub fn decrypt_with(opening: Opening<'_>, located: &Located, dest: &Path) -> Result<Artifact> {
     let out = AtomicFile::create(dest)?;
-    let (file, bytes, sha256) = decrypt_into(master, located, out, dest)?;
+    let names: Vec<String> = located.parts.iter().map(|p| file_name(p)).collect();
+    let open = |i: usize| -> Result<Box<dyn Read + Send>> {
+        let p = &located.parts[i];
+        Ok(Box::new(File::open(p).at("cannot open part", p)?))
+    };
+    let (file, bytes, sha256) = decrypt_stream_with(opening, &names, located.manifest.as_ref(), &open, out, dest)?;
     let path = file.commit()?;
     Ok(Artifact { path, bytes, sha256 })
 }
@@ -476,13 +525,55 @@ pub fn decrypt_stream<W: Write>(
     sink: W,
     dest: &Path,
 ) -> Result<(W, u64, String)> {
+    decrypt_stream_with(Opening::Key(master), names, manifest, open, sink, dest)
+}
+
+/// [`decrypt_stream`] with a key file or identities: a public-key file's header is opened
+/// with the identities, whose file key then decrypts the stream.
+pub fn decrypt_stream_with<W: Write>(
+    opening: Opening<'_>,
+    names: &[String],
+    manifest: Option<&Manifest>,
+    open: &PartOpener<'_>,
+    sink: W,
+    dest: &Path,
+) -> Result<(W, u64, String)> {
     if names.is_empty() {
         return Err(Error::runtime("no part to decrypt"));
     }
     let mut reader = PartsReader { names, open, expect: manifest, index: 0, file: None, hash: Sha256::new() };
     let first = reader.name(0);
     let mut head = Vec::new();
-    reader.read_chunk(&mut head, HEADER_LEN)?;
+    reader.read_chunk(&mut head, 12)?;
+    let file_key;
+    let master: &MasterKey = if head.starts_with(crate::pke::MAGIC) {
+        let n = crate::pke::count(&head).map_err(|e| Error::runtime(format!("part {first}: {e}")))?;
+        let mut rest = Vec::new();
+        reader.read_chunk(&mut rest, crate::pke::header_len(n) - 12)?;
+        head.extend_from_slice(&rest);
+        let Opening::Identities(ids) = opening else {
+            return Err(Error::runtime(format!(
+                "part {first} is encrypted for recipients {}: decrypt it with their identity (--IDENTITY / --identity), not a key file",
+                crate::pke::recipients_of(&head).join(", ")
+            )));
+        };
+        let k = crate::pke::open(&head, ids).map_err(|e| Error::runtime(format!("part {first}: {e}")))?;
+        file_key = MasterKey::from_bytes(k.to_vec());
+        head.clear();
+        &file_key
+    } else {
+        match opening {
+            Opening::Key(m) => m,
+            Opening::Identities(_) => {
+                return Err(Error::runtime(format!(
+                    "part {first} is encrypted with a key file, not for recipients: give its KEY_FILE"
+                )));
+            }
+        }
+    };
+    let mut rest = Vec::new();
+    reader.read_chunk(&mut rest, HEADER_LEN - head.len())?;
+    head.extend_from_slice(&rest);
     let header = Header::parse(&head).map_err(|e| Error::runtime(format!("part {first}: {e}")))?;
     if let Some(m) = manifest
         && m.salt != hex::encode(header.salt)

@@ -23,6 +23,11 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
+    /// A key from its bytes (a public-key file's file key).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        MasterKey(bytes)
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }

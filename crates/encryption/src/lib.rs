@@ -6,13 +6,14 @@ pub mod crypt;
 pub mod format;
 pub mod key;
 pub mod manifest;
+pub mod pke;
 
 use std::path::{Path, PathBuf};
 
 use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 
-pub static PARAMS: [ParamSpec; 8] = [
+pub static PARAMS: [ParamSpec; 11] = [
     ParamSpec::new("KEY_FILE", Kind::Path, "The key file (64 hex digits, mode 0600; see --generate-key)").must_exist(),
     ParamSpec::new(
         "OBJECTIVES",
@@ -37,6 +38,21 @@ pub static PARAMS: [ParamSpec; 8] = [
         "Write a new random key to this file (mode 0600; never overwrites) and exit",
     ),
     ParamSpec::new(
+        "RECIPIENTS",
+        Kind::Paths,
+        "Encrypt for these recipients (public keys, .pub files) instead of a KEY_FILE: this host cannot decrypt",
+    ),
+    ParamSpec::new(
+        "IDENTITY",
+        Kind::Paths,
+        "Decrypt (-d) files made for recipients with these identities (private keys, mode 0600)",
+    ),
+    ParamSpec::new(
+        "GENERATE_KEYPAIR",
+        Kind::Path,
+        "Write a new identity to this file (0600) and its recipient to FILE.pub, and exit",
+    ),
+    ParamSpec::new(
         "REQUIRE_MANIFEST",
         Kind::Bool,
         "Decrypt: refuse parts without their manifest (default True; the stream stays authenticated without it)",
@@ -55,17 +71,50 @@ pub static STAGE: StageDef = StageDef {
 
 fn validate(p: &Params) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let mut need = |key: &str, why: &str| {
+    let need = |problems: &mut Vec<Problem>, key: &str, why: &str| {
         if p.str(key).is_none() {
             problems.push(Problem { key: key.into(), message: format!("missing required parameter ({why})") });
         }
     };
-    if p.str("GENERATE_KEY").is_some() {
+    if p.str("GENERATE_KEY").is_some() || p.str("GENERATE_KEYPAIR").is_some() {
         return problems;
     }
-    need("KEY_FILE", "or --generate-key FILE");
-    need("OBJECTIVES", "what to encrypt, or with -d the prefix of the parts");
-    need("DESTINATION", "where to write");
+    let decrypting = p.flag("DECRYPT", false).unwrap_or(false);
+    let recipients = p.list("RECIPIENTS").unwrap_or_default();
+    let identities = p.list("IDENTITY").unwrap_or_default();
+    if !recipients.is_empty() {
+        if p.has("KEY_FILE") {
+            problems
+                .push(Problem { key: "RECIPIENTS".into(), message: "give RECIPIENTS or KEY_FILE, not both".into() });
+        }
+        if decrypting {
+            problems.push(Problem {
+                key: "RECIPIENTS".into(),
+                message: "recipients encrypt; decrypting (-d) needs their IDENTITY".into(),
+            });
+        }
+        for r in &recipients {
+            if let Err(e) = pke::load_recipient(Path::new(r)) {
+                problems.push(Problem { key: "RECIPIENTS".into(), message: e.to_string() });
+            }
+        }
+    } else if !identities.is_empty() {
+        if !decrypting {
+            problems.push(Problem {
+                key: "IDENTITY".into(),
+                message: "an identity decrypts (-d); to encrypt, give its recipient (RECIPIENTS FILE.pub)".into(),
+            });
+        }
+        for i in &identities {
+            if let Err(e) = pke::load_identity(Path::new(i)) {
+                problems.push(Problem { key: "IDENTITY".into(), message: e.to_string() });
+            }
+        }
+    } else {
+        need(&mut problems, "KEY_FILE", "or RECIPIENTS (public keys), -d with IDENTITY, or --generate-key FILE");
+    }
+    need(&mut problems, "OBJECTIVES", "what to encrypt, or with -d the prefix of the parts");
+    need(&mut problems, "DESTINATION", "where to write");
     if p.u64("FILE_SIZE").ok().flatten() == Some(0) {
         problems.push(Problem { key: "FILE_SIZE".into(), message: "must be at least 1 (MB)".into() });
     }
@@ -86,16 +135,47 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         report.set("key_file", path.display().to_string());
         return Ok(report);
     }
-    let master = key::load(&p.required_path("KEY_FILE")?)?;
-    if p.flag("DECRYPT", false)? {
-        decrypt(p, &master, &mut report)?;
+    if let Some(path) = p.path("GENERATE_KEYPAIR") {
+        let kid = pke::generate_keypair(&path)?;
+        log::info!(
+            "wrote identity {kid} to {} (mode 0600: keep it off the hosts that back up) and its recipient to {}.pub",
+            path.display(),
+            path.display()
+        );
+        report.set("identity", path.display().to_string());
+        report.set("key_id", kid);
+        return Ok(report);
+    }
+    let recipients: Vec<pke::Recipient> =
+        p.paths("RECIPIENTS")?.iter().map(|r| pke::load_recipient(r)).collect::<Result<_>>()?;
+    let identities: Vec<pke::Identity> =
+        p.paths("IDENTITY")?.iter().map(|i| pke::load_identity(i)).collect::<Result<_>>()?;
+    let master = if recipients.is_empty() && identities.is_empty() {
+        Some(key::load(&p.required_path("KEY_FILE")?)?)
     } else {
-        encrypt(p, &master, &mut report)?;
+        None
+    };
+    let sealing = match &master {
+        Some(m) => crypt::Sealing::Key(m),
+        None => crypt::Sealing::Recipients(&recipients),
+    };
+    let opening = match &master {
+        Some(m) => crypt::Opening::Key(m),
+        None => crypt::Opening::Identities(&identities),
+    };
+    if p.flag("DECRYPT", false)? {
+        decrypt(p, opening, &mut report)?;
+    } else {
+        if !recipients.is_empty() {
+            let ids: Vec<String> = recipients.iter().map(pke::Recipient::id).collect();
+            report.set("recipients", ids);
+        }
+        encrypt(p, sealing, &mut report)?;
     }
     Ok(report)
 }
 
-fn decrypt(p: &Params, master: &key::MasterKey, report: &mut StageReport) -> Result<()> {
+fn decrypt(p: &Params, opening: crypt::Opening<'_>, report: &mut StageReport) -> Result<()> {
     let prefix = p.required_path("OBJECTIVES")?;
     let located = crypt::locate(&prefix, p.flag("REQUIRE_MANIFEST", true)?)?;
     let mut dest = p.required_path("DESTINATION")?;
@@ -113,7 +193,7 @@ fn decrypt(p: &Params, master: &key::MasterKey, report: &mut StageReport) -> Res
         };
         dest = dest.join(name);
     }
-    let artifact = crypt::decrypt(master, &located, &dest)?;
+    let artifact = crypt::decrypt_with(opening, &located, &dest)?;
     log::info!("decrypted {} part(s) into {} ({} bytes)", located.parts.len(), artifact.path.display(), artifact.bytes);
     report.set("parts", located.parts.len());
     report.set("manifest", located.manifest.is_some());
@@ -146,14 +226,14 @@ fn inputs(p: &Params, dest: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn encrypt(p: &Params, master: &key::MasterKey, report: &mut StageReport) -> Result<()> {
+fn encrypt(p: &Params, sealing: crypt::Sealing<'_>, report: &mut StageReport) -> Result<()> {
     let dest = p.required_path("DESTINATION")?;
     let part_size = p.u64("FILE_SIZE")?.map(|mb| mb.saturating_mul(1 << 20));
     let files = inputs(p, &dest)?;
     ncb_core::atomic::ensure_dir(&dest, 0o700)?;
     let mut plain = 0u64;
     for f in &files {
-        match crypt::encrypt_file(master, f, &dest, part_size, format::DEFAULT_SEGMENT) {
+        match crypt::encrypt_file_with(sealing, f, &dest, part_size, format::DEFAULT_SEGMENT) {
             Ok(e) => {
                 log::info!("{}: {} part(s), manifest {}", f.display(), e.parts.len(), e.manifest.path.display());
                 plain += e.plaintext_size;

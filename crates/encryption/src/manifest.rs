@@ -30,6 +30,10 @@ pub struct Manifest {
     pub segment_size: u32,
     /// The header's salt, hex: ties the manifest to its stream.
     pub salt: String,
+    /// Public-key files: the key ids of the recipients it is sealed for (their identities
+    /// decrypt it); empty for a key file's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
     pub created: String,
     pub parts: Vec<Part>,
 }
@@ -82,6 +86,7 @@ mod tests {
             stream_size: 10,
             segment_size: 1 << 20,
             salt: "00".repeat(32),
+            recipients: Vec::new(),
             created: "2026-11-22T00:00:00Z".into(),
             parts: vec![
                 Part { name: "a.000".into(), size: 4, sha256: "a".repeat(64) },
