@@ -501,3 +501,95 @@ mod public_key {
         assert!(std::fs::read(sb.join("ok")).unwrap() == plain);
     }
 }
+
+/// A whole night made by a host that holds only a recipient and a signing key: it cannot read
+/// its own backups; the restore takes the identity kept elsewhere and checks the host's
+/// signature; an altered, unsigned or foreign-signed manifest is refused.
+#[test]
+fn a_write_only_host_night_restored_with_the_identity_and_its_signature_checked() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.join("offsite")).unwrap();
+    std::fs::create_dir_all(sb.join("host")).unwrap();
+    let identity = sb.join("offsite/backup-id");
+    run(cmd(&bin("encryption")).arg("--generate-keypair").arg(&identity)).expect(0);
+    let recipient = sb.join("host/backup-id.pub");
+    std::fs::rename(sb.join("offsite/backup-id.pub"), &recipient).unwrap();
+    let signing = sb.join("host/sign");
+    run(cmd(&bin("encryption")).arg("--generate-signing-key").arg(&signing)).expect(0);
+    let signer = sb.join("host/sign.pub");
+    let other = sb.join("offsite/other-sign");
+    run(cmd(&bin("encryption")).arg("--generate-signing-key").arg(&other)).expect(0);
+    for (rel, body) in [("data/etc/app.conf", &b"key = value\n"[..]), ("data/var/blob.bin", &data(3 << 20, 4)[..])] {
+        sb.write(rel, body);
+    }
+    let w = sb.join("work");
+    let conf = sb.config(&[
+        (
+            "FILES",
+            serde_json::json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
+            "FILESET_INCLUDE": sb.join("data"), "DESTINATION": w.join("files")}}),
+        ),
+        (
+            "ENCRYPTION",
+            serde_json::json!({"ACTION": "execute", "NAME": "encryption", "PARAMETERS": {
+            "RECIPIENTS": recipient, "OBJECTIVES": w.join("files"), "DESTINATION": w.join("enc"),
+            "FILE_SIZE": "1", "REMOVE_OBJECTIVES": "True"}}),
+        ),
+        (
+            "STORAGE",
+            serde_json::json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+            "OBJECTIVES": w.join("enc"), "DESTINATION": "local", "PATH": sb.join("store"),
+            "SIGNING_KEY": signing, "REMOVE_OBJECTIVES": "True"}}),
+        ),
+    ]);
+    run(cmd(&bin("backup-runner")).args(["-r", "-c"]).arg(&conf)).expect(0);
+    let restore = |to: &str, extra: &[&Path]| {
+        let mut c = cmd(&bin("backup-runner"));
+        c.args(["restore", "-c"]).arg(&conf).arg("--to").arg(sb.join(to));
+        for (i, p) in extra.iter().enumerate() {
+            c.arg(if i == 0 { "--identity" } else { "--signer" }).arg(p);
+        }
+        run(&mut c)
+    };
+    // What the host has cannot decrypt.
+    let o = restore("r0", &[]).expect(2);
+    assert!(o.stderr.contains("--identity"), "{}", o.stderr);
+    // The identity and the host's public key: restored, byte for byte.
+    restore("r1", &[&identity, &signer]).expect(0);
+    let back = sb.join("r1").join(sb.join("data").strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(back.join("var/blob.bin")).unwrap(), data(3 << 20, 4));
+    assert_eq!(std::fs::read(back.join("etc/app.conf")).unwrap(), b"key = value\n");
+    let v = run(cmd(&bin("backup-runner"))
+        .args(["verify", "--read-data", "-c"])
+        .arg(&conf)
+        .arg("--identity")
+        .arg(&identity)
+        .arg("--signer")
+        .arg(&signer))
+    .expect(0);
+    assert!(
+        v.stdout.contains("signature checked") || v.stderr.contains("signature checked"),
+        "{}{}",
+        v.stdout,
+        v.stderr
+    );
+    // The manifest altered after signing, unsigned, or signed by another host: refused.
+    let manifest = std::fs::read_dir(sb.join("store/testhost"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("RUN-MANIFEST.json"))
+        .find(|p| p.is_file())
+        .unwrap();
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, original.replacen("\"host\": \"testhost\"", "\"host\": \"elsewhere\"", 1)).unwrap();
+    let o = restore("r2", &[&identity, &signer]).expect(1);
+    assert!(o.stderr.contains("fails its signature check"), "{}", o.stderr);
+    let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
+    m.as_object_mut().unwrap().remove("signature");
+    std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let o = restore("r3", &[&identity, &signer]).expect(1);
+    assert!(o.stderr.contains("is not signed"), "{}", o.stderr);
+    std::fs::write(&manifest, &original).unwrap();
+    let o = restore("r4", &[&identity, &sb.join("offsite/other-sign.pub")]).expect(1);
+    assert!(o.stderr.contains("not one of the --signer keys"), "{}", o.stderr);
+}

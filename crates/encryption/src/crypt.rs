@@ -93,11 +93,13 @@ pub enum Sealing<'a> {
     Recipients(&'a [crate::pke::Recipient]),
 }
 
-/// What decrypts: a key file's master key, or identities (private keys).
+/// What decrypts: a key file's master key, identities (private keys), or whichever of the
+/// two a file needs (restores of runs made with either).
 #[derive(Debug, Clone, Copy)]
 pub enum Opening<'a> {
     Key(&'a MasterKey),
     Identities(&'a [crate::pke::Identity]),
+    Either(Option<&'a MasterKey>, &'a [crate::pke::Identity]),
 }
 
 /// Encrypts `input` into `dest_dir`, in parts of `part_size` bytes (None: one part).
@@ -551,11 +553,14 @@ pub fn decrypt_stream_with<W: Write>(
         let mut rest = Vec::new();
         reader.read_chunk(&mut rest, crate::pke::header_len(n) - 12)?;
         head.extend_from_slice(&rest);
-        let Opening::Identities(ids) = opening else {
-            return Err(Error::runtime(format!(
-                "part {first} is encrypted for recipients {}: decrypt it with their identity (--IDENTITY / --identity), not a key file",
-                crate::pke::recipients_of(&head).join(", ")
-            )));
+        let ids = match opening {
+            Opening::Identities(ids) | Opening::Either(_, ids) if !ids.is_empty() => ids,
+            _ => {
+                return Err(Error::runtime(format!(
+                    "part {first} is encrypted for recipients {}: decrypt it with their identity (--IDENTITY / --identity), not a key file",
+                    crate::pke::recipients_of(&head).join(", ")
+                )));
+            }
         };
         let k = crate::pke::open(&head, ids).map_err(|e| Error::runtime(format!("part {first}: {e}")))?;
         file_key = MasterKey::from_bytes(k.to_vec());
@@ -563,8 +568,8 @@ pub fn decrypt_stream_with<W: Write>(
         &file_key
     } else {
         match opening {
-            Opening::Key(m) => m,
-            Opening::Identities(_) => {
+            Opening::Key(m) | Opening::Either(Some(m), _) => m,
+            Opening::Identities(_) | Opening::Either(None, _) => {
                 return Err(Error::runtime(format!(
                     "part {first} is encrypted with a key file, not for recipients: give its KEY_FILE"
                 )));

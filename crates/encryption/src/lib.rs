@@ -7,13 +7,14 @@ pub mod format;
 pub mod key;
 pub mod manifest;
 pub mod pke;
+pub mod sign;
 
 use std::path::{Path, PathBuf};
 
 use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 
-pub static PARAMS: [ParamSpec; 11] = [
+pub static PARAMS: [ParamSpec; 12] = [
     ParamSpec::new("KEY_FILE", Kind::Path, "The key file (64 hex digits, mode 0600; see --generate-key)").must_exist(),
     ParamSpec::new(
         "OBJECTIVES",
@@ -53,6 +54,11 @@ pub static PARAMS: [ParamSpec; 11] = [
         "Write a new identity to this file (0600) and its recipient to FILE.pub, and exit",
     ),
     ParamSpec::new(
+        "GENERATE_SIGNING_KEY",
+        Kind::Path,
+        "Write a new host signing key (Ed25519) to this file (0600) and its public key to FILE.pub, and exit",
+    ),
+    ParamSpec::new(
         "REQUIRE_MANIFEST",
         Kind::Bool,
         "Decrypt: refuse parts without their manifest (default True; the stream stays authenticated without it)",
@@ -76,7 +82,8 @@ fn validate(p: &Params) -> Vec<Problem> {
             problems.push(Problem { key: key.into(), message: format!("missing required parameter ({why})") });
         }
     };
-    if p.str("GENERATE_KEY").is_some() || p.str("GENERATE_KEYPAIR").is_some() {
+    if p.str("GENERATE_KEY").is_some() || p.str("GENERATE_KEYPAIR").is_some() || p.str("GENERATE_SIGNING_KEY").is_some()
+    {
         return problems;
     }
     let decrypting = p.flag("DECRYPT", false).unwrap_or(false);
@@ -133,6 +140,17 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         key::generate(&path)?;
         log::info!("wrote a new key to {} (mode 0600): keep a copy off this server", path.display());
         report.set("key_file", path.display().to_string());
+        return Ok(report);
+    }
+    if let Some(path) = p.path("GENERATE_SIGNING_KEY") {
+        let kid = sign::generate(&path)?;
+        log::info!(
+            "wrote signing key {kid} to {} (mode 0600, for storage's SIGNING_KEY) and its public key to {}.pub (keep a copy off this host: restore and verify check runs against it)",
+            path.display(),
+            path.display()
+        );
+        report.set("signing_key", path.display().to_string());
+        report.set("key_id", kid);
         return Ok(report);
     }
     if let Some(path) = p.path("GENERATE_KEYPAIR") {

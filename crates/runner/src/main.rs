@@ -36,6 +36,22 @@ fn cli() -> Command {
         .after_help("Exit codes: 0 success, 1 runtime failure, 2 usage or config error.")
         .arg(Arg::new("config").short('c').long("config").value_name("CONF.JSON").help("The config file (conf.json, or a seeds/000 config.yaml)").global(true))
         .arg(
+            Arg::new("identity")
+                .long("identity")
+                .value_name("FILE")
+                .global(true)
+                .action(ArgAction::Append)
+                .help("An identity (private key, 0600) for runs encrypted for recipients (verify, restore, ls, find)"),
+        )
+        .arg(
+            Arg::new("signer")
+                .long("signer")
+                .value_name("FILE.pub")
+                .global(true)
+                .action(ArgAction::Append)
+                .help("A host's verifying key: run manifests must carry its valid signature (verify, restore)"),
+        )
+        .arg(
             Arg::new("job")
                 .long("job")
                 .value_name("PROJECT/N")
@@ -266,6 +282,32 @@ fn main() -> ExitCode {
     }
     if let Some(shell) = m.get_one::<String>("generate-completion") {
         return status(completion(cmd, shell)).into();
+    }
+    if let Some(files) = m.get_many::<String>("identity") {
+        let mut ids = Vec::new();
+        for f in files {
+            match encryption::pke::load_identity(Path::new(f)) {
+                Ok(i) => ids.push(i),
+                Err(e) => {
+                    eprintln!("backup-runner: error: --identity: {e}");
+                    return e.exit_status().into();
+                }
+            }
+        }
+        let _ = readback::IDENTITIES.set(ids);
+    }
+    if let Some(files) = m.get_many::<String>("signer") {
+        let mut keys = Vec::new();
+        for f in files {
+            match encryption::sign::load_verify(Path::new(f)) {
+                Ok(k) => keys.push(k),
+                Err(e) => {
+                    eprintln!("backup-runner: error: --signer: {e}");
+                    return e.exit_status().into();
+                }
+            }
+        }
+        let _ = readback::SIGNERS.set(keys);
     }
     if let Some(j) = m.get_one::<String>("job") {
         let _ = yaml::SELECTED_JOB.set(j.clone());

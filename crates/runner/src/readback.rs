@@ -227,6 +227,12 @@ fn encryption_manifest(
     Ok(m)
 }
 
+/// `--signer`: the hosts' verifying keys run manifests must be signed by.
+pub static SIGNERS: std::sync::OnceLock<Vec<encryption::sign::VerifyKey>> = std::sync::OnceLock::new();
+
+/// `--identity`: identities (private keys) for runs encrypted for recipients.
+pub static IDENTITIES: std::sync::OnceLock<Vec<encryption::pke::Identity>> = std::sync::OnceLock::new();
+
 /// Streams an item's plaintext (decrypted when encrypted) into `consume`, every byte checked:
 /// plain files against the run manifest, encrypted ones part by part and as a whole against
 /// their encryption manifest, and authenticated. `count` sees the stored bytes as they are read.
@@ -248,12 +254,14 @@ pub fn with_plaintext<T>(
             Ok(out)
         }
         Content::Encrypted { manifest: man, parts } => {
-            let key = key.ok_or_else(|| {
-                Error::config(format!(
-                    "{} is encrypted: give --key-file, or KEY_FILE in the config's encryption section",
+            let ids: &[encryption::pke::Identity] = IDENTITIES.get().map_or(&[], Vec::as_slice);
+            if key.is_none() && ids.is_empty() {
+                return Err(Error::config(format!(
+                    "{} is encrypted: give --key-file (or KEY_FILE in the config's encryption section), or --identity for runs made for recipients",
                     item.name
-                ))
-            })?;
+                )));
+            }
+            let opening = crypt::Opening::Either(key, ids);
             let m = Some(encryption_manifest(src, run, &item.name, man, parts)?);
             let names: Vec<String> = parts.iter().map(|f| f.name.clone()).collect();
             let open = |i: usize| -> Result<Box<dyn Read + Send + '_>> {
@@ -264,7 +272,7 @@ pub fn with_plaintext<T>(
             let (writer, mut reader) = pipe(4);
             std::thread::scope(|s| {
                 let dec = s.spawn(|| {
-                    crypt::decrypt_stream(key, &names, m.as_ref(), &open, writer, Path::new(&item.name))
+                    crypt::decrypt_stream_with(opening, &names, m.as_ref(), &open, writer, Path::new(&item.name))
                         .and_then(|(w, _, _)| w.finish().map_err(|e| Error::io(&item.name, e)))
                 });
                 let consumed = consume(&mut reader).and_then(|out| {
@@ -337,7 +345,42 @@ pub fn authenticate(
     key: Option<&MasterKey>,
     allow_unsigned: bool,
 ) -> Result<()> {
-    use storage::backend::Authenticity;
+    use storage::backend::{Authenticity, Signed};
+    let signers: &[encryption::sign::VerifyKey] = SIGNERS.get().map_or(&[], Vec::as_slice);
+    if signers.is_empty() {
+        if let Some(sig) = &m.signature {
+            log::info!(
+                "{}: run {run} is signed by host key {}: give --signer with its .pub to check it",
+                src.describe(),
+                sig.key_id
+            );
+        }
+    } else {
+        match m.signed_by(signers) {
+            Signed::Valid(id) => log::debug!("{}: run {run}: signature by host key {id} checked", src.describe()),
+            Signed::Unsigned if allow_unsigned => {
+                log::warn!("{}: run {run} is not signed (allowed by --allow-unsigned)", src.describe())
+            }
+            Signed::Unsigned => {
+                return Err(Error::runtime(format!(
+                    "{}: the run manifest of run {run} is not signed, and --signer asks for a signed one: its signature was removed, or the host stored it without SIGNING_KEY (then give --allow-unsigned)",
+                    src.describe()
+                )));
+            }
+            Signed::UnknownSigner(id) => {
+                return Err(Error::runtime(format!(
+                    "{}: run {run} is signed by host key {id}, which is not one of the --signer keys",
+                    src.describe()
+                )));
+            }
+            Signed::Invalid => {
+                return Err(Error::runtime(format!(
+                    "{}: the run manifest of run {run} fails its signature check: it was altered after the host signed it",
+                    src.describe()
+                )));
+            }
+        }
+    }
     let Some(key) = key else { return Ok(()) };
     match m.authenticity(key) {
         Authenticity::Valid => Ok(()),
@@ -417,6 +460,7 @@ mod tests {
             ],
             sources: Default::default(),
             mac: None,
+            signature: None,
         };
         let items = items(&m);
         let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();

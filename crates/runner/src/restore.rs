@@ -68,10 +68,11 @@ pub fn restore(sources: &[Source], key: Option<&MasterKey>, o: &Options) -> Resu
     for (src, run, manifest) in readback::pick(sources, &o.run)? {
         let items = select(&readback::items(&manifest), &o.only, &run)?;
         if key.is_none()
+            && readback::IDENTITIES.get().is_none_or(Vec::is_empty)
             && let Some(i) = items.iter().find(|i| matches!(i.content, readback::Content::Encrypted { .. }))
         {
             return Err(Error::config(format!(
-                "run {run} holds encrypted files ({} …): give --key-file, or KEY_FILE in the config's encryption section",
+                "run {run} holds encrypted files ({} …): give --key-file (or KEY_FILE in the config's encryption section), or --identity for a run encrypted for recipients",
                 i.name
             )));
         }

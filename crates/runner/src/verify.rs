@@ -242,12 +242,25 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>, al
             Err(e) => v.problems.push(format!("{section}: cannot read its base run {base}: {}", error_chain(&e))),
         }
     }
-    if let Some(k) = key {
-        match readback::authenticate(s, run, &manifest, Some(k), allow_unsigned) {
-            Ok(()) if manifest.mac.is_some() => v.notes.push("run manifest authenticated by the key".into()),
-            Ok(()) => v.notes.push("run manifest not authenticated (stored without KEY_FILE)".into()),
+    let signers = readback::SIGNERS.get().is_some_and(|v| !v.is_empty());
+    if key.is_some() || signers {
+        match readback::authenticate(s, run, &manifest, key, allow_unsigned) {
+            Ok(()) => {
+                if key.is_some() {
+                    v.notes.push(if manifest.mac.is_some() {
+                        "run manifest authenticated by the key".into()
+                    } else {
+                        "run manifest not authenticated (stored without KEY_FILE)".into()
+                    });
+                }
+                if let (true, Some(sig)) = (signers, &manifest.signature) {
+                    v.notes.push(format!("run manifest signed by host key {}: signature checked", sig.key_id));
+                }
+            }
             Err(e) => v.problems.push(error_chain(&e)),
         }
+    } else if let Some(sig) = &manifest.signature {
+        v.notes.push(format!("run manifest signed by host key {} (give --signer to check it)", sig.key_id));
     }
     let sizes = match s.backend().sizes(&format!("{}{run}/", s.dest.prefix)) {
         Ok(x) => x,

@@ -72,6 +72,28 @@ pub struct RunManifest {
     /// the encryption key, when storage had it: ties every file's size and SHA-256 to the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// Ed25519 signature by the host's signing key (storage SIGNING_KEY) of the manifest
+    /// without `mac` and `signature`: checked with the public key alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ManifestSignature>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSignature {
+    pub key_id: String,
+    pub ed25519: String,
+}
+
+/// What a signature check says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signed {
+    /// Signed by this trusted key (its id).
+    Valid(String),
+    Unsigned,
+    /// Signed by a key none of the trusted ones is (its id).
+    UnknownSigner(String),
+    Invalid,
 }
 
 /// The HKDF purpose of the run manifest's MAC.
@@ -88,8 +110,23 @@ pub enum Authenticity {
 
 impl RunManifest {
     fn signed_bytes(&self) -> Vec<u8> {
-        let unsigned = RunManifest { mac: None, ..self.clone() };
+        let unsigned = RunManifest { mac: None, signature: None, ..self.clone() };
         serde_json::to_vec(&unsigned).unwrap_or_default()
+    }
+
+    /// Signs with the host's Ed25519 key (after the MAC, which it does not cover).
+    pub fn sign_ed25519(&mut self, key: &encryption::sign::SigningKey) {
+        self.signature = Some(ManifestSignature { key_id: key.id(), ed25519: key.sign(&self.signed_bytes()) });
+    }
+
+    /// The signature checked against the trusted public keys.
+    pub fn signed_by(&self, trusted: &[encryption::sign::VerifyKey]) -> Signed {
+        let Some(s) = &self.signature else { return Signed::Unsigned };
+        match trusted.iter().find(|k| k.id() == s.key_id) {
+            None => Signed::UnknownSigner(s.key_id.clone()),
+            Some(k) if k.verify(&self.signed_bytes(), &s.ed25519) => Signed::Valid(s.key_id.clone()),
+            Some(_) => Signed::Invalid,
+        }
     }
 
     /// Sets the MAC under `key`.

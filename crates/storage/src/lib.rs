@@ -24,7 +24,7 @@ use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
 use retention::Policy;
 
-pub static PARAMS: [ParamSpec; 34] = [
+pub static PARAMS: [ParamSpec; 35] = [
     ParamSpec::new(
         "DESTINATION",
         Kind::List,
@@ -49,6 +49,12 @@ pub static PARAMS: [ParamSpec; 34] = [
         "runs (default): a run folder with its manifest; files: each file its own object under PREFIX, never sent twice (C3)",
     ),
     ParamSpec::new("FILE_EXTENSIONS", Kind::List, "LAYOUT files: only files with these extensions (.jpg .png)"),
+    ParamSpec::new(
+        "SIGNING_KEY",
+        Kind::Path,
+        "Sign each run manifest with this host signing key (Ed25519, encryption --generate-signing-key; mode 0600)",
+    )
+    .must_exist(),
     ParamSpec::new(
         "ALLOW_EMPTY",
         Kind::Bool,
@@ -337,10 +343,11 @@ fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         infos.push((path, FileInfo { name, size, sha256: String::new(), from }));
     }
     let key = p.path("KEY_FILE").map(|k| encryption::key::load(&k)).transpose()?;
+    let signing = p.path("SIGNING_KEY").map(|k| encryption::sign::load_signing(&k)).transpose()?;
     let objectives = infos.len();
     let _encrypted_indexes = add_indexes(ctx, &mut infos, key.as_ref(), &mut report)?;
     for d in &dests {
-        store_run(d.as_ref(), ctx, &prefix, &mut infos, key.as_ref(), &mut report)?;
+        store_run(d.as_ref(), ctx, &prefix, &mut infos, key.as_ref(), signing.as_ref(), &mut report)?;
     }
     if p.flag("REMOVE_OBJECTIVES", false)? && objectives > 0 {
         remove_stored(p, &infos[..objectives])?;
@@ -516,6 +523,7 @@ fn store_run(
     prefix: &str,
     infos: &mut [(PathBuf, FileInfo)],
     key: Option<&encryption::key::MasterKey>,
+    signing: Option<&encryption::sign::SigningKey>,
     report: &mut StageReport,
 ) -> Result<()> {
     let run = format!("{prefix}{}/", ctx.run_id);
@@ -578,6 +586,7 @@ fn store_run(
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         files: infos.iter().map(|(_, i)| i.clone()).collect(),
         mac: None,
+        signature: None,
         sources: ctx
             .lineage
             .sources()
@@ -589,6 +598,9 @@ fn store_run(
     };
     if let Some(k) = key {
         manifest.sign(k);
+    }
+    if let Some(sk) = signing {
+        manifest.sign_ed25519(sk);
     }
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::runtime(format!("run manifest: {e}")))?;
     d.put_bytes(&format!("{run}{RUN_MANIFEST}"), &json)?;
