@@ -593,3 +593,69 @@ fn a_write_only_host_night_restored_with_the_identity_and_its_signature_checked(
     let o = restore("r4", &[&identity, &sb.join("offsite/other-sign.pub")]).expect(1);
     assert!(o.stderr.contains("not one of the --signer keys"), "{}", o.stderr);
 }
+
+/// Rotating the recipient: new runs use the new key, old runs still decrypt with the old
+/// identity, and `verify` says which key each run needs.
+#[test]
+fn a_rotated_recipient_old_runs_need_the_old_identity_and_verify_says_which() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.join("keys")).unwrap();
+    let (old, new) = (sb.join("keys/2026"), sb.join("keys/2027"));
+    let kid = |p: &Path| {
+        run(cmd(&bin("encryption")).arg("--generate-keypair").arg(p)).expect(0).json()["data"]["key_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (old_id, new_id) = (kid(&old), kid(&new));
+    sb.write("data/a.txt", b"first night\n");
+    let w = sb.join("work");
+    let conf_for = |recipient: &Path| {
+        sb.config(&[
+            ("FILES", serde_json::json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
+                "FILESET_INCLUDE": sb.join("data"), "DESTINATION": w.join("files")}})),
+            ("ENCRYPTION", serde_json::json!({"ACTION": "execute", "NAME": "encryption", "PARAMETERS": {
+                "RECIPIENTS": recipient, "OBJECTIVES": w.join("files"), "DESTINATION": w.join("enc"),
+                "REMOVE_OBJECTIVES": "True"}})),
+            ("STORAGE", serde_json::json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+                "OBJECTIVES": w.join("enc"), "DESTINATION": "local", "PATH": sb.join("store"), "REMOVE_OBJECTIVES": "True"}})),
+        ])
+    };
+    let conf = conf_for(&sb.join("keys/2026.pub"));
+    run(cmd(&bin("backup-runner")).args(["-r", "-c"]).arg(&conf)).expect(0);
+    let first = std::fs::read_dir(sb.join("store/testhost"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    sb.write("data/a.txt", b"second night\n");
+    let conf = conf_for(&sb.join("keys/2027.pub"));
+    run(cmd(&bin("backup-runner")).args(["-r", "-c"]).arg(&conf)).expect(0);
+    let v = run(cmd(&bin("backup-runner")).args(["verify", "--run", "all", "-c"]).arg(&conf)).expect(0);
+    let all = format!("{}{}", v.stdout, v.stderr);
+    assert!(all.contains(&format!("decrypts with an identity of recipient(s) {old_id}")), "{all}");
+    assert!(all.contains(&format!("decrypts with an identity of recipient(s) {new_id}")), "{all}");
+    // The old run with the old identity; the new one with the new; each refuses the other.
+    let restore = |runid: &str, id: &Path, to: &str| {
+        run(cmd(&bin("backup-runner"))
+            .args(["restore", "--run", runid, "-c"])
+            .arg(&conf)
+            .arg("--identity")
+            .arg(id)
+            .arg("--to")
+            .arg(sb.join(to)))
+    };
+    restore(&first, &old, "r1").expect(0);
+    let rel = sb.join("data/a.txt");
+    let rel = rel.strip_prefix("/").unwrap();
+    assert_eq!(std::fs::read(sb.join("r1").join(rel)).unwrap(), b"first night\n");
+    restore("latest", &new, "r2").expect(0);
+    assert_eq!(std::fs::read(sb.join("r2").join(rel)).unwrap(), b"second night\n");
+    let o = restore(&first, &new, "r3");
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains(&old_id), "the error should name the key the run needs: {}", o.stderr);
+}

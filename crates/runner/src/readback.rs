@@ -193,7 +193,7 @@ fn join(folder: &str, name: &str) -> String {
 
 /// Reads and checks an item's encryption manifest; the parts it names, each of which the run
 /// manifest must list with the same size and SHA-256.
-fn encryption_manifest(
+pub fn encryption_manifest(
     src: &Source,
     run: &str,
     item_name: &str,

@@ -262,6 +262,25 @@ fn verify_run(s: &Source, run: &str, read: ReadData, key: Option<&MasterKey>, al
     } else if let Some(sig) = &manifest.signature {
         v.notes.push(format!("run manifest signed by host key {} (give --signer to check it)", sig.key_id));
     }
+    // Which key each run needs: the key file, or the identities of the recipients it was
+    // encrypted for (read from the small encryption manifests).
+    let mut needs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for item in readback::items(&manifest) {
+        if let readback::Content::Encrypted { manifest: man, parts } = &item.content {
+            match readback::encryption_manifest(s, run, &item.name, man, parts) {
+                Ok(m) if m.recipients.is_empty() => {
+                    needs.insert("the key file".into());
+                }
+                Ok(m) => {
+                    needs.insert(format!("an identity of recipient(s) {}", m.recipients.join(" or ")));
+                }
+                Err(e) => v.problems.push(format!("{}: {}", item.name, error_chain(&e))),
+            }
+        }
+    }
+    if !needs.is_empty() {
+        v.notes.push(format!("decrypts with {}", needs.into_iter().collect::<Vec<_>>().join("; and ")));
+    }
     let sizes = match s.backend().sizes(&format!("{}{run}/", s.dest.prefix)) {
         Ok(x) => x,
         Err(e) => {
