@@ -659,3 +659,82 @@ fn a_rotated_recipient_old_runs_need_the_old_identity_and_verify_says_which() {
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains(&old_id), "the error should name the key the run needs: {}", o.stderr);
 }
+
+/// The copy kept off the host: an identity behind a passphrase, and on paper.
+#[test]
+fn a_protected_identity_and_a_paper_copy_decrypt_what_the_identity_does() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.join("keys")).unwrap();
+    let id = sb.join("keys/offsite");
+    run(cmd(&bin("encryption")).arg("--generate-keypair").arg(&id)).expect(0);
+    let plain = data(SEG + 3, 42);
+    let input = sb.write("in/db.sql.gz", &plain);
+    run(cmd(&bin("encryption"))
+        .arg("--RECIPIENTS")
+        .arg(sb.join("keys/offsite.pub"))
+        .arg("--OBJECTIVES")
+        .arg(&input)
+        .arg("--DESTINATION")
+        .arg(sb.join("enc")))
+    .expect(0);
+    let decrypt = |identity: &Path, out: &str, pass: Option<&Path>| {
+        let mut c = cmd(&bin("encryption"));
+        c.arg("-d")
+            .arg("--IDENTITY")
+            .arg(identity)
+            .arg("--OBJECTIVES")
+            .arg(sb.join("enc/db.sql.gz.enc"))
+            .arg("--DESTINATION")
+            .arg(sb.join(out));
+        if let Some(p) = pass {
+            c.env("NCB_PASSPHRASE_FILE", p);
+        }
+        run(&mut c)
+    };
+    // Protected by a passphrase (from a 0600 file, never argv).
+    let pass = sb.write("pass", b"correct horse battery staple\n");
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    run(cmd(&bin("encryption")).arg("--protect").arg(&id).env("NCB_PASSPHRASE_FILE", &pass)).expect(0);
+    let protected = sb.join("keys/offsite.protected");
+    assert!(
+        !std::fs::read_to_string(&protected)
+            .unwrap()
+            .contains(&std::fs::read_to_string(&id).unwrap().lines().last().unwrap()[16..])
+    );
+    decrypt(&protected, "p1", Some(&pass)).expect(0);
+    assert!(std::fs::read(sb.join("p1")).unwrap() == plain);
+    let o = decrypt(&protected, "p2", None).expect(2);
+    assert!(o.stderr.contains("NCB_PASSPHRASE_FILE"), "{}", o.stderr);
+    let wrong = sb.write("wrong", b"not the passphrase at all\n");
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = decrypt(&protected, "p3", Some(&wrong)).expect(2);
+    assert!(o.stderr.contains("wrong passphrase"), "{}", o.stderr);
+    // On paper: printed, typed back (here: piped), it decrypts; a typo is named by its line.
+    let paper = run(cmd(&bin("encryption")).arg("--export-paper").arg(&id)).expect(0).stdout;
+    assert!(paper.starts_with("ncb-paper-v1"), "{paper}");
+    let typed = sb.join("keys/typed");
+    let mut c = cmd(&bin("encryption"));
+    c.arg("--import-paper")
+        .arg(&typed)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), paper.as_bytes()).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    decrypt(&typed, "p4", None).expect(0);
+    assert!(std::fs::read(sb.join("p4")).unwrap() == plain);
+    let typo = paper.replacen(" 6", " 7", 1);
+    let mut c = cmd(&bin("encryption"));
+    c.arg("--import-paper")
+        .arg(sb.join("keys/typo"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), typo.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("paper line"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!sb.join("keys/typo").exists());
+}

@@ -6,15 +6,17 @@ pub mod crypt;
 pub mod format;
 pub mod key;
 pub mod manifest;
+pub mod paper;
 pub mod pke;
 pub mod sign;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ncb_core::params::{Kind, ParamSpec, Params, Problem};
 use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 
-pub static PARAMS: [ParamSpec; 12] = [
+pub static PARAMS: [ParamSpec; 15] = [
     ParamSpec::new("KEY_FILE", Kind::Path, "The key file (64 hex digits, mode 0600; see --generate-key)").must_exist(),
     ParamSpec::new(
         "OBJECTIVES",
@@ -59,6 +61,21 @@ pub static PARAMS: [ParamSpec; 12] = [
         "Write a new host signing key (Ed25519) to this file (0600) and its public key to FILE.pub, and exit",
     ),
     ParamSpec::new(
+        "PROTECT",
+        Kind::Path,
+        "Seal this identity with a passphrase (NCB_PASSPHRASE_FILE or NCB_PASSPHRASE) into FILE.protected, and exit",
+    ),
+    ParamSpec::new(
+        "EXPORT_PAPER",
+        Kind::Path,
+        "Print this key file in lines one can type back (with checks), and exit",
+    ),
+    ParamSpec::new(
+        "IMPORT_PAPER",
+        Kind::Path,
+        "Read typed paper lines on stdin and write them as this key file (never over a file), and exit",
+    ),
+    ParamSpec::new(
         "REQUIRE_MANIFEST",
         Kind::Bool,
         "Decrypt: refuse parts without their manifest (default True; the stream stays authenticated without it)",
@@ -82,7 +99,9 @@ fn validate(p: &Params) -> Vec<Problem> {
             problems.push(Problem { key: key.into(), message: format!("missing required parameter ({why})") });
         }
     };
-    if p.str("GENERATE_KEY").is_some() || p.str("GENERATE_KEYPAIR").is_some() || p.str("GENERATE_SIGNING_KEY").is_some()
+    if ["GENERATE_KEY", "GENERATE_KEYPAIR", "GENERATE_SIGNING_KEY", "PROTECT", "EXPORT_PAPER", "IMPORT_PAPER"]
+        .iter()
+        .any(|k| p.str(k).is_some())
     {
         return problems;
     }
@@ -140,6 +159,38 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         key::generate(&path)?;
         log::info!("wrote a new key to {} (mode 0600): keep a copy off this server", path.display());
         report.set("key_file", path.display().to_string());
+        return Ok(report);
+    }
+    if let Some(path) = p.path("PROTECT") {
+        let id = pke::load_identity(&path)?;
+        let line = paper::protect_secret(&id.secret_bytes(), &paper::passphrase()?)?;
+        let mut out = path.as_os_str().to_owned();
+        out.push(".protected");
+        let out = PathBuf::from(out);
+        let text =
+            format!("# nc-backup identity {} protected by a passphrase (Argon2id, AES-256-GCM)\n{line}\n", id.id());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&out)
+            .at("cannot create", &out)?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).and_then(|()| f.sync_all()).at("cannot write", &out)?;
+        log::info!("wrote {} (identity {} behind the passphrase)", out.display(), id.id());
+        report.set("protected", out.display().to_string());
+        return Ok(report);
+    }
+    if let Some(path) = p.path("EXPORT_PAPER") {
+        let text = paper::export(&path)?;
+        let mut so = std::io::stdout().lock();
+        std::io::Write::write_all(&mut so, text.as_bytes()).map_err(|e| Error::io("stdout", e))?;
+        return Ok(report);
+    }
+    if let Some(path) = p.path("IMPORT_PAPER") {
+        let line = paper::import(&mut std::io::stdin().lock())?;
+        paper::write_key_file(&path, &line)?;
+        log::info!("wrote {} from the paper lines", path.display());
+        report.set("imported", path.display().to_string());
         return Ok(report);
     }
     if let Some(path) = p.path("GENERATE_SIGNING_KEY") {

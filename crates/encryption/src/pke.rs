@@ -82,6 +82,11 @@ impl Identity {
         key_id(&self.public)
     }
 
+    /// The private key, for sealing it with a passphrase.
+    pub(crate) fn secret_bytes(&self) -> [u8; 32] {
+        self.secret.to_bytes()
+    }
+
     pub fn recipient(&self) -> Recipient {
         Recipient { public: self.public }
     }
@@ -160,7 +165,13 @@ pub fn load_recipient(path: &Path) -> Result<Recipient> {
 /// An identity file, refused when group or others may access it.
 pub fn load_identity(path: &Path) -> Result<Identity> {
     // What the file is comes first: a recipient given as an identity is named as such.
-    let secret = tagged_hex(path, IDENTITY_TAG, "identity file")?;
+    let line = crate::paper::key_line(path)?;
+    let secret = if line.starts_with(crate::paper::PROTECTED_TAG) {
+        crate::paper::unprotect(&line, &crate::paper::passphrase()?)
+            .map_err(|e| Error::usage(format!("identity file {}: {e}", path.display())))?
+    } else {
+        tagged_hex(path, IDENTITY_TAG, "identity file")?
+    };
     let meta = std::fs::metadata(path).at("identity file", path)?;
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
