@@ -331,3 +331,94 @@ fn s3_part_size_and_concurrency_out_of_range_are_refused() {
     }
     assert!(m.classes("").is_empty(), "something was stored");
 }
+
+/// S3 Object Lock (issue 16), on moto, which implements it: every object of a run is locked,
+/// retention keeps a locked run and says until when; a bucket without lock support (Garage)
+/// is refused at --check.
+#[test]
+fn object_lock_on_moto_keeps_locked_runs_and_garage_is_refused_at_check() {
+    let s = Servers::get();
+    let endpoint = s.var("NCB_MOTO_ENDPOINT");
+    let bucket = unique("ncblock").replace('_', "-");
+    let m = Moto { endpoint: endpoint.clone(), bucket: bucket.clone() };
+    m.aws(&["s3api", "create-bucket", "--bucket", &bucket, "--object-lock-enabled-for-bucket"]);
+    let sb = Sandbox::new();
+    sb.write("enc/a.bin", b"locked bytes");
+    let store = |run_id: &str, extra: &[&str]| {
+        let mut c = cmd(&bin("storage"));
+        c.env("NCB_RUN_ID", run_id)
+            .env("AWS_ACCESS_KEY_ID", "moto")
+            .env("AWS_SECRET_ACCESS_KEY", "moto")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args([
+                "--DESTINATION",
+                "s3",
+                "--BUCKET_NAME",
+                &bucket,
+                "--ENDPOINT_URL",
+                &endpoint,
+                "--REGION",
+                "us-east-1",
+            ])
+            .args(["--HOSTNAME", "web1", "--OBJECT_LOCK_DAYS", "1", "--OBJECT_LOCK_MODE", "GOVERNANCE"])
+            .arg("--OBJECTIVES")
+            .arg(sb.join("enc"))
+            .args(extra);
+        run(&mut c)
+    };
+    let r1 = "20261130T000000Z-0001";
+    store(r1, &[]).expect(0);
+    for key in [format!("web1/{r1}/a.bin"), format!("web1/{r1}/RUN-MANIFEST.json")] {
+        let mode = m.aws(&[
+            "s3api",
+            "head-object",
+            "--bucket",
+            &bucket,
+            "--key",
+            &key,
+            "--query",
+            "[ObjectLockMode,ObjectLockRetainUntilDate]",
+            "--output",
+            "text",
+        ]);
+        assert!(mode.starts_with("GOVERNANCE"), "{key}: {mode}");
+    }
+    // A newer run with KEEP_LAST 1: retention would delete the first; it is locked: kept, said.
+    let r2 = "20261201T000000Z-0002";
+    let out = store(r2, &["--KEEP_LAST", "1"]).expect(0);
+    assert!(
+        out.stdout.contains("object-locked until") || out.stderr.contains("object-locked until"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let listed = m.aws(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        &bucket,
+        "--prefix",
+        &format!("web1/{r1}/"),
+        "--query",
+        "Contents[].Key",
+        "--output",
+        "text",
+    ]);
+    assert!(listed.contains("RUN-MANIFEST.json"), "the locked run was deleted: {listed}");
+
+    // Garage implements no Object Lock: a config asking for it fails --check, naming the key.
+    let conf = sb.config(&[(
+        "STORAGE",
+        serde_json::json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+            "OBJECTIVES": sb.join("enc"), "DESTINATION": "s3", "BUCKET_NAME": s.var("NCB_S3_BUCKET"),
+            "ENDPOINT_URL": s.var("NCB_S3_ENDPOINT"), "REGION": s.var("NCB_S3_REGION"), "OBJECT_LOCK_DAYS": "30"}}),
+    )]);
+    let mut c = cmd(&bin("backup-runner"));
+    c.args(["--check", "-c"])
+        .arg(&conf)
+        .env("AWS_ACCESS_KEY_ID", s.var("NCB_S3_ACCESS_KEY"))
+        .env("AWS_SECRET_ACCESS_KEY", s.var("NCB_S3_SECRET_KEY"))
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let o = run(&mut c).expect(2);
+    assert!(o.stderr.contains("OBJECT_LOCK_DAYS") && o.stderr.contains("Object Lock"), "{}", o.stderr);
+}

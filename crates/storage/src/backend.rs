@@ -257,6 +257,11 @@ pub trait Backend: Send + Sync {
     /// [`DELETING_MARK`] is written first, then the run manifest goes (the run is visibly
     /// incomplete), then every other file, and the mark last.
     fn delete_run(&self, prefix: &str, run_id: &str) -> Result<()>;
+    /// Until when a run's objects are locked (S3 Object Lock), when that is in the future:
+    /// retention does not try to delete it before.
+    fn locked_until(&self, _prefix: &str, _run_id: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Whether the deletion of `run_id` has begun and was not finished.
     fn being_deleted(&self, prefix: &str, run_id: &str) -> Result<bool> {
         Ok(self.get_bytes(&format!("{prefix}{run_id}/{DELETING_MARK}"))?.is_some())

@@ -24,7 +24,7 @@ use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
 use retention::Policy;
 
-pub static PARAMS: [ParamSpec; 35] = [
+pub static PARAMS: [ParamSpec; 37] = [
     ParamSpec::new(
         "DESTINATION",
         Kind::List,
@@ -49,6 +49,16 @@ pub static PARAMS: [ParamSpec; 35] = [
         "runs (default): a run folder with its manifest; files: each file its own object under PREFIX, never sent twice (C3)",
     ),
     ParamSpec::new("FILE_EXTENSIONS", Kind::List, "LAYOUT files: only files with these extensions (.jpg .png)"),
+    ParamSpec::new(
+        "OBJECT_LOCK_DAYS",
+        Kind::Int,
+        "s3: lock every object of a run for this many days (S3 Object Lock; the bucket must have it enabled)",
+    ),
+    ParamSpec::new(
+        "OBJECT_LOCK_MODE",
+        Kind::Choice(&["GOVERNANCE", "COMPLIANCE"]),
+        "s3: GOVERNANCE (default: privileged users may lift it) or COMPLIANCE (nobody can, not even the account root)",
+    ),
     ParamSpec::new(
         "SIGNING_KEY",
         Kind::Path,
@@ -170,6 +180,16 @@ fn validate(p: &Params) -> Vec<Problem> {
         for pr in s3::validate(p) {
             bad(&pr.key, pr.message);
         }
+        // Object Lock is a property of the bucket: asked of it now (at --check), not found
+        // missing in the middle of a night.
+        if p.u64("OBJECT_LOCK_DAYS").ok().flatten().is_some_and(|d| d > 0)
+            && p.has("BUCKET_NAME")
+            && let Err(e) = s3::S3::from_params(p)
+        {
+            bad("OBJECT_LOCK_DAYS", e.to_string().replace("OBJECT_LOCK_DAYS: ", ""));
+        }
+    } else if p.has("OBJECT_LOCK_DAYS") {
+        bad("OBJECT_LOCK_DAYS", "applies to DESTINATION s3 only".into());
     }
     if kinds.is_empty() {
         bad("DESTINATION", "missing required parameter (local)".into());
@@ -782,6 +802,13 @@ pub fn apply_retention(d: &dyn Backend, prefix: &str, rules: &Rules, report: &mu
     let doomed = decisions.iter().filter(|d| !d.keep).map(|d| (d.run_id.clone(), "by the KEEP rules"));
     let finish = interrupted.into_iter().map(|r| (r, "its deletion was interrupted: finished"));
     for (run, why) in finish.chain(doomed).chain(stale.into_iter().map(|r| (r, "incomplete and old"))) {
+        if let Some(until) = d.locked_until(prefix, &run)? {
+            report.warn(format!(
+                "{}: run {run} would go ({why}) but is object-locked until {until}: kept; it becomes deletable then",
+                d.describe()
+            ));
+            continue;
+        }
         if rules.dry {
             log::info!("{}: would delete run {run} ({why}; DRY_RUN)", d.describe());
         } else {

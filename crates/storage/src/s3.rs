@@ -145,6 +145,16 @@ pub struct S3 {
     part_size: usize,
     concurrency: usize,
     rt: tokio::runtime::Runtime,
+    /// OBJECT_LOCK_DAYS / OBJECT_LOCK_MODE: every object stored is locked until then.
+    lock: Option<Lock>,
+}
+
+/// S3 Object Lock of the objects a run stores: a mode and a retain-until date.
+#[derive(Debug, Clone)]
+pub struct Lock {
+    pub mode: aws_sdk_s3::types::ObjectLockMode,
+    pub until: aws_smithy_types::DateTime,
+    pub days: u64,
 }
 
 /// CRC-32C (Castagnoli), the parts' checksum: the server verifies it, and it costs a fraction
@@ -191,6 +201,7 @@ async fn put_single(
     client: &Client,
     bucket: &str,
     class: Option<StorageClass>,
+    lock: Option<&Lock>,
     local: &Path,
     key: &str,
     info: &FileInfo,
@@ -209,6 +220,10 @@ async fn put_single(
         .checksum_sha256(b64(&digest))
         .metadata("sha256", &sha256)
         .set_storage_class(class)
+        .set_object_lock_mode(lock.map(|l| l.mode.clone()))
+        .set_object_lock_retain_until_date(lock.map(|l| l.until))
+        // A locked upload must name its checksum's algorithm (S3: Content-MD5 or this).
+        .set_checksum_algorithm(lock.map(|_| ChecksumAlgorithm::Sha256))
         .send()
         .await
         .map_err(|e| err(&format!("upload of s3://{bucket}/{key}"), e))?;
@@ -361,7 +376,73 @@ impl S3 {
             let sdk = loader.load().await;
             Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style).build())
         });
-        Ok(S3 { client, bucket, class, part_size: usize::try_from(part_mb << 20).unwrap_or(8 << 20), concurrency, rt })
+        let lock = match p.u64("OBJECT_LOCK_DAYS")? {
+            None | Some(0) => None,
+            Some(days) => {
+                let mode = match p.choice("OBJECT_LOCK_MODE", &["GOVERNANCE", "COMPLIANCE"], "GOVERNANCE")?.as_str() {
+                    "COMPLIANCE" => aws_sdk_s3::types::ObjectLockMode::Compliance,
+                    _ => aws_sdk_s3::types::ObjectLockMode::Governance,
+                };
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+                    .saturating_add(days.saturating_mul(86_400));
+                let until = aws_smithy_types::DateTime::from_secs(i64::try_from(secs).unwrap_or(i64::MAX));
+                Some(Lock { mode, until, days })
+            }
+        };
+        let s3 = S3 {
+            client,
+            bucket,
+            class,
+            part_size: usize::try_from(part_mb << 20).unwrap_or(8 << 20),
+            concurrency,
+            rt,
+            lock,
+        };
+        if s3.lock.is_some() {
+            s3.check_object_lock()?;
+        }
+        Ok(s3)
+    }
+
+    /// OBJECT_LOCK_DAYS needs a bucket made with Object Lock: checked before anything is stored.
+    pub fn check_object_lock(&self) -> Result<()> {
+        let got = self.rt.block_on(self.client.get_object_lock_configuration().bucket(&self.bucket).send());
+        let enabled = got
+            .as_ref()
+            .ok()
+            .and_then(|o| o.object_lock_configuration())
+            .and_then(|c| c.object_lock_enabled())
+            .map(|e| e.as_str() == "Enabled");
+        match (got, enabled) {
+            (Ok(_), Some(true)) => Ok(()),
+            (Ok(_), _) => Err(Error::usage(format!(
+                "OBJECT_LOCK_DAYS: bucket {} has Object Lock disabled (it is enabled when a bucket is created: aws s3api create-bucket --object-lock-enabled-for-bucket)",
+                self.bucket
+            ))),
+            (Err(e), _) => Err(Error::usage(format!(
+                "OBJECT_LOCK_DAYS: bucket {} does not support S3 Object Lock ({}): create it with --object-lock-enabled-for-bucket on a store that implements it (AWS, MinIO, Ceph; not Garage), or remove OBJECT_LOCK_DAYS",
+                self.bucket,
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            ))),
+        }
+    }
+
+    /// When the objects of a run (its manifest) stay locked: the retain-until date, if in the future.
+    pub fn locked_until(&self, key: &str) -> Result<Option<String>> {
+        let head = self.rt.block_on(self.client.head_object().bucket(&self.bucket).key(key).send());
+        match head {
+            Ok(o) => {
+                let now = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
+                Ok(o.object_lock_retain_until_date()
+                    .filter(|d| d.secs() > now.secs())
+                    .map(|d| d.fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(err(&format!("cannot check s3://{}/{key}", self.bucket), e)),
+        }
     }
 
     /// Deletes one object (deleting a missing one succeeds, as S3 answers).
@@ -415,6 +496,8 @@ impl S3 {
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .set_metadata(meta)
             .set_storage_class(self.class_for(key))
+            .set_object_lock_mode(self.lock.as_ref().map(|l| l.mode.clone()))
+            .set_object_lock_retain_until_date(self.lock.as_ref().map(|l| l.until))
             .send()
             .await
             .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
@@ -605,6 +688,10 @@ impl Backend for S3 {
         format!("s3://{}", self.bucket)
     }
 
+    fn locked_until(&self, prefix: &str, run_id: &str) -> Result<Option<String>> {
+        S3::locked_until(self, &format!("{prefix}{run_id}/{RUN_MANIFEST}"))
+    }
+
     fn stat(&self, key: &str) -> Result<Option<(u64, String)>> {
         self.rt.block_on(async {
             match self.client.head_object().bucket(&self.bucket).key(key).send().await {
@@ -651,7 +738,7 @@ impl Backend for S3 {
     fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String> {
         self.rt.block_on(async {
             if info.size as usize <= self.part_size {
-                put_single(&self.client, &self.bucket, self.class_for(key), local, key, info).await
+                put_single(&self.client, &self.bucket, self.class_for(key), self.lock.as_ref(), local, key, info).await
             } else {
                 self.put_multipart(local, key, info, &Progress::hidden()).await
             }
@@ -667,10 +754,11 @@ impl Backend for S3 {
             let small = items.iter().enumerate().filter(|(_, (_, _, i))| i.size as usize <= self.part_size);
             for (n, (path, key, info)) in small {
                 let (client, bucket, class) = (self.client.clone(), self.bucket.clone(), self.class_for(key));
+                let lock = self.lock.clone();
                 let (path, key, info) = (path.clone(), key.clone(), info.clone());
-                tasks.spawn(
-                    async move { put_single(&client, &bucket, class, &path, &key, &info).await.map(|s| (n, s)) },
-                );
+                tasks.spawn(async move {
+                    put_single(&client, &bucket, class, lock.as_ref(), &path, &key, &info).await.map(|s| (n, s))
+                });
                 while tasks.len() >= self.concurrency * 4 {
                     if let Some(done) = tasks.join_next().await {
                         let (n, sha) = done.map_err(|e| Error::runtime(format!("upload task: {e}")))??;
@@ -712,6 +800,9 @@ impl Backend for S3 {
                 .checksum_sha256(sum)
                 .metadata("sha256", hex::encode(Sha256::digest(bytes)))
                 .set_storage_class(self.class_for(key))
+                .set_object_lock_mode(self.lock.as_ref().map(|l| l.mode.clone()))
+                .set_object_lock_retain_until_date(self.lock.as_ref().map(|l| l.until))
+                .set_checksum_algorithm(self.lock.as_ref().map(|_| ChecksumAlgorithm::Sha256))
                 .send()
                 .await
                 .map_err(|e| err(&format!("upload of s3://{}/{key}", self.bucket), e))?;
