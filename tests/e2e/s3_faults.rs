@@ -557,3 +557,60 @@ fn garage_retention_cut_off_mid_deletion_is_finished_by_the_next_one() {
     g.assert_stored(&r2, &[("a.bin", &pseudo_random(64 << 10, 21))], &sb);
     g.assert_stored(&r3, &[("b.bin", &pseudo_random(64 << 10, 22))], &sb);
 }
+
+/// Append-only credentials (issue 16): the host may put and get, not delete. Garage cannot
+/// express that (its write permission includes deletes), so the policy is enforced by the
+/// proxy in front of it: every DeleteObject / DeleteObjects answers 403 AccessDenied, as the
+/// documented IAM policy makes S3 answer. Two nights store; a prune through those credentials
+/// fails and deletes nothing; the trusted host's prune (its own credentials) does it.
+#[test]
+fn garage_append_only_credentials_store_nightly_and_only_the_trusted_host_prunes() {
+    let g = Garage::new("ncbappend");
+    let proxy = g.proxy();
+    proxy.add(Rule::new(Fault::Status(403)).method("DELETE").always());
+    proxy.add(Rule::new(Fault::Status(403)).method("POST").target("?delete").always());
+    let sb = Sandbox::new();
+    sb.write("data/a.txt", b"night one\n");
+    let conf_for = |endpoint: &str, extra: Value, name: &str| {
+        let w = sb.join("work");
+        let mut storage = json!({"OBJECTIVES": w.join("files"), "DESTINATION": "s3", "BUCKET_NAME": g.bucket(),
+            "ENDPOINT_URL": endpoint, "REGION": g.s.var("NCB_S3_REGION"), "PREFIX": g.prefix, "REMOVE_OBJECTIVES": "True"});
+        for (k, v) in extra.as_object().unwrap() {
+            storage[k] = v.clone();
+        }
+        let text = json!({
+            "GENERAL": sb.general(),
+            "FILES": {"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
+                "FILESET_INCLUDE": sb.join("data"), "DESTINATION": w.join("files")}},
+            "STORAGE": {"ACTION": "execute", "NAME": "storage", "PARAMETERS": storage},
+        });
+        sb.config_text(name, &text.to_string())
+    };
+    let host = conf_for(&proxy.url(), json!({"APPEND_ONLY": "True"}), "host.json");
+    let runner = |conf: &Path, args: &[&str]| {
+        let mut c = cmd(&bin("backup-runner"));
+        c.args(args).arg("-c").arg(conf);
+        g.creds(&mut c);
+        run(&mut c)
+    };
+    // Retention on an append-only host is a config error, before anything runs.
+    let bad = conf_for(&proxy.url(), json!({"APPEND_ONLY": "True", "KEEP_LAST": "1"}), "bad.json");
+    let o = runner(&bad, &["--check"]).expect(2);
+    assert!(o.stderr.contains("KEEP_LAST") && o.stderr.contains("trusted host"), "{}", o.stderr);
+    runner(&host, &["-r"]).expect(0);
+    std::thread::sleep(Duration::from_millis(1100));
+    sb.write("data/a.txt", b"night two\n");
+    runner(&host, &["-r"]).expect(0);
+    let manifests = |g: &Garage| g.keys().into_iter().filter(|k| k.ends_with("RUN-MANIFEST.json")).count();
+    assert_eq!(manifests(&g), 2);
+    // A delete with the host's credentials is refused; nothing is gone.
+    let host_prune = conf_for(&proxy.url(), json!({"KEEP_LAST": "1"}), "host-prune.json");
+    let o = runner(&host_prune, &["prune"]);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("AccessDenied"), "{}", o.stderr);
+    assert_eq!(manifests(&g), 2, "a refused delete removed a run");
+    // The trusted host prunes (straight to the store, its own credentials).
+    let trusted = conf_for(&g.s.var("NCB_S3_ENDPOINT"), json!({"KEEP_LAST": "1"}), "trusted.json");
+    runner(&trusted, &["prune"]).expect(0);
+    assert_eq!(manifests(&g), 1);
+}

@@ -24,7 +24,7 @@ use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
 use retention::Policy;
 
-pub static PARAMS: [ParamSpec; 37] = [
+pub static PARAMS: [ParamSpec; 38] = [
     ParamSpec::new(
         "DESTINATION",
         Kind::List,
@@ -49,6 +49,11 @@ pub static PARAMS: [ParamSpec; 37] = [
         "runs (default): a run folder with its manifest; files: each file its own object under PREFIX, never sent twice (C3)",
     ),
     ParamSpec::new("FILE_EXTENSIONS", Kind::List, "LAYOUT files: only files with these extensions (.jpg .png)"),
+    ParamSpec::new(
+        "APPEND_ONLY",
+        Kind::Bool,
+        "This host's credentials may put and get but not delete: no retention here (run backup-runner prune from a trusted host)",
+    ),
     ParamSpec::new(
         "OBJECT_LOCK_DAYS",
         Kind::Int,
@@ -207,6 +212,25 @@ fn validate(p: &Params) -> Vec<Problem> {
             }
             "rclone" => {}
             other => bad("DESTINATION", format!("unknown destination '{other}' (known: {})", KINDS.join(", "))),
+        }
+    }
+    if p.flag("APPEND_ONLY", false).unwrap_or(false) {
+        for key in [
+            "KEEP_LAST",
+            "KEEP_HOURLY",
+            "KEEP_DAILY",
+            "KEEP_WEEKLY",
+            "KEEP_MONTHLY",
+            "KEEP_YEARLY",
+            "KEEP_WITHIN",
+            "REMOVE_INCOMPLETE_AFTER",
+        ] {
+            if p.has(key) {
+                bad(
+                    key,
+                    "retention deletes runs, which APPEND_ONLY credentials cannot: give the KEEP rules to `backup-runner prune` on a trusted host".into(),
+                );
+            }
         }
     }
     let files_layout = p.str("LAYOUT").is_some_and(|l| l.eq_ignore_ascii_case("files"));
