@@ -36,4 +36,7 @@ if [ $# -eq 0 ]; then
   echo "== soak: the same with incremental file backups (FULL_EVERY 2)" >&2
   NCB_SOAK_INCREMENTAL=2 NCB_SOAK_BIN=target/debug NCB_SOAK_DATA_MB=20 NCB_SOAK_ROWS=20000 NCB_SOAK_FILE_SIZE=2 \
     scripts/soak-kill.sh 3
+  echo "== package: built, installed in a clean Debian container, used, upgraded, removed, purged" >&2
+  # The debug build just made, stripped (scripts/package.sh alone builds the release profile).
+  NCB_PACKAGE_PROFILE=dev scripts/test-package.sh
 fi
