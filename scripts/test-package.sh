@@ -17,6 +17,6 @@ fi
 IMG=localhost/ncb-debian:bookworm
 podman image exists "$IMG" || tar -C "$ROOTFS" -c . | podman import - "$IMG" >/dev/null
 echo "== $DEB ($(du -h "$DEB" | cut -f1)) in a clean bookworm container" >&2
-podman --runtime runc run --rm --network none \
+podman --runtime runc run --rm --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
   -v "$PWD/$DEB:/pkg/nc-backup.deb:ro" -v "$PWD/scripts/package-check.sh:/check.sh:ro" \
   "$IMG" sh /check.sh
