@@ -93,7 +93,11 @@ fn a_good_run_pings_start_and_success_posts_the_report_and_runs_on_success() {
     let run_id = out.json()["run_id"].as_str().unwrap().to_owned();
     let reqs = l.requests();
     let paths: Vec<(&str, &str)> = reqs.iter().map(|r| (r.method.as_str(), r.path.as_str())).collect();
-    assert_eq!(paths, [("GET", "/start"), ("GET", "/ok"), ("POST", "/hook")]);
+    assert_eq!(paths, [("GET", "/start"), ("POST", "/ok"), ("POST", "/hook")]);
+    // The success ping carries the exit status and the tail of the log, as healthchecks shows them.
+    let ping = String::from_utf8_lossy(&reqs[1].body).into_owned();
+    assert!(ping.starts_with(&format!("exit status 0\nrun {run_id}\n")), "{ping}");
+    assert!(ping.contains(&run_id) && ping.lines().count() > 3, "no log tail in the ping: {ping}");
     let posted: serde_json::Value = serde_json::from_slice(&reqs[2].body).unwrap();
     assert_eq!(posted["run_id"], run_id.as_str());
     assert_eq!(posted["status"], "ok");
@@ -108,8 +112,11 @@ fn a_failed_run_pings_failure_and_runs_on_failure() {
     let l = Listener::start(&[]);
     let conf = notify_conf(&sb, &l, true, json!({}));
     run(cmd(&bin("backup-runner")).arg("-r").arg("-c").arg(&conf).env("RECORD", sb.join("rec"))).expect(1);
-    let paths: Vec<String> = l.requests().iter().map(|r| r.path.clone()).collect();
+    let reqs = l.requests();
+    let paths: Vec<String> = reqs.iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/start", "/fail", "/hook"]);
+    let ping = String::from_utf8_lossy(&reqs[1].body).into_owned();
+    assert!(ping.starts_with("exit status 1\n") && ping.contains("JOB"), "{ping}");
     assert!(std::fs::read_to_string(sb.join("on-failure")).unwrap().starts_with("failed "));
 }
 
@@ -129,4 +136,63 @@ fn notification_failures_are_retried_then_logged_and_never_change_the_status() {
     let out = run(cmd(&bin("backup-runner")).arg("-r").arg("-c").arg(&conf).env("RECORD", sb.join("rec"))).expect(0);
     assert!(out.stderr.contains("webhook") && out.stderr.contains("failed after 2 attempts"), "{}", out.stderr);
     assert!(!out.stderr.contains("/hook"), "the URL path (often a token) reached the log: {}", out.stderr);
+}
+
+/// A Zabbix trapper (zabbix_sender's protocol) on 127.0.0.1: it receives the run's status and
+/// message items, and answers as a Zabbix server does.
+#[test]
+fn zabbix_trapper_receives_the_status_and_the_message() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let g = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut head = [0u8; 13];
+            s.read_exact(&mut head).unwrap();
+            assert_eq!(&head[..5], b"ZBXD\x01");
+            let n = u64::from_le_bytes(head[5..13].try_into().unwrap()) as usize;
+            let mut body = vec![0u8; n];
+            s.read_exact(&mut body).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let count = v["data"].as_array().map_or(0, Vec::len);
+            g.lock().unwrap().push(v);
+            let answer = format!(
+                r#"{{"response":"success","info":"processed: {count}; failed: 0; total: {count}; seconds spent: 0.000055"}}"#
+            );
+            let mut frame = b"ZBXD\x01".to_vec();
+            frame.extend_from_slice(&(answer.len() as u64).to_le_bytes());
+            frame.extend_from_slice(answer.as_bytes());
+            s.write_all(&frame).unwrap();
+        }
+    });
+    for fail in [false, true] {
+        let sb = Sandbox::new();
+        let web = Listener::start(&[]);
+        let conf = notify_conf(
+            &sb,
+            &web,
+            fail,
+            json!({"ZABBIX_SERVER": format!("127.0.0.1:{port}"), "ZABBIX_KEY": "backup.nightly"}),
+        );
+        run(cmd(&bin("backup-runner")).arg("-r").arg("-c").arg(&conf).env("RECORD", sb.join("rec"))).expect(if fail {
+            1
+        } else {
+            0
+        });
+    }
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (v, (status, word)) in got.iter().zip([("0", "ok run "), ("1", "FAILED run ")]) {
+        assert_eq!(v["request"], "sender data");
+        let data = v["data"].as_array().unwrap();
+        assert_eq!(
+            (data[0]["host"].as_str(), data[0]["key"].as_str(), data[0]["value"].as_str()),
+            (Some("testhost"), Some("backup.nightly"), Some(status))
+        );
+        assert_eq!(data[1]["key"], "backup.nightly.message");
+        assert!(data[1]["value"].as_str().unwrap().starts_with(word), "{v}");
+    }
+    assert!(got[1]["data"][1]["value"].as_str().unwrap().contains("JOB failed"), "{got:?}");
 }

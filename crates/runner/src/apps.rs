@@ -208,13 +208,31 @@ fn backup(c: &AppsConfig, name: &str, notify: &crate::notify::Notify) -> Result<
         Ok(r) => r,
         Err(e) => {
             let json = serde_json::json!({"app": name, "ok": false, "errors": [ncb_core::stage::error_chain(&e)]});
-            notify.finished(false, name, &json.to_string(), None);
+            notify.finished(
+                false,
+                name,
+                &json.to_string(),
+                None,
+                &crate::notify::Finish {
+                    hostname: &c.hostname,
+                    log_file: c.log_folder.as_deref().map(ncb_core::context::log_file_of).as_deref(),
+                    summary: None,
+                },
+            );
             return Err(e);
         }
     };
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     let path = c.app_backups(name).join(ncb_apps::backup::REPORT);
-    notify.finished(report.ok, name, &json, Some(&path));
+    let log = c.log_folder.as_deref().map(ncb_core::context::log_file_of);
+    let first = report.errors.first().cloned();
+    notify.finished(
+        report.ok,
+        name,
+        &json,
+        Some(&path),
+        &crate::notify::Finish { hostname: &c.hostname, log_file: log.as_deref(), summary: first.as_deref() },
+    );
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,

@@ -968,7 +968,19 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
             Err(e) => log::error!("cannot write the run report: {}", ncb_core::stage::error_chain(&e)),
         }
     }
-    config.notify.finished(!report.failed(), &run_id, &json, report_path.as_deref());
+    let log_file = general.log_file();
+    let first_failure = report.failures().first().map(|f| format!("{} failed", f.name));
+    config.notify.finished(
+        !report.failed(),
+        &run_id,
+        &json,
+        report_path.as_deref(),
+        &notify::Finish {
+            hostname: &general.hostname,
+            log_file: log_file.as_deref(),
+            summary: first_failure.as_deref(),
+        },
+    );
     if m.get_flag("json") {
         let _ = writeln!(std::io::stdout().lock(), "{json}");
     }
