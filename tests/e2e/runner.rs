@@ -181,3 +181,40 @@ fn dry_run_prints_the_plan_without_secrets() {
     assert!(out.stdout.contains("[3] SIZE (load size-calc)"), "{}", out.stdout);
     assert!(!sb.join("rec").exists() && !sb.join("work").exists(), "dry run ran something");
 }
+
+/// GENERAL NICE and IONICE: every stage runs under them (issue 17).
+#[test]
+fn nice_and_ionice_apply_to_every_stage() {
+    let sb = Sandbox::new();
+    let script = sb.write(
+        "prio.sh",
+        format!(
+            "#!/bin/sh\ncut -d' ' -f19 /proc/$$/stat > {}\nionice -p $$ > {}\n",
+            sb.join("nice").display(),
+            sb.join("ionice").display()
+        )
+        .as_bytes(),
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut general = sb.general();
+    general["NICE"] = "7".into();
+    general["IONICE"] = "idle".into();
+    let text =
+        serde_json::json!({"GENERAL": general, "PRIO": {"ACTION": "execute", "NAME": "prio", "EXECUTABLE": script}});
+    let conf = sb.config_text("conf.json", &text.to_string());
+    run(cmd(&bin("backup-runner")).args(["-r", "-c"]).arg(&conf)).expect(0);
+    assert_eq!(std::fs::read_to_string(sb.join("nice")).unwrap().trim(), "7");
+    assert!(std::fs::read_to_string(sb.join("ionice")).unwrap().contains("idle"));
+    let sd = run(cmd(&bin("backup-runner")).args(["schedule", "--systemd", "-c"]).arg(&conf));
+    let _ = sd;
+    general_bad(&sb, "NICE", "42", "0 to 19");
+    general_bad(&sb, "IONICE", "realtime", "idle, best-effort");
+}
+
+fn general_bad(sb: &Sandbox, key: &str, value: &str, want: &str) {
+    let mut general = sb.general();
+    general[key] = value.into();
+    let conf = sb.config_text("bad.json", &serde_json::json!({"GENERAL": general}).to_string());
+    let o = run(cmd(&bin("backup-runner")).args(["--check", "-c"]).arg(&conf)).expect(2);
+    assert!(o.stderr.contains(key) && o.stderr.contains(want), "{}", o.stderr);
+}

@@ -614,3 +614,39 @@ fn garage_append_only_credentials_store_nightly_and_only_the_trusted_host_prunes
     runner(&trusted, &["prune"]).expect(0);
     assert_eq!(manifests(&g), 1);
 }
+
+/// BANDWIDTH_LIMIT (issue 17): 100 MB to Garage at 20 MiB/s takes the time that rate gives,
+/// within 10%.
+#[test]
+fn garage_bandwidth_limit_paces_a_100_mb_upload_within_10_percent() {
+    let g = Garage::new("ncbbw");
+    let sb = Sandbox::new();
+    sb.write("enc/big.bin", &pseudo_random(100 << 20, 8));
+    let rate = 20u64 << 20;
+    let mut c = cmd(&bin("storage"));
+    c.env("NCB_RUN_ID", "20261201T000000Z-00bw")
+        .args(["--DESTINATION", "s3", "--BUCKET_NAME", &g.bucket(), "--ENDPOINT_URL", &g.s.var("NCB_S3_ENDPOINT")])
+        .args([
+            "--REGION",
+            &g.s.var("NCB_S3_REGION"),
+            "--PREFIX",
+            &g.prefix,
+            "--BANDWIDTH_LIMIT",
+            "20M",
+            "--HOSTNAME",
+            "h",
+        ])
+        .arg("--OBJECTIVES")
+        .arg(sb.join("enc"));
+    g.creds(&mut c);
+    let t = Instant::now();
+    run(&mut c).expect(0);
+    let secs = t.elapsed().as_secs_f64();
+    let measured = (100u64 << 20) as f64 / secs;
+    let ratio = measured / rate as f64;
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "100 MiB in {secs:.2} s: {:.1} MiB/s for a 20 MiB/s limit",
+        measured / (1 << 20) as f64
+    );
+}

@@ -25,7 +25,7 @@ use storage::backend::{Backend, FileInfo};
 use crate::db::{Db, Record, Url};
 use crate::state::{Copy, Delete, Failure, Folder, State};
 
-pub static PARAMS: [ParamSpec; 21] = [
+pub static PARAMS: [ParamSpec; 22] = [
     ParamSpec::new(
         "DATABASE_URL",
         Kind::Str,
@@ -58,6 +58,11 @@ pub static PARAMS: [ParamSpec; 21] = [
     ParamSpec::new("KEEP_VERSIONS", Kind::Int, "Versions kept per file (default 1: the latest)"),
     ParamSpec::new("POLL_INTERVAL", Kind::Str, "--watch: time between passes (default 60s)"),
     ParamSpec::new("CONCURRENCY", Kind::Int, "Objects copied at once (default 16)"),
+    ParamSpec::new(
+        "BANDWIDTH_LIMIT",
+        Kind::Str,
+        "DESTINATION s3: pace the uploads to this rate (20M, 512K: bytes a second)",
+    ),
     ParamSpec::new(
         "STATE_FILE",
         Kind::Path,
@@ -248,7 +253,7 @@ struct FailedRecord {
 fn s3_params(p: &Params, bucket: &str) -> Params {
     let mut s = Params::new();
     s.set("BUCKET_NAME", bucket);
-    for k in ["ENDPOINT_URL", "REGION", "FORCE_PATH_STYLE", "STORAGE_CLASS"] {
+    for k in ["ENDPOINT_URL", "REGION", "FORCE_PATH_STYLE", "STORAGE_CLASS", "BANDWIDTH_LIMIT"] {
         if let Some(v) = p.str(k) {
             s.set(k, v);
         }

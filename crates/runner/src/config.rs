@@ -75,14 +75,38 @@ pub struct Config {
 }
 
 /// Keys of GENERAL: (key, required).
-pub const GENERAL_KEYS: [(&str, bool); 6] = [
+pub const GENERAL_KEYS: [(&str, bool); 8] = [
     ("HOSTNAME", true),
     ("WORK_FOLDER", true),
     ("LOG_FOLDER", true),
     ("HOME_FOLDER", false),
     ("LOCAL_BACKUP", false),
     ("SCHEDULE", false),
+    ("NICE", false),
+    ("IONICE", false),
 ];
+
+/// GENERAL NICE (0 to 19) and IONICE (`idle`, or `best-effort` with an optional level 0-7 as
+/// `best-effort:7`): the arguments of nice(1) and ionice(1) the run is started under.
+pub fn priority(nice: Option<&str>, ionice: Option<&str>) -> std::result::Result<Vec<String>, String> {
+    let mut argv = Vec::new();
+    if let Some(n) = nice {
+        let v: u8 = n.trim().parse().ok().filter(|v| *v <= 19).ok_or_else(|| format!("NICE '{n}' is not 0 to 19"))?;
+        argv.extend(["nice".to_owned(), "-n".to_owned(), v.to_string()]);
+    }
+    if let Some(i) = ionice {
+        argv.push("ionice".into());
+        match i.trim().to_ascii_lowercase().split_once(':') {
+            None if i.trim().eq_ignore_ascii_case("idle") => argv.extend(["-c".to_owned(), "3".to_owned()]),
+            None if i.trim().eq_ignore_ascii_case("best-effort") => argv.extend(["-c".to_owned(), "2".to_owned()]),
+            Some(("best-effort", level)) if level.parse::<u8>().is_ok_and(|l| l <= 7) => {
+                argv.extend(["-c".to_owned(), "2".to_owned(), "-n".to_owned(), level.to_owned()])
+            }
+            _ => return Err(format!("IONICE '{i}' is not idle, best-effort or best-effort:0-7")),
+        }
+    }
+    Ok(argv)
+}
 
 const SECTION_KEYS: [&str; 10] = [
     "ACTION",
@@ -245,6 +269,16 @@ fn parse_general(g: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> V
             Ok(s) => {
                 if k == "SCHEDULE"
                     && let Err(e) = crate::schedule::parse_list(&s)
+                {
+                    problems.push(ConfigProblem::new(Some("GENERAL"), Some(k), e));
+                }
+                if k == "NICE"
+                    && let Err(e) = priority(Some(&s), None)
+                {
+                    problems.push(ConfigProblem::new(Some("GENERAL"), Some(k), e));
+                }
+                if k == "IONICE"
+                    && let Err(e) = priority(None, Some(&s))
                 {
                     problems.push(ConfigProblem::new(Some("GENERAL"), Some(k), e));
                 }

@@ -542,7 +542,17 @@ fn schedule_main(m: &ArgMatches, sm: &ArgMatches) -> Result<(), Error> {
     let user = sm.get_one::<String>("user").map(String::as_str);
     let mut out = std::io::stdout().lock();
     if sm.get_flag("systemd") {
-        let _ = write!(out, "{}", schedule::systemd_units(&schedules, &runner, &conf, user));
+        let _ = write!(
+            out,
+            "{}",
+            schedule::systemd_units(
+                &schedules,
+                &runner,
+                &conf,
+                user,
+                (config.general("NICE"), config.general("IONICE"))
+            )
+        );
         return Ok(());
     }
     match sm.get_one::<String>("action").map(String::as_str) {
@@ -909,6 +919,20 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
         return Ok(ExitStatus::Success);
     }
     drop(out);
+    // GENERAL NICE / IONICE: the whole run (this process, every stage it starts, in-process
+    // sections) under nice(1) and ionice(1), by starting again under them, once.
+    let prio = config::priority(config.general("NICE"), config.general("IONICE")).map_err(Error::config)?;
+    if !prio.is_empty() && std::env::var_os("NCB_PRIORITY_APPLIED").is_none() {
+        let me = std::env::current_exe().ctx(|| "cannot find backup-runner's own path".into())?;
+        let err = std::os::unix::process::CommandExt::exec(
+            std::process::Command::new(&prio[0])
+                .args(&prio[1..])
+                .arg(&me)
+                .args(std::env::args_os().skip(1))
+                .env("NCB_PRIORITY_APPLIED", "1"),
+        );
+        return Err(Error::runtime(format!("cannot start under {}: {err}", prio.join(" "))));
+    }
 
     let general = plan::general_of(&config);
     let work = general.work_dir();

@@ -345,7 +345,13 @@ pub fn on_calendar(expr: &str) -> String {
 }
 
 /// A service and timer pair running this config on its schedules.
-pub fn systemd_units(schedules: &[String], runner: &Path, config: &Path, user: Option<&str>) -> String {
+pub fn systemd_units(
+    schedules: &[String],
+    runner: &Path,
+    config: &Path,
+    user: Option<&str>,
+    priority: (Option<&str>, Option<&str>),
+) -> String {
     let name = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "conf".into());
     let mut s = format!(
         "# /etc/systemd/system/nc-backup-{name}.service\n[Unit]\nDescription=nc-backup run of {c}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nType=oneshot\nExecStart={r} -r -c {c}\n",
@@ -355,7 +361,15 @@ pub fn systemd_units(schedules: &[String], runner: &Path, config: &Path, user: O
     if let Some(u) = user {
         s.push_str(&format!("User={u}\n"));
     }
-    s.push_str(&format!("Nice=10\nIOSchedulingClass=idle\n\n# /etc/systemd/system/nc-backup-{name}.timer\n[Unit]\nDescription=nc-backup schedule of {}\n\n[Timer]\n", config.display()));
+    let nice = priority.0.unwrap_or("10");
+    let io = match priority.1.map(|i| i.trim().to_ascii_lowercase()) {
+        Some(i) if i.starts_with("best-effort") => match i.split_once(':') {
+            Some((_, l)) => format!("IOSchedulingClass=best-effort\nIOSchedulingPriority={l}"),
+            None => "IOSchedulingClass=best-effort".to_owned(),
+        },
+        _ => "IOSchedulingClass=idle".to_owned(),
+    };
+    s.push_str(&format!("Nice={nice}\n{io}\n\n# /etc/systemd/system/nc-backup-{name}.timer\n[Unit]\nDescription=nc-backup schedule of {}\n\n[Timer]\n", config.display()));
     for e in schedules.iter().filter(|e| *e != "@reboot") {
         s.push_str(&format!("OnCalendar={}\n", on_calendar(e)));
     }

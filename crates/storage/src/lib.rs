@@ -24,7 +24,7 @@ use ncb_core::{Error, IoContext, Result, StageCtx, StageDef, StageReport};
 use backend::{Backend, FileInfo, Local, RUN_MANIFEST, RunManifest};
 use retention::Policy;
 
-pub static PARAMS: [ParamSpec; 38] = [
+pub static PARAMS: [ParamSpec; 39] = [
     ParamSpec::new(
         "DESTINATION",
         Kind::List,
@@ -49,6 +49,11 @@ pub static PARAMS: [ParamSpec; 38] = [
         "runs (default): a run folder with its manifest; files: each file its own object under PREFIX, never sent twice (C3)",
     ),
     ParamSpec::new("FILE_EXTENSIONS", Kind::List, "LAYOUT files: only files with these extensions (.jpg .png)"),
+    ParamSpec::new(
+        "BANDWIDTH_LIMIT",
+        Kind::Str,
+        "Pace uploads to this rate (20M, 512K: bytes a second; s3 paced here, rclone by its --bwlimit)",
+    ),
     ParamSpec::new(
         "APPEND_ONLY",
         Kind::Bool,
@@ -214,6 +219,11 @@ fn validate(p: &Params) -> Vec<Problem> {
             other => bad("DESTINATION", format!("unknown destination '{other}' (known: {})", KINDS.join(", "))),
         }
     }
+    if let Some(v) = p.str("BANDWIDTH_LIMIT")
+        && let Err(e) = s3::parse_rate(v)
+    {
+        bad("BANDWIDTH_LIMIT", e);
+    }
     if p.flag("APPEND_ONLY", false).unwrap_or(false) {
         for key in [
             "KEEP_LAST",
@@ -301,9 +311,10 @@ fn backends(p: &Params, ctx: &StageCtx) -> Result<Vec<Box<dyn Backend>>> {
     for k in p.list("DESTINATION")? {
         match k.to_ascii_lowercase().as_str() {
             "local" => out.push(Box::new(Local { root: p.required_path("PATH")? })),
-            "rclone" => {
-                out.push(Box::new(rclone::Rclone::new(p.required_str("RCLONE_REMOTE")?, p.path("RCLONE_CONFIG"))))
-            }
+            "rclone" => out.push(Box::new(
+                rclone::Rclone::new(p.required_str("RCLONE_REMOTE")?, p.path("RCLONE_CONFIG"))
+                    .with_bwlimit(p.str("BANDWIDTH_LIMIT").and_then(|v| s3::parse_rate(v).ok())),
+            )),
             "s3" => {
                 let s3 = s3::S3::from_params(p)?;
                 s3.abort_stale(&prefix(p, ctx))?;

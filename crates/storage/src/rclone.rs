@@ -17,11 +17,19 @@ use crate::backend::{Backend, DELETING_MARK, FileInfo, RUN_MANIFEST, deleting_ma
 pub struct Rclone {
     remote: String,
     config: Option<std::path::PathBuf>,
+    /// BANDWIDTH_LIMIT in bytes a second, given to rclone as --bwlimit.
+    bwlimit: Option<u64>,
 }
 
 impl Rclone {
     pub fn new(remote: &str, config: Option<std::path::PathBuf>) -> Self {
-        Rclone { remote: remote.trim_end_matches('/').to_owned(), config }
+        Rclone { remote: remote.trim_end_matches('/').to_owned(), config, bwlimit: None }
+    }
+
+    /// Uploads paced by rclone's own --bwlimit.
+    pub fn with_bwlimit(mut self, rate: Option<u64>) -> Self {
+        self.bwlimit = rate;
+        self
     }
 
     fn path(&self, key: &str) -> String {
@@ -33,7 +41,11 @@ impl Rclone {
         if let Some(conf) = &self.config {
             c.arg("--config").arg(conf);
         }
-        c.args(["--retries", "3", "--low-level-retries", "10", "--contimeout", "15s"]).args(args);
+        c.args(["--retries", "3", "--low-level-retries", "10", "--contimeout", "15s"]);
+        if let Some(b) = self.bwlimit {
+            c.arg("--bwlimit").arg(format!("{}k", (b / 1024).max(1)));
+        }
+        c.args(args);
         // A killed storage takes its rclone with it: no upload goes on unattended.
         ncb_core::sys::dies_with_parent(&mut c, ncb_core::sys::SIGTERM);
         c

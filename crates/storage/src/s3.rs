@@ -147,6 +147,53 @@ pub struct S3 {
     rt: tokio::runtime::Runtime,
     /// OBJECT_LOCK_DAYS / OBJECT_LOCK_MODE: every object stored is locked until then.
     lock: Option<Lock>,
+    /// BANDWIDTH_LIMIT: uploads paced to this many bytes a second.
+    throttle: Option<std::sync::Arc<Throttle>>,
+}
+
+/// Paces uploads to an average rate: each request waits until the bytes sent so far, its own
+/// included, fit the rate since the first one.
+#[derive(Debug)]
+pub struct Throttle {
+    rate: u64,
+    start: std::time::Instant,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(rate: u64) -> Self {
+        Throttle { rate: rate.max(1), start: std::time::Instant::now(), sent: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// How long to wait before sending `n` more bytes.
+    pub fn delay(&self, n: u64) -> Duration {
+        let before = self.sent.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        let due = Duration::from_secs_f64(before as f64 / self.rate as f64);
+        due.saturating_sub(self.start.elapsed())
+    }
+
+    async fn wait(&self, n: u64) {
+        let d = self.delay(n);
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+/// `20M`, `512K`, `1G`, `1500000`: bytes a second (K, M, G: 1024-based).
+pub fn parse_rate(v: &str) -> std::result::Result<u64, String> {
+    let t = v.trim().trim_end_matches("/s").trim_end_matches(['B', 'b', 'i']);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("'{v}' is not a rate (20M, 512K, 1G: bytes a second)"))?;
+    if !(n > 0.0) {
+        return Err(format!("'{v}' must be above 0"));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
 /// S3 Object Lock of the objects a run stores: a mode and a retain-until date.
@@ -202,10 +249,14 @@ async fn put_single(
     bucket: &str,
     class: Option<StorageClass>,
     lock: Option<&Lock>,
+    throttle: Option<&Throttle>,
     local: &Path,
     key: &str,
     info: &FileInfo,
 ) -> Result<String> {
+    if let Some(t) = throttle {
+        t.wait(info.size).await;
+    }
     // A small file: hashed first when its SHA-256 is not known yet, for the server to check.
     let sha256 = if info.sha256.is_empty() { sha256_file(local)?.1 } else { info.sha256.clone() };
     let body =
@@ -392,6 +443,12 @@ impl S3 {
                 Some(Lock { mode, until, days })
             }
         };
+        let throttle = match p.str("BANDWIDTH_LIMIT") {
+            Some(v) => Some(std::sync::Arc::new(Throttle::new(
+                parse_rate(v).map_err(|e| Error::usage(format!("--BANDWIDTH_LIMIT: {e}")))?,
+            ))),
+            None => None,
+        };
         let s3 = S3 {
             client,
             bucket,
@@ -400,6 +457,7 @@ impl S3 {
             concurrency,
             rt,
             lock,
+            throttle,
         };
         if s3.lock.is_some() {
             s3.check_object_lock()?;
@@ -583,6 +641,7 @@ impl S3 {
             whole.update(&buf);
             bar.add(buf.len() as u64);
             let checksum = b64(&crc32c(&buf).to_be_bytes());
+            let part_len = buf.len() as u64;
             let req = self
                 .client
                 .upload_part()
@@ -593,6 +652,9 @@ impl S3 {
                 .checksum_crc32_c(checksum.clone())
                 .body(ByteStream::from(buf));
             let n = number;
+            if let Some(t) = &self.throttle {
+                t.wait(part_len).await;
+            }
             // The part's body is not hashed again for the signature (UNSIGNED-PAYLOAD, as the
             // aws CLI sends over HTTPS): its CRC-32C, a signed header, is what the server checks.
             let req = req.customize().disable_payload_signing();
@@ -738,7 +800,17 @@ impl Backend for S3 {
     fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String> {
         self.rt.block_on(async {
             if info.size as usize <= self.part_size {
-                put_single(&self.client, &self.bucket, self.class_for(key), self.lock.as_ref(), local, key, info).await
+                put_single(
+                    &self.client,
+                    &self.bucket,
+                    self.class_for(key),
+                    self.lock.as_ref(),
+                    self.throttle.as_deref(),
+                    local,
+                    key,
+                    info,
+                )
+                .await
             } else {
                 self.put_multipart(local, key, info, &Progress::hidden()).await
             }
@@ -754,10 +826,12 @@ impl Backend for S3 {
             let small = items.iter().enumerate().filter(|(_, (_, _, i))| i.size as usize <= self.part_size);
             for (n, (path, key, info)) in small {
                 let (client, bucket, class) = (self.client.clone(), self.bucket.clone(), self.class_for(key));
-                let lock = self.lock.clone();
+                let (lock, throttle) = (self.lock.clone(), self.throttle.clone());
                 let (path, key, info) = (path.clone(), key.clone(), info.clone());
                 tasks.spawn(async move {
-                    put_single(&client, &bucket, class, lock.as_ref(), &path, &key, &info).await.map(|s| (n, s))
+                    put_single(&client, &bucket, class, lock.as_ref(), throttle.as_deref(), &path, &key, &info)
+                        .await
+                        .map(|s| (n, s))
                 });
                 while tasks.len() >= self.concurrency * 4 {
                     if let Some(done) = tasks.join_next().await {
