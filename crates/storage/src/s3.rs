@@ -190,7 +190,7 @@ pub fn parse_rate(v: &str) -> std::result::Result<u64, String> {
         _ => (t, 1),
     };
     let n: f64 = num.trim().parse().map_err(|_| format!("'{v}' is not a rate (20M, 512K, 1G: bytes a second)"))?;
-    if !(n > 0.0) {
+    if n.is_nan() || n <= 0.0 {
         return Err(format!("'{v}' must be above 0"));
     }
     Ok((n * mult as f64) as u64)
