@@ -162,7 +162,7 @@ struct Mirror {
 
 enum Dest {
     Local(PathBuf),
-    S3 { s3: storage::s3::S3, prefix: String },
+    S3 { s3: Box<storage::s3::S3>, prefix: String },
 }
 
 impl Dest {
@@ -285,7 +285,7 @@ fn open(ctx: &StageCtx, p: &Params) -> Result<Mirror> {
         let prefix = p.str("PREFIX").map(|x| x.trim_matches('/')).filter(|x| !x.is_empty()).map(|x| format!("{x}/"));
         let prefix = prefix.unwrap_or_default();
         let shown = format!("s3://{b}/{prefix}");
-        (Dest::S3 { s3: storage::s3::S3::from_params(&s3_params(p, b))?, prefix }, shown)
+        (Dest::S3 { s3: Box::new(storage::s3::S3::from_params(&s3_params(p, b))?), prefix }, shown)
     } else {
         let root = PathBuf::from(dest_raw);
         ncb_core::atomic::ensure_dir(&root, 0o700)?;

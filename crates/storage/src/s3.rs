@@ -244,16 +244,24 @@ fn err<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error>(what: &st
 }
 
 /// One object in one request, streamed from the file, with its SHA-256 for the server to check.
+/// How an object is stored: its class, its lock, the pace of uploads.
+#[derive(Debug, Clone, Copy)]
+struct PutWith<'a> {
+    class: Option<&'a StorageClass>,
+    lock: Option<&'a Lock>,
+    throttle: Option<&'a Throttle>,
+}
+
 async fn put_single(
     client: &Client,
     bucket: &str,
-    class: Option<StorageClass>,
-    lock: Option<&Lock>,
-    throttle: Option<&Throttle>,
+    with: PutWith<'_>,
     local: &Path,
     key: &str,
     info: &FileInfo,
 ) -> Result<String> {
+    let PutWith { class, lock, throttle } = with;
+    let class = class.cloned();
     if let Some(t) = throttle {
         t.wait(info.size).await;
     }
@@ -800,17 +808,10 @@ impl Backend for S3 {
     fn put(&self, local: &Path, key: &str, info: &FileInfo) -> Result<String> {
         self.rt.block_on(async {
             if info.size as usize <= self.part_size {
-                put_single(
-                    &self.client,
-                    &self.bucket,
-                    self.class_for(key),
-                    self.lock.as_ref(),
-                    self.throttle.as_deref(),
-                    local,
-                    key,
-                    info,
-                )
-                .await
+                let class = self.class_for(key);
+                let with =
+                    PutWith { class: class.as_ref(), lock: self.lock.as_ref(), throttle: self.throttle.as_deref() };
+                put_single(&self.client, &self.bucket, with, local, key, info).await
             } else {
                 self.put_multipart(local, key, info, &Progress::hidden()).await
             }
@@ -829,9 +830,16 @@ impl Backend for S3 {
                 let (lock, throttle) = (self.lock.clone(), self.throttle.clone());
                 let (path, key, info) = (path.clone(), key.clone(), info.clone());
                 tasks.spawn(async move {
-                    put_single(&client, &bucket, class, lock.as_ref(), throttle.as_deref(), &path, &key, &info)
-                        .await
-                        .map(|s| (n, s))
+                    put_single(
+                        &client,
+                        &bucket,
+                        PutWith { class: class.as_ref(), lock: lock.as_ref(), throttle: throttle.as_deref() },
+                        &path,
+                        &key,
+                        &info,
+                    )
+                    .await
+                    .map(|s| (n, s))
                 });
                 while tasks.len() >= self.concurrency * 4 {
                     if let Some(done) = tasks.join_next().await {
