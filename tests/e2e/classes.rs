@@ -10,9 +10,9 @@ use std::process::Command;
 
 use nc_backup_e2e::{Sandbox, Servers, bin, cmd, pseudo_random, run, unique};
 
-struct Moto {
-    endpoint: String,
-    bucket: String,
+pub(crate) struct Moto {
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
 }
 
 impl Moto {
@@ -23,7 +23,7 @@ impl Moto {
         m
     }
 
-    fn aws(&self, args: &[&str]) -> String {
+    pub(crate) fn aws(&self, args: &[&str]) -> String {
         let out = Command::new("aws")
             .args(["--endpoint-url", &self.endpoint, "--region", "us-east-1"])
             .args(args)

@@ -253,18 +253,8 @@ fn c3_config_yaml_uploads_each_file_once_with_caps_and_its_class_and_downloads()
     let sb = Sandbox::new();
     let endpoint = s.var("NCB_MOTO_ENDPOINT");
     let bucket = unique("ncbc3").replace('_', "-");
-    let aws_moto = |args: &[&str]| {
-        let out = Command::new("aws")
-            .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "moto")
-            .env("AWS_SECRET_ACCESS_KEY", "moto")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let moto = crate::classes::Moto { endpoint: endpoint.clone(), bucket: bucket.clone() };
+    let aws_moto = |args: &[&str]| moto.aws(args);
     aws_moto(&["s3api", "create-bucket", "--bucket", &bucket]);
     sb.write("c3/photos/a.jpg", b"jpeg a");
     sb.write("c3/photos/b.png", &nc_backup_e2e::pseudo_random(100_000, 3));

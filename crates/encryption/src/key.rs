@@ -105,6 +105,20 @@ fn parse(raw: &[u8]) -> std::result::Result<MasterKey, String> {
     Err(format!("it holds {} bytes, fewer than the 32 a key needs", bytes.len()))
 }
 
+/// Refuses a secret file (`what`: "identity file", "signing key"…) that group or others may
+/// access, naming it and the fix.
+pub fn check_private(path: &Path, what: &str) -> Result<()> {
+    let mode = std::fs::metadata(path).at(what, path)?.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::usage(format!(
+            "{what} {} is accessible by group or others (mode {mode:04o}): run chmod 600 {}",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes a new random key, mode 0600. Never overwrites: an existing file may be the only
 /// key to years of backups.
 pub fn generate(path: &Path) -> Result<()> {

@@ -10,7 +10,6 @@ pub mod paper;
 pub mod pke;
 pub mod sign;
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ncb_core::params::{Kind, ParamSpec, Params, Problem};
@@ -169,13 +168,7 @@ fn run(_ctx: &StageCtx, p: &Params) -> Result<StageReport> {
         let out = PathBuf::from(out);
         let text =
             format!("# nc-backup identity {} protected by a passphrase (Argon2id, AES-256-GCM)\n{line}\n", id.id());
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&out)
-            .at("cannot create", &out)?;
-        std::io::Write::write_all(&mut f, text.as_bytes()).and_then(|()| f.sync_all()).at("cannot write", &out)?;
+        ncb_core::atomic::write_new_file(&out, text.as_bytes(), 0o600)?;
         log::info!("wrote {} (identity {} behind the passphrase)", out.display(), id.id());
         report.set("protected", out.display().to_string());
         return Ok(report);

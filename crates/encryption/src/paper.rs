@@ -11,8 +11,7 @@
 //! protected identity takes the passphrase from NCB_PASSPHRASE_FILE (a 0600 file) or
 //! NCB_PASSPHRASE, never argv.
 
-use std::io::{BufRead, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::BufRead;
 use std::path::Path;
 
 use ncb_core::{Error, IoContext, Result};
@@ -102,29 +101,18 @@ pub fn import(input: &mut dyn BufRead) -> Result<String> {
 /// Writes an imported key line as a key file (0600 for private keys), never over a file.
 pub fn write_key_file(path: &Path, line: &str) -> Result<()> {
     let public = line.starts_with("ncb-recipient-v1:") || line.starts_with("ncb-verify-v1:");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if public { 0o644 } else { 0o600 })
-        .open(path)
-        .at("cannot create", path)?;
-    f.write_all(format!("# imported from paper\n{line}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .at("cannot write", path)
+    ncb_core::atomic::write_new_file(
+        path,
+        format!("# imported from paper\n{line}\n").as_bytes(),
+        if public { 0o644 } else { 0o600 },
+    )
 }
 
 /// The passphrase for protected identities: NCB_PASSPHRASE_FILE (0600) or NCB_PASSPHRASE.
 pub fn passphrase() -> Result<String> {
     if let Some(f) = std::env::var_os("NCB_PASSPHRASE_FILE") {
         let p = Path::new(&f);
-        let mode = std::fs::metadata(p).at("NCB_PASSPHRASE_FILE", p)?.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(Error::usage(format!(
-                "passphrase file {} is accessible by group or others (mode {mode:04o}): run chmod 600 {}",
-                p.display(),
-                p.display()
-            )));
-        }
+        crate::key::check_private(p, "passphrase file")?;
         let t = std::fs::read_to_string(p).at("cannot read", p)?;
         return Ok(t.trim_end_matches(['\n', '\r']).to_owned());
     }

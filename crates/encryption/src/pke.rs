@@ -20,8 +20,6 @@
 //! its key commitment, segment authentication and truncation detection are unchanged. A fresh
 //! ephemeral key per stanza (as age does) keeps the wrap key single-use under its zero nonce.
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use hmac::Mac;
@@ -121,20 +119,9 @@ pub fn generate_keypair(path: &Path) -> Result<String> {
     );
     let public_text =
         format!("# nc-backup recipient {kid} (X25519 public key)\n{RECIPIENT_TAG}{}\n", hex::encode(id.public));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .at("cannot create identity file", path)?;
-    f.write_all(secret_text.as_bytes()).and_then(|()| f.sync_all()).at("cannot write", path)?;
-    let mut g = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&pub_path)
-        .at("cannot create recipient file", &pub_path)?;
-    g.write_all(public_text.as_bytes()).and_then(|()| g.sync_all()).at("cannot write", &pub_path)?;
+    // Never over an existing file (it may be the only key to years of backups), atomically.
+    ncb_core::atomic::write_new_file(path, secret_text.as_bytes(), 0o600)?;
+    ncb_core::atomic::write_new_file(&pub_path, public_text.as_bytes(), 0o644)?;
     Ok(kid)
 }
 
@@ -172,15 +159,7 @@ pub fn load_identity(path: &Path) -> Result<Identity> {
     } else {
         tagged_hex(path, IDENTITY_TAG, "identity file")?
     };
-    let meta = std::fs::metadata(path).at("identity file", path)?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::usage(format!(
-            "identity file {} is accessible by group or others (mode {mode:04o}): run chmod 600 {}",
-            path.display(),
-            path.display()
-        )));
-    }
+    crate::key::check_private(path, "identity file")?;
     Ok(Identity::from_secret(secret))
 }
 

@@ -6,8 +6,6 @@
 //! Files: `NAME` (0600): `ncb-signing-v1:<hex PKCS#8 v2 document>`; `NAME.pub`:
 //! `ncb-verify-v1:<hex 32-byte public key>`. Key id: SHA-256("ncb-sign key id" || public)[0..8].
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use ncb_core::{Error, IoContext, Result};
@@ -87,49 +85,22 @@ pub fn generate(path: &Path) -> Result<String> {
         p.push(".pub");
         std::path::PathBuf::from(p)
     };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .at("cannot create signing key", path)?;
-    f.write_all(
-        format!(
-            "# nc-backup host signing key {id} (Ed25519): signs this host's run manifests\n{SIGNING_TAG}{}\n",
-            hex::encode(doc.as_ref())
-        )
-        .as_bytes(),
-    )
-    .and_then(|()| f.sync_all())
-    .at("cannot write", path)?;
-    let mut g = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&pub_path)
-        .at("cannot create", &pub_path)?;
-    g.write_all(
-        format!(
-            "# nc-backup host verifying key {id}: keep a copy with the identities; restore and verify take it as --signer\n{VERIFY_TAG}{}\n",
-            hex::encode(pair.public_key().as_ref())
-        )
-        .as_bytes(),
-    )
-    .and_then(|()| g.sync_all())
-    .at("cannot write", &pub_path)?;
+    let secret = format!(
+        "# nc-backup host signing key {id} (Ed25519): signs this host's run manifests\n{SIGNING_TAG}{}\n",
+        hex::encode(doc.as_ref())
+    );
+    let public = format!(
+        "# nc-backup host verifying key {id}: keep a copy with the identities; restore and verify take it as --signer\n{VERIFY_TAG}{}\n",
+        hex::encode(pair.public_key().as_ref())
+    );
+    ncb_core::atomic::write_new_file(path, secret.as_bytes(), 0o600)?;
+    ncb_core::atomic::write_new_file(&pub_path, public.as_bytes(), 0o644)?;
     Ok(id)
 }
 
 pub fn load_signing(path: &Path) -> Result<SigningKey> {
     let doc = one_line(path, SIGNING_TAG, "signing key")?;
-    let mode = std::fs::metadata(path).at("signing key", path)?.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::usage(format!(
-            "signing key {} is accessible by group or others (mode {mode:04o}): run chmod 600 {}",
-            path.display(),
-            path.display()
-        )));
-    }
+    crate::key::check_private(path, "signing key")?;
     let pair = Ed25519KeyPair::from_pkcs8(&doc)
         .map_err(|_| Error::usage(format!("{}: not an Ed25519 key", path.display())))?;
     Ok(SigningKey { pair })
