@@ -218,3 +218,27 @@ fn general_bad(sb: &Sandbox, key: &str, value: &str, want: &str) {
     let o = run(cmd(&bin("backup-runner")).args(["--check", "-c"]).arg(&conf)).expect(2);
     assert!(o.stderr.contains(key) && o.stderr.contains(want), "{}", o.stderr);
 }
+
+/// A WORK_FOLDER or LOG_FOLDER another user can write to is refused, and a link planted where
+/// the log goes is never followed (issue 17).
+#[test]
+fn folders_others_can_write_and_a_planted_log_link_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let conf = sb.config(&[("JOB", json!({"ACTION": "execute", "NAME": "t", "EXECUTABLE": "/bin/true"}))]);
+    for (dir, mode, key) in [("work", 0o777, "WORK_FOLDER"), ("log", 0o775, "LOG_FOLDER")] {
+        std::fs::create_dir_all(sb.join("work")).unwrap();
+        std::fs::create_dir_all(sb.join("log")).unwrap();
+        std::fs::set_permissions(sb.join("work"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(sb.join("log"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(sb.join(dir), std::fs::Permissions::from_mode(mode)).unwrap();
+        let o = run(cmd(&bin("backup-runner")).args(["-r", "-c"]).arg(&conf)).expect(2);
+        assert!(o.stderr.contains(key) && o.stderr.contains("writable by group or others"), "{}", o.stderr);
+    }
+    std::fs::set_permissions(sb.join("log"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = sb.write("victim.txt", b"untouched\n");
+    std::os::unix::fs::symlink(&victim, sb.join("log/nc-backup.log")).unwrap();
+    let o = run(cmd(&bin("backup-runner")).args(["-r", "-c"]).arg(&conf)).expect(2);
+    assert!(o.stderr.contains("symbolic link"), "{}", o.stderr);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched\n");
+}

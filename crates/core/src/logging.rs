@@ -44,12 +44,37 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
-/// Opens (creating folders as needed) the log file for appending.
+/// Opens (creating folders as needed) the log file for appending. A symbolic link there is
+/// never followed (one planted in a shared log folder would make us append elsewhere), and a
+/// file someone else owns is refused (they would read what we log).
 pub fn open_log(path: &Path) -> Result<File> {
+    use std::os::unix::fs::MetadataExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).at("cannot create log folder", dir)?;
     }
-    OpenOptions::new().append(true).create(true).mode(0o640).open(path).at("cannot open log file", path)
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_symlink() {
+            return Err(crate::Error::usage(format!(
+                "the log file {} is a symbolic link: refused (it would make us write where it points)",
+                path.display()
+            )));
+        }
+        let me = crate::sys::euid();
+        if m.uid() != me && m.uid() != 0 {
+            return Err(crate::Error::usage(format!(
+                "the log file {} belongs to user {}, not to this one: refused",
+                path.display(),
+                m.uid()
+            )));
+        }
+    }
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at("cannot open log file", path)
 }
 
 /// Installs the logger once per process. `verbose` shows debug lines on stderr; `quiet`

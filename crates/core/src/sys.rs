@@ -210,3 +210,42 @@ fn die_with_parent(sig: i32, parent: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Refuses a folder we write our work or logs into when another user could change what is in
+/// it: the folder writable by group or others, or owned by someone else than root or us; or
+/// an ancestor writable by others without the sticky bit (they could swap the folder).
+pub fn check_trusted_dir(dir: &std::path::Path, what: &str) -> crate::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = euid();
+    let m = std::fs::metadata(dir).map_err(|e| crate::Error::path(&format!("cannot check {what}"), dir, e))?;
+    if m.uid() != me && m.uid() != 0 {
+        return Err(crate::Error::config(format!(
+            "{what} {} belongs to user {}: another user controls what is in it; use a folder of root's or this user's",
+            dir.display(),
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(crate::Error::config(format!(
+            "{what} {} is writable by group or others (mode {:04o}): they could plant files or links there; run chmod go-w {} or use another folder",
+            dir.display(),
+            m.mode() & 0o7777,
+            dir.display()
+        )));
+    }
+    let mut up = std::fs::canonicalize(dir).ok().and_then(|d| d.parent().map(std::path::Path::to_path_buf));
+    while let Some(a) = up {
+        if let Ok(am) = std::fs::metadata(&a)
+            && am.mode() & 0o002 != 0
+            && am.mode() & 0o1000 == 0
+        {
+            return Err(crate::Error::config(format!(
+                "{what} {} is inside {}, which anyone may write to without the sticky bit: the folder could be swapped",
+                dir.display(),
+                a.display()
+            )));
+        }
+        up = a.parent().map(std::path::Path::to_path_buf);
+    }
+    Ok(())
+}

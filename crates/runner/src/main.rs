@@ -937,6 +937,11 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     let general = plan::general_of(&config);
     let work = general.work_dir();
     create_private_dir(&work)?;
+    ncb_core::sys::check_trusted_dir(&work, "WORK_FOLDER")?;
+    if let Some(dir) = general.log_dir() {
+        std::fs::create_dir_all(&dir).at("cannot create the log folder", &dir)?;
+        ncb_core::sys::check_trusted_dir(&dir, "LOG_FOLDER")?;
+    }
     let quiet = m.get_flag("quiet") || (!m.get_flag("verbose") && !std::io::stderr().is_terminal());
     ncb_core::logging::init("backup-runner", general.log_file().as_deref(), m.get_flag("verbose"), quiet)?;
     let _lock = lock::acquire(&work, &config.path, &run_id)?;
