@@ -249,3 +249,18 @@ pub fn check_trusted_dir(dir: &std::path::Path, what: &str) -> crate::Result<()>
     }
     Ok(())
 }
+
+/// Refuses a secret file (`what`: "key file", "credentials file", "identity file"…) that group
+/// or others may access, naming it and the fix (exit 2).
+pub fn check_private(path: &std::path::Path, what: &str) -> crate::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(path).map_err(|e| crate::Error::path(what, path, e))?.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(crate::Error::usage(format!(
+            "{what} {} is accessible by group or others (mode {mode:04o}): run chmod 600 {}",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}

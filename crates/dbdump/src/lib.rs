@@ -202,19 +202,7 @@ pub fn file_stem(db: &str) -> String {
 }
 
 /// Refuses a credentials file that group or others may access.
-pub fn check_private(path: &Path, what: &str) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).at(what, path)?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::usage(format!(
-            "{what} {} is accessible by group or others (mode {mode:04o}): run chmod 600 {}",
-            path.display(),
-            path.display()
-        )));
-    }
-    Ok(())
-}
+pub use ncb_core::sys::check_private;
 
 /// Feeds `stdin` to the child on a thread (so a large payload cannot deadlock), then closes it.
 fn feed(child: &mut Child, stdin: Vec<u8>) -> Option<std::thread::JoinHandle<()>> {

@@ -7,7 +7,7 @@
 //! group or others may access.
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use hmac::Mac;
@@ -66,14 +66,7 @@ pub fn load(path: &Path) -> Result<MasterKey> {
     if !meta.is_file() {
         return Err(Error::usage(format!("key file {} is not a regular file", path.display())));
     }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::usage(format!(
-            "key file {} is accessible by group or others (mode {mode:04o}): run chmod 600 {}",
-            path.display(),
-            path.display()
-        )));
-    }
+    check_private(path, "key file")?;
     let mut raw = std::fs::read(path).at("cannot read key file", path)?;
     let key = parse(&raw).map_err(|what| {
         Error::usage(format!(
@@ -105,19 +98,8 @@ fn parse(raw: &[u8]) -> std::result::Result<MasterKey, String> {
     Err(format!("it holds {} bytes, fewer than the 32 a key needs", bytes.len()))
 }
 
-/// Refuses a secret file (`what`: "identity file", "signing key"…) that group or others may
-/// access, naming it and the fix.
-pub fn check_private(path: &Path, what: &str) -> Result<()> {
-    let mode = std::fs::metadata(path).at(what, path)?.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::usage(format!(
-            "{what} {} is accessible by group or others (mode {mode:04o}): run chmod 600 {}",
-            path.display(),
-            path.display()
-        )));
-    }
-    Ok(())
-}
+pub use ncb_core::sys::check_private;
+
 
 /// Writes a new random key, mode 0600. Never overwrites: an existing file may be the only
 /// key to years of backups.
@@ -139,7 +121,7 @@ pub fn generate(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn generate_load_and_refuse_loose_modes() {
