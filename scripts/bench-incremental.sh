@@ -18,12 +18,7 @@ DATA=("${@:-/usr/share /usr/include}")
 read -r -a DATA <<<"${DATA[*]}"
 bench_setup
 command -v restic >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic >/dev/null
-export NCB_SERVERS_DIR=${NCB_SERVERS_DIR:-/var/tmp/ncb-servers}
-if ! [ -f "$NCB_SERVERS_DIR/env" ] || ! bash -c "exec 3<>/dev/tcp/127.0.0.1/39000" 2>/dev/null; then
-  scripts/servers.sh start
-fi
-set -a; . "$NCB_SERVERS_DIR/env"; set +a
-export AWS_ACCESS_KEY_ID=$NCB_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$NCB_S3_SECRET_KEY AWS_EC2_METADATA_DISABLED=true
+bench_servers
 AWS="aws --endpoint-url $NCB_S3_ENDPOINT --region $NCB_S3_REGION"
 cargo build --release --locked --workspace --bins >&2
 BIN=$PWD/target/release

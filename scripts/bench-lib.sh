@@ -52,3 +52,14 @@ bench_setup() {
   command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
   scripts/install-deps.sh
 }
+
+# bench_servers: the servers of scripts/servers.sh (started when Garage does not answer), their
+# variables exported, and the aws CLI and our S3 client pointed at Garage's key.
+bench_servers() {
+  export NCB_SERVERS_DIR=${NCB_SERVERS_DIR:-/var/tmp/ncb-servers}
+  if ! [ -f "$NCB_SERVERS_DIR/env" ] || ! bash -c "exec 3<>/dev/tcp/127.0.0.1/39000" 2>/dev/null; then
+    scripts/servers.sh start
+  fi
+  set -a; . "$NCB_SERVERS_DIR/env"; set +a
+  export AWS_ACCESS_KEY_ID=$NCB_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$NCB_S3_SECRET_KEY AWS_EC2_METADATA_DISABLED=true
+}

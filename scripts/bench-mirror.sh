@@ -13,12 +13,7 @@ cd "$(dirname "$0")/.."
 W=${1:-/var/tmp/ncb-bench}
 N=${2:-10000}
 bench_setup
-export NCB_SERVERS_DIR=${NCB_SERVERS_DIR:-/var/tmp/ncb-servers}
-if ! [ -f "$NCB_SERVERS_DIR/env" ] || ! bash -c "exec 3<>/dev/tcp/127.0.0.1/39000" 2>/dev/null; then
-  scripts/servers.sh start
-fi
-set -a; . "$NCB_SERVERS_DIR/env"; set +a
-export AWS_ACCESS_KEY_ID=$NCB_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$NCB_S3_SECRET_KEY AWS_EC2_METADATA_DISABLED=true
+bench_servers
 cargo build --release --locked -p object-mirror >&2
 OM=$PWD/target/release/object-mirror
 M=$W/mirror-bench

@@ -8,12 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 W=${1:-/var/tmp/ncb-bench}
 bench_setup
-export NCB_SERVERS_DIR=${NCB_SERVERS_DIR:-/var/tmp/ncb-servers}
-if ! [ -f "$NCB_SERVERS_DIR/env" ] || ! bash -c "exec 3<>/dev/tcp/127.0.0.1/39000" 2>/dev/null; then
-  scripts/servers.sh start
-fi
-set -a; . "$NCB_SERVERS_DIR/env"; set +a
-export AWS_ACCESS_KEY_ID=$NCB_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$NCB_S3_SECRET_KEY AWS_EC2_METADATA_DISABLED=true
+bench_servers
 cargo build --release --locked -p storage >&2
 ST=$PWD/target/release/storage
 big=$(ensure_big_file "$W")

@@ -37,19 +37,26 @@ pub(crate) fn sync(p: &Params, general: &General, app: &str, dir: &Path, work: &
     let dests = storage::destinations(&p, general)?;
     let files = local_files(dir)?;
     let (mut sent, mut there) = (Vec::new(), 0usize);
+    // Each file is hashed once, whatever the number of destinations.
+    let mut infos: Vec<Option<FileInfo>> = vec![None; files.len()];
     for d in &dests {
         let base = format!("{}{app}/", d.prefix);
         match &master {
             None => {
-                for (rel, path) in &files {
-                    let (size, sha256) = ncb_core::hash::sha256_file(path)?;
-                    let info = FileInfo { name: rel.clone(), size, sha256, from: Vec::new() };
+                for ((rel, path), info) in files.iter().zip(infos.iter_mut()) {
+                    let info = match info {
+                        Some(i) => i,
+                        None => {
+                            let (size, sha256) = ncb_core::hash::sha256_file(path)?;
+                            info.insert(FileInfo { name: rel.clone(), size, sha256, from: Vec::new() })
+                        }
+                    };
                     let key = format!("{base}{rel}");
-                    if d.backend.holds(&key, path, &info)? {
+                    if d.backend.holds(&key, path, info)? {
                         there += 1;
                         continue;
                     }
-                    d.backend.put(path, &key, &info).map_err(|e| e.context(&format!("storing {rel}")))?;
+                    d.backend.put(path, &key, info).map_err(|e| e.context(&format!("storing {rel}")))?;
                     log::info!("{app}: {rel} stored in {}", d.backend.describe());
                     sent.push(format!("{}/{key}", d.backend.describe()));
                 }

@@ -100,7 +100,6 @@ fn parse(raw: &[u8]) -> std::result::Result<MasterKey, String> {
 
 pub use ncb_core::sys::check_private;
 
-
 /// Writes a new random key, mode 0600. Never overwrites: an existing file may be the only
 /// key to years of backups.
 pub fn generate(path: &Path) -> Result<()> {

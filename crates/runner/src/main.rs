@@ -372,11 +372,28 @@ fn dotenv_reexec(config: &Path) -> Result<(), String> {
     if add.is_empty() {
         return Ok(());
     }
-    let me = std::env::current_exe().map_err(|e| format!("cannot find backup-runner's own path: {e}"))?;
-    let err = std::os::unix::process::CommandExt::exec(
-        std::process::Command::new(me).args(std::env::args_os().skip(1)).envs(add).env(DONE, "1"),
-    );
+    let err = restart(&[], &add, DONE);
     Err(format!("cannot start again with the .env beside {}: {err}", config.display()))
+}
+
+/// Replaces this process with backup-runner started again with the same arguments, under the
+/// `wrapper` command (nice, ionice) and with `envs` added, `marker` set so that it happens
+/// once. Returns only on failure.
+fn restart(wrapper: &[String], envs: &[(String, String)], marker: &str) -> std::io::Error {
+    let me = match std::env::current_exe() {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let mut c = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(&me);
+            c
+        }
+        None => std::process::Command::new(&me),
+    };
+    c.args(std::env::args_os().skip(1)).envs(envs.iter().map(|(k, v)| (k, v))).env(marker, "1");
+    std::os::unix::process::CommandExt::exec(&mut c)
 }
 
 /// `c3 -n|-d [-f config.yaml]`: C3's command line. `-n` and `-d` put the upload and download
@@ -923,14 +940,7 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     // sections) under nice(1) and ionice(1), by starting again under them, once.
     let prio = config::priority(config.general("NICE"), config.general("IONICE")).map_err(Error::config)?;
     if !prio.is_empty() && std::env::var_os("NCB_PRIORITY_APPLIED").is_none() {
-        let me = std::env::current_exe().ctx(|| "cannot find backup-runner's own path".into())?;
-        let err = std::os::unix::process::CommandExt::exec(
-            std::process::Command::new(&prio[0])
-                .args(&prio[1..])
-                .arg(&me)
-                .args(std::env::args_os().skip(1))
-                .env("NCB_PRIORITY_APPLIED", "1"),
-        );
+        let err = restart(&prio, &[], "NCB_PRIORITY_APPLIED");
         return Err(Error::runtime(format!("cannot start under {}: {err}", prio.join(" "))));
     }
 

@@ -45,13 +45,20 @@ pub fn upload(
     let mut files: Vec<_> = files.into_iter().filter(|(_, n)| matches(&exts, n)).collect();
     files.sort_by(|a, b| a.1.cmp(&b.1));
     let (mut stored, mut there, mut waiting) = (0usize, 0usize, 0usize);
+    // Each file is hashed once, whatever the number of destinations.
+    let mut infos: Vec<Option<FileInfo>> = vec![None; files.len()];
     for d in dests {
         let mut sent = 0usize;
-        for (path, name) in &files {
-            let (size, sha256) = ncb_core::hash::sha256_file(path)?;
-            let info = FileInfo { name: name.clone(), size, sha256, from: Vec::new() };
+        for ((path, name), info) in files.iter().zip(infos.iter_mut()) {
+            let info = match info {
+                Some(i) => i,
+                None => {
+                    let (size, sha256) = ncb_core::hash::sha256_file(path)?;
+                    info.insert(FileInfo { name: name.clone(), size, sha256, from: Vec::new() })
+                }
+            };
             let key = format!("{prefix}{name}");
-            if d.holds(&key, path, &info)? {
+            if d.holds(&key, path, info)? {
                 there += 1;
                 continue;
             }
@@ -59,7 +66,7 @@ pub fn upload(
                 waiting += 1;
                 continue;
             }
-            d.put(path, &key, &info).map_err(|e| e.context(&format!("storing {name}")))?;
+            d.put(path, &key, info).map_err(|e| e.context(&format!("storing {name}")))?;
             sent += 1;
             stored += 1;
         }
