@@ -10,6 +10,7 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ncb_core::atomic::AtomicFile;
 use ncb_core::hash::HashWriter;
@@ -143,7 +144,7 @@ struct Writer<'a> {
     visited: std::collections::HashSet<(u64, u64)>,
     root_dev: u64,
     /// Bytes archived, on a terminal.
-    bar: ncb_core::progress::Progress,
+    bar: std::sync::Arc<ncb_core::progress::Progress>,
     inc: Option<&'a mut Incremental>,
     /// The index of the root being archived (snapshot blocks are per root).
     root_idx: u32,
@@ -184,24 +185,89 @@ pub fn write_archive_with(
         own,
         root_dev: 0,
         visited: Default::default(),
-        bar: ncb_core::progress::Progress::new(
+        bar: std::sync::Arc::new(ncb_core::progress::Progress::new(
             format!("archive {}", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
             0,
-        ),
+        )),
         inc,
         root_idx: 0,
         index,
     };
-    for (i, root) in roots.iter().enumerate() {
-        w.root_idx = u32::try_from(i).unwrap_or(u32::MAX);
-        w.root(root)?;
-    }
+    let bar = std::sync::Arc::clone(&w.bar);
+    // An incremental archive reads only what changed: no total to estimate.
+    let estimating = bar.shown() && w.inc.is_none();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if estimating {
+            s.spawn(|| estimate(roots, opts, &bar, &stop));
+        }
+        let archived = (|| {
+            for (i, root) in roots.iter().enumerate() {
+                w.root_idx = u32::try_from(i).unwrap_or(u32::MAX);
+                w.root(root)?;
+            }
+            Ok::<(), Error>(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        archived
+    })?;
     w.bar.finish();
     let comp = w.tar.into_inner().at("cannot write", dest)?;
     let sink = comp.finish().at("cannot write", dest)?;
     let (out, bytes, sha256) = sink.finish();
     let path = if opts.replace_existing { out.commit()? } else { out.commit_new()? };
     Ok((Artifact { path, bytes, sha256 }, w.stats))
+}
+
+fn excluded(opts: &Options, path: &Path) -> bool {
+    let abs = path.as_os_str().as_bytes();
+    let name = path.file_name().map_or(abs, OsStrExt::as_bytes);
+    if opts.skip_temporaries
+        && let Some(n) = path.file_name()
+        && (ncb_core::atomic::is_partial(n) || ncb_core::journal::is_runner_own(&n.to_string_lossy()))
+    {
+        return true;
+    }
+    opts.excludes.iter().any(|x| x.hits(abs, name))
+}
+
+/// The bytes a full archive of `roots` will read, for a bar's total and ETA: a walk of the
+/// metadata only (excludes, ONE_FILE_SYSTEM and extensions applied; links not followed),
+/// beside the archiving, given up when `stop` is set. Only on a terminal or under a runner
+/// that draws it.
+fn estimate(roots: &[Root], opts: &Options, bar: &ncb_core::progress::Progress, stop: &AtomicBool) {
+    let mut total = 0u64;
+    for root in roots {
+        let Ok(meta) = std::fs::symlink_metadata(&root.path) else { continue };
+        let dev = meta.dev();
+        let mut stack = vec![(root.path.clone(), meta)];
+        while let Some((path, meta)) = stack.pop() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if excluded(opts, &path) {
+                continue;
+            }
+            if meta.is_dir() {
+                if opts.one_file_system && meta.dev() != dev {
+                    continue;
+                }
+                for e in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                    if let Ok(m) = e.metadata() {
+                        stack.push((e.path(), m));
+                    }
+                }
+            } else if meta.is_file()
+                && (opts.extensions.is_empty()
+                    || path
+                        .extension()
+                        .is_some_and(|e| opts.extensions.contains(&e.to_string_lossy().to_ascii_lowercase())))
+            {
+                total += meta.len();
+            }
+        }
+    }
+    bar.set_total(total);
 }
 
 fn out_id(out: &AtomicFile) -> Result<(u64, u64)> {
@@ -259,15 +325,7 @@ impl Writer<'_> {
     }
 
     fn excluded(&self, path: &Path) -> bool {
-        let abs = path.as_os_str().as_bytes();
-        let name = path.file_name().map_or(abs, OsStrExt::as_bytes);
-        if self.opts.skip_temporaries
-            && let Some(n) = path.file_name()
-            && (ncb_core::atomic::is_partial(n) || ncb_core::journal::is_runner_own(&n.to_string_lossy()))
-        {
-            return true;
-        }
-        self.opts.excludes.iter().any(|x| x.hits(abs, name))
+        excluded(self.opts, path)
     }
 
     fn dir(

@@ -33,6 +33,12 @@ pub mod env {
     /// Why an incremental section must not build on its base run (see
     /// [`StageCtx::base_missing`](crate::StageCtx)).
     pub const BASE_MISSING: &str = "NCB_BASE_MISSING";
+    /// `relay`: the runner draws the stage's progress on its terminal; the stage sends it as
+    /// [`crate::progress::RELAY_PREFIX`] lines on stderr.
+    pub const PROGRESS: &str = "NCB_PROGRESS";
+    /// Every variable above a stage may receive (sudo passes exactly these on).
+    pub const ALL: [&str; 8] =
+        [RUN_ID, SECTION, LOG_CAPTURED, LINEAGE, EARLIER_FAILED, BASE_MISSING, PROGRESS, "NCB_CONFIG"];
 }
 
 /// The GENERAL section.

@@ -30,7 +30,9 @@ impl Log for Logger {
                 Level::Warn => "warning: ",
                 _ => "",
             };
-            let _ = writeln!(std::io::stderr().lock(), "{}: {prefix}{}", self.name, r.args());
+            let mut err = std::io::stderr().lock();
+            crate::progress::clear_line(&mut err);
+            let _ = writeln!(err, "{}: {prefix}{}", self.name, r.args());
         }
         if let Some(f) = &self.file
             && r.level() <= Level::Info

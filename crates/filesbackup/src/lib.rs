@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod incremental;
+pub mod privilege;
 pub mod remote;
 
 use ncb_archive::encoder::{FORMAT_PARAM, LEVEL_PARAM};
@@ -171,6 +172,9 @@ pub fn options(p: &Params) -> Result<Options> {
 fn run(ctx: &StageCtx, p: &Params) -> Result<StageReport> {
     check_not_empty(p).map_err(|e| ncb_core::Error::usage(format!("--FILESET_INCLUDE: {e}")))?;
     let opts = options(p)?;
+    if let Some(state) = privilege::STATE.get() {
+        log::info!("{state}");
+    }
     if p.has("TAR_COMMAND") {
         log::info!("TAR_COMMAND is ignored: archives are written in-process");
     }

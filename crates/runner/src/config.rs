@@ -75,7 +75,7 @@ pub struct Config {
 }
 
 /// Keys of GENERAL: (key, required).
-pub const GENERAL_KEYS: [(&str, bool); 8] = [
+pub const GENERAL_KEYS: [(&str, bool); 10] = [
     ("HOSTNAME", true),
     ("WORK_FOLDER", true),
     ("LOG_FOLDER", true),
@@ -84,7 +84,28 @@ pub const GENERAL_KEYS: [(&str, bool); 8] = [
     ("SCHEDULE", false),
     ("NICE", false),
     ("IONICE", false),
+    ("FILES_READER", false),
+    ("FILES_READER_PATH", false),
 ];
+
+/// How filesbackup sections read files when the run is not root (GENERAL FILES_READER).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderMode {
+    /// The reader binary holds CAP_DAC_READ_SEARCH (setcap).
+    Capability,
+    /// The reader runs through `sudo -n`, then drops to the user keeping only that capability.
+    Sudo,
+}
+
+/// GENERAL FILES_READER: `capability`, `sudo`, or `none` (the default: read as the run's user).
+pub fn files_reader_mode(v: &str) -> std::result::Result<Option<ReaderMode>, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "none" => Ok(None),
+        "capability" | "cap" => Ok(Some(ReaderMode::Capability)),
+        "sudo" => Ok(Some(ReaderMode::Sudo)),
+        _ => Err(format!("'{v}' is not capability, sudo or none")),
+    }
+}
 
 /// GENERAL NICE (0 to 19) and IONICE (`idle`, or `best-effort` with an optional level 0-7 as
 /// `best-effort:7`): the arguments of nice(1) and ionice(1) the run is started under.
@@ -281,6 +302,18 @@ fn parse_general(g: &Map<String, Value>, problems: &mut Vec<ConfigProblem>) -> V
                     && let Err(e) = priority(None, Some(&s))
                 {
                     problems.push(ConfigProblem::new(Some("GENERAL"), Some(k), e));
+                }
+                if k == "FILES_READER"
+                    && let Err(e) = files_reader_mode(&s)
+                {
+                    problems.push(ConfigProblem::new(Some("GENERAL"), Some(k), e));
+                }
+                if k == "FILES_READER_PATH" && !std::path::Path::new(&s).is_absolute() {
+                    problems.push(ConfigProblem::new(
+                        Some("GENERAL"),
+                        Some(k),
+                        format!("'{s}' is not an absolute path"),
+                    ));
                 }
                 out.push((k.clone(), s));
             }

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ncb_core::StageReport;
+use ncb_core::progress;
 use ncb_core::sys;
 
 /// How long a process group gets between SIGTERM and SIGKILL.
@@ -117,6 +118,7 @@ pub fn run(
             (None, None) => End::Exited(-1),
         },
     };
+    progress::end_relayed();
     Ok(ChildOutcome { end, report: lines.report, stderr_tail: lines.tail })
 }
 
@@ -171,6 +173,12 @@ impl<'a> Collector<'a> {
             },
             Line::Err(l) => {
                 if l.is_empty() {
+                    return;
+                }
+                // A relayed progress bar: drawn on the runner's terminal, never logged.
+                if let Some((label, done, total, elapsed)) = progress::relayed(&l) {
+                    let label = format!("[{}] {label}", self.section);
+                    progress::draw_relayed(&progress::render(&label, done, total, elapsed));
                     return;
                 }
                 // Errors reach the user once, in the section's failure message (with this tail).

@@ -277,6 +277,9 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitStatus::Usage } else { ExitStatus::Success }.into();
         }
     };
+    if m.get_flag("quiet") {
+        ncb_core::progress::suppress();
+    }
     if m.get_flag("generate-man") {
         return status(clap_mangen_render(cmd)).into();
     }

@@ -9,7 +9,7 @@ use ncb_core::StageDef;
 use ncb_core::context::{GENERAL_PARAMS, General, env, placeholder_vars};
 use ncb_core::params::{self, Params, looks_secret, shell_quote};
 
-use crate::config::{Action, Config, ConfigProblem, OnFailure, RawSection};
+use crate::config::{Action, Config, ConfigProblem, OnFailure, RawSection, ReaderMode};
 use crate::registry;
 
 /// What a section runs.
@@ -31,6 +31,9 @@ pub struct Step {
     pub args: Vec<(String, String)>,
     pub timeout: Option<Duration>,
     pub on_failure: OnFailure,
+    /// A filesbackup section of a run that is not root, with GENERAL FILES_READER: the
+    /// privileged reader (see filesbackup::privilege) runs in its place.
+    pub reader: Option<(ReaderMode, PathBuf)>,
 }
 
 impl Step {
@@ -94,6 +97,22 @@ impl Step {
     /// The program and arguments, interpreter first.
     pub fn argv(&self) -> Option<(PathBuf, Vec<String>)> {
         match &self.target {
+            Target::Stage { .. } if self.reader.is_some() => {
+                let (mode, reader) = self.reader.clone()?;
+                let mut args = vec![filesbackup::privilege::FLAG.to_owned()];
+                args.extend(self.flags());
+                if mode == ReaderMode::Capability {
+                    return Some((reader, args));
+                }
+                // sudo resets the environment: the runner's variables and the secrets are named
+                // (sudoers.sample's env_keep allows NCB_*); unset ones are not passed.
+                let mut keep: Vec<String> = env::ALL.iter().map(|s| (*s).to_owned()).collect();
+                keep.extend(self.secret_env().into_iter().map(|(k, _)| k));
+                let mut sudo = vec!["-n".to_owned(), format!("--preserve-env={}", keep.join(",")), "--".to_owned()];
+                sudo.push(reader.display().to_string());
+                sudo.extend(args);
+                Some((PathBuf::from("sudo"), sudo))
+            }
             Target::Stage { program, .. } => program.clone().map(|p| (p, self.flags())),
             Target::External { program, interpreter: Some(i) } => {
                 let mut a = vec![program.display().to_string()];
@@ -137,6 +156,7 @@ pub fn plan(
     {
         problems.push(ConfigProblem::new(Some("GENERAL"), Some("LOG_FOLDER"), e));
     }
+    let reader = files_reader(config, &mut problems);
     let mut steps = Vec::new();
     for s in &config.sections {
         let before = problems.len();
@@ -153,8 +173,18 @@ pub fn plan(
         }
         if let Some(target) = target {
             inherit_key_file(&target, &mut args, &steps);
-            let step = Step { section: s.name.clone(), target, args, timeout: s.timeout, on_failure: s.on_failure };
+            let mut step = Step {
+                section: s.name.clone(),
+                target,
+                args,
+                timeout: s.timeout,
+                on_failure: s.on_failure,
+                reader: None,
+            };
             check_step(&step, s, &mut problems);
+            if let Some(r) = &reader {
+                step.reader = use_reader(&step, r, &mut problems);
+            }
             check_work_folder_kept(&step, &general, &mut problems);
             if problems.len() == before {
                 steps.push(step);
@@ -162,6 +192,60 @@ pub fn plan(
         }
     }
     if problems.is_empty() { Ok(steps) } else { Err(problems) }
+}
+
+/// GENERAL FILES_READER and FILES_READER_PATH, checked: the reader is there, carries its
+/// capability (capability) or sudo is (sudo). Whoever runs `--check`, the same answer.
+fn files_reader(config: &Config, problems: &mut Vec<ConfigProblem>) -> Option<(ReaderMode, PathBuf)> {
+    let mode = crate::config::files_reader_mode(config.general("FILES_READER")?).ok()??;
+    let path = PathBuf::from(config.general("FILES_READER_PATH").unwrap_or(filesbackup::privilege::DEFAULT_PATH));
+    let key = if config.general("FILES_READER_PATH").is_some() { "FILES_READER_PATH" } else { "FILES_READER" };
+    let mut problem = |msg: String| problems.push(ConfigProblem::new(Some("GENERAL"), Some(key), msg));
+    if !path.is_file() {
+        problem(format!(
+            "the privileged reader {} is not there (the nc-backup package installs it; by hand: install -m 0750 -g <run's group> filesbackup there{})",
+            path.display(),
+            if mode == ReaderMode::Capability { ", then setcap cap_dac_read_search=ep it" } else { "" }
+        ));
+        return None;
+    }
+    match mode {
+        ReaderMode::Capability => match filesbackup::privilege::has_read_capability(&path) {
+            Ok(true) => {}
+            Ok(false) => problem(format!(
+                "{} carries no CAP_DAC_READ_SEARCH: as root, setcap cap_dac_read_search=ep {} (or use FILES_READER sudo)",
+                path.display(),
+                path.display()
+            )),
+            Err(e) => problem(format!("cannot read the capabilities of {}: {e}", path.display())),
+        },
+        ReaderMode::Sudo if which("sudo").is_none() => {
+            problem("FILES_READER sudo: sudo is not installed (or not on PATH)".to_owned());
+        }
+        ReaderMode::Sudo => {}
+    }
+    Some((mode, path))
+}
+
+/// The reader for a filesbackup section run as a user that is not root; a loaded one cannot
+/// use it (it would run inside backup-runner, which holds no privilege).
+fn use_reader(
+    step: &Step,
+    r: &(ReaderMode, PathBuf),
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<(ReaderMode, PathBuf)> {
+    match &step.target {
+        Target::Stage { def, .. } if def.name == "filesbackup" => (ncb_core::sys::euid() != 0).then(|| r.clone()),
+        Target::Load { def, .. } if def.name == "filesbackup" => {
+            problems.push(ConfigProblem::new(
+                Some(&step.section),
+                Some("ACTION"),
+                "GENERAL FILES_READER needs ACTION execute here: a loaded filesbackup runs inside backup-runner, which holds no privilege",
+            ));
+            None
+        }
+        _ => None,
+    }
 }
 
 /// A storage section without KEY_FILE gets the one of the encryption section before it, to
@@ -522,6 +606,7 @@ mod tests {
     #[test]
     fn url_passwords_reach_built_in_stages_outside_argv() {
         let step = Step {
+            reader: None,
             section: "S".into(),
             target: Target::Stage { def: &storage::STAGE, program: Some(PathBuf::from("/bin/storage")) },
             args: vec![

@@ -365,6 +365,9 @@ fn run_step(
             if let Some(l) = lineage {
                 envs.push((env::LINEAGE.to_owned(), l.display().to_string()));
             }
+            if ncb_core::progress::on_terminal() {
+                envs.push((env::PROGRESS.to_owned(), "relay".to_owned()));
+            }
             if ctx.earlier_failed {
                 envs.push((env::EARLIER_FAILED.to_owned(), "1".to_owned()));
             }
