@@ -17,6 +17,7 @@ mod mirror;
 mod nights;
 mod notify;
 mod pipeline;
+mod privilege;
 mod remote_files;
 mod restore;
 mod retention;

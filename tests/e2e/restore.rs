@@ -49,7 +49,7 @@ fn make_data(root: &Path) {
 }
 
 /// Every entry under `a` is under `b` with the same type, mode, mtime, content or target.
-fn assert_same_tree(a: &Path, b: &Path) {
+pub(crate) fn assert_same_tree(a: &Path, b: &Path) {
     let mut stack = vec![PathBuf::new()];
     let mut seen = 0;
     while let Some(rel) = stack.pop() {

@@ -14,7 +14,7 @@ use crate::db::{make_mysql_db, make_pg_db, my_admin, mysql_restore_matches, pg_a
 const SSH_USER: &str = "ncbsshfiles";
 const CRON_USER: &str = "ncbyamlcron";
 
-fn ensure_user(name: &str, shell: &str) {
+pub(crate) fn ensure_user(name: &str, shell: &str) {
     if Command::new("id").arg(name).output().unwrap().status.code() != Some(0) {
         assert!(Command::new("useradd").args(["-M", "-s", shell, name]).status().unwrap().success());
     }

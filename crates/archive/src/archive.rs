@@ -313,6 +313,11 @@ impl Writer<'_> {
     fn trouble(&mut self, path: &Path, e: &io::Error, vanished: &str) -> Result<()> {
         let msg = if e.kind() == io::ErrorKind::NotFound {
             format!("{}: {vanished}", path.display())
+        } else if e.kind() == io::ErrorKind::PermissionDenied && ncb_core::sys::euid() != 0 {
+            format!(
+                "{}: cannot read: {e} (this run is not root: give it GENERAL FILES_READER, docs/PRIVILEGE.md)",
+                path.display()
+            )
         } else {
             format!("{}: cannot read: {e}", path.display())
         };
