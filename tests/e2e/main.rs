@@ -18,6 +18,7 @@ mod nights;
 mod notify;
 mod pipeline;
 mod privilege;
+mod progress;
 mod remote_files;
 mod restore;
 mod retention;
