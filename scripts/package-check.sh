@@ -16,18 +16,43 @@ getent passwd nc-backup >/dev/null || fail "no nc-backup user"
   || fail "conffile, timer or logrotate missing"
 [ -f /usr/share/doc/nc-backup/sudoers.sample ] && [ -f /usr/share/doc/nc-backup/RESTORE.md ] || fail "docs missing"
 
-# A real backup and its restore, from /usr/bin, on local storage.
+# The package's own way: the example config, as the nc-backup user, files of root and of
+# another user read by the privileged reader; root restores them byte for byte.
+reader=/usr/libexec/nc-backup/filesbackup-reader
+[ "$(stat -c '%a %U %G' $reader)" = "750 root nc-backup" ] || fail "$reader is $(stat -c '%a %U %G' $reader)"
+getcap $reader | grep -q 'cap_dac_read_search=ep' || fail "$reader has no CAP_DAC_READ_SEARCH"
+adduser --quiet --disabled-password --gecos "" alice
+install -d -m 0700 -o alice -g alice /home/alice/private /srv/www
+echo "alice's notes" > /home/alice/private/notes && chown alice: /home/alice/private/notes && chmod 600 /home/alice/private/notes
+install -d -m 0700 /var/www/site && head -c 300000 /dev/urandom > /var/www/site/db.key && chmod 600 /var/www/site/db.key
+encryption --generate-key /etc/nc-backup/key >/dev/null && chown nc-backup: /etc/nc-backup/key
+sed 's#"FILESET_INCLUDE": \["/etc", "/var/www"\]#"FILESET_INCLUDE": ["/etc", "/var/www", "/home/alice"]#' \
+  /etc/nc-backup/conf.json > /etc/nc-backup/nightly.json
+grep -q /home/alice /etc/nc-backup/nightly.json || fail "could not edit the example config"
+runuser -u nc-backup -- backup-runner --check -c /etc/nc-backup/nightly.json >/dev/null || fail "--check as nc-backup"
+runuser -u nc-backup -- backup-runner -r -q -c /etc/nc-backup/nightly.json || fail "the nightly run as nc-backup"
+grep -q "CAP_DAC_READ_SEARCH only (capability)" /var/log/nc-backup/*.log || fail "the reader did not run"
+! grep -q "cannot read" /var/log/nc-backup/*.log || fail "files were skipped: $(grep 'cannot read' /var/log/nc-backup/*.log)"
+root_owned=$(find /var/lib/nc-backup /var/log/nc-backup /var/backups/nc-backup -user root)
+[ -z "$root_owned" ] || fail "written as root: $root_owned"
+backup-runner restore -q -c /etc/nc-backup/nightly.json --to /root/restored-nightly || fail "restoring the nightly run"
+diff -r /home/alice /root/restored-nightly/home/alice >/dev/null || fail "alice's files differ"
+cmp /var/www/site/db.key /root/restored-nightly/var/www/site/db.key || fail "root's file differs"
+[ "$(stat -c '%U %a' /root/restored-nightly/home/alice/private/notes)" = "alice 600" ] || fail "owner or mode lost"
+cp /etc/nc-backup/conf.json /root/conf.example.json
+
+# A real backup and its restore as root, from /usr/bin, on local storage.
 encryption --generate-key /root/key >/dev/null
 cat > /root/conf.json <<JSON
-{"GENERAL": {"HOSTNAME": "pkgtest", "WORK_FOLDER": "/var/lib/nc-backup/work", "LOG_FOLDER": "/var/log/nc-backup"},
+{"GENERAL": {"HOSTNAME": "pkgtest", "WORK_FOLDER": "/root/work", "LOG_FOLDER": "/root/log"},
  "FILES": {"ACTION": "execute", "NAME": "filesbackup",
-           "PARAMETERS": {"FILESET_INCLUDE": "/usr/share/doc /etc", "DESTINATION": "/var/lib/nc-backup/work/files"}},
+           "PARAMETERS": {"FILESET_INCLUDE": "/usr/share/doc /etc", "DESTINATION": "/root/work/files"}},
  "ENCRYPTION": {"ACTION": "execute", "NAME": "encryption",
-           "PARAMETERS": {"KEY_FILE": "/root/key", "OBJECTIVES": "/var/lib/nc-backup/work/files",
-                          "DESTINATION": "/var/lib/nc-backup/work/enc", "FILE_SIZE": "1", "REMOVE_OBJECTIVES": "True"}},
+           "PARAMETERS": {"KEY_FILE": "/root/key", "OBJECTIVES": "/root/work/files",
+                          "DESTINATION": "/root/work/enc", "FILE_SIZE": "1", "REMOVE_OBJECTIVES": "True"}},
  "STORAGE": {"ACTION": "execute", "NAME": "storage",
-           "PARAMETERS": {"OBJECTIVES": "/var/lib/nc-backup/work/enc", "DESTINATION": "local",
-                          "PATH": "/var/backups/nc-backup", "REMOVE_OBJECTIVES": "True"}}}
+           "PARAMETERS": {"OBJECTIVES": "/root/work/enc", "DESTINATION": "local",
+                          "PATH": "/root/backups", "REMOVE_OBJECTIVES": "True"}}}
 JSON
 backup-runner --check -c /root/conf.json >/dev/null || fail "--check"
 backup-runner -r -q -c /root/conf.json || fail "the backup"
@@ -41,15 +66,20 @@ sed -i 's/"HOSTNAME": "server1"/"HOSTNAME": "edited-here"/' /etc/nc-backup/conf.
 dpkg -i /pkg/nc-backup.deb >/dev/null
 grep -q edited-here /etc/nc-backup/conf.json || fail "the upgrade overwrote the edited conffile"
 backup-runner --version >/dev/null || fail "after the upgrade"
+getcap $reader | grep -q 'cap_dac_read_search=ep' || fail "the upgrade lost the reader's capability"
 
 # Remove: the programs go, the configuration stays; purge: nothing is left.
 dpkg -r nc-backup >/dev/null
 [ ! -e /usr/bin/backup-runner ] || fail "remove left /usr/bin/backup-runner"
 [ -f /etc/nc-backup/conf.json ] || fail "remove deleted the conffile"
+rm -f /etc/nc-backup/key /etc/nc-backup/nightly.json
 dpkg -P nc-backup >/dev/null
-for p in /etc/nc-backup /var/lib/nc-backup /var/log/nc-backup /lib/systemd/system/nc-backup@.timer /usr/share/doc/nc-backup; do
+# The backups are data: kept (owned by a user that is gone); the rest of the package is not.
+[ -d /var/backups/nc-backup/server1 ] || fail "purge deleted the backups"
+rm -rf /var/backups/nc-backup
+for p in /etc/nc-backup /var/lib/nc-backup /var/log/nc-backup /lib/systemd/system/nc-backup@.timer /usr/share/doc/nc-backup /usr/libexec/nc-backup; do
   [ ! -e "$p" ] || fail "purge left $p"
 done
 ! getent passwd nc-backup >/dev/null || fail "purge left the nc-backup user"
 dpkg -s nc-backup >/dev/null 2>&1 && fail "dpkg still knows nc-backup"
-echo "package checks passed: installed, backup and restore from /usr/bin, upgraded over itself (edited conffile kept), removed, purged"
+echo "package checks passed: installed, the example config run as nc-backup through the privileged reader (root's and alice's private files restored by root), backup and restore as root from /usr/bin, upgraded over itself (edited conffile kept), removed, purged"

@@ -29,6 +29,11 @@ for b in "${BINS[@]}"; do
   "$P/usr/bin/$b" --generate-completion zsh > "$P/usr/share/zsh/vendor-completions/_$b"
   "$P/usr/bin/$b" --generate-completion fish > "$P/usr/share/fish/vendor_completions.d/$b.fish"
 done
+# The privileged reader (docs/PRIVILEGE.md): filesbackup again, run by the nc-backup user with
+# CAP_DAC_READ_SEARCH only; postinst gives it its group and capability (dpkg keeps neither).
+install -d "$P/usr/libexec/nc-backup"
+install -m 0750 "$DIR/filesbackup" "$P/usr/libexec/nc-backup/filesbackup-reader"
+strip --strip-unneeded "$P/usr/libexec/nc-backup/filesbackup-reader"
 install -m 0644 packaging/conf.json "$P/etc/nc-backup/conf.json"
 install -m 0644 packaging/logrotate "$P/etc/logrotate.d/nc-backup"
 install -m 0644 packaging/nc-backup@.service packaging/nc-backup@.timer "$P/lib/systemd/system/"
@@ -45,9 +50,9 @@ Version: $VERSION
 Architecture: $ARCH
 Maintainer: nc-backup team <nc-backup@example.invalid>
 Installed-Size: $SIZE
-Depends: libc6 (>= 2.36), libgcc-s1, adduser, ca-certificates
+Depends: libc6 (>= 2.36), libgcc-s1, adduser, ca-certificates, libcap2-bin
 Recommends: tar, gzip, cron | systemd-sysv
-Suggests: mariadb-client | default-mysql-client, postgresql-client, rclone, openssh-client, acl, attr
+Suggests: sudo, mariadb-client | default-mysql-client, postgresql-client, rclone, openssh-client, acl, attr
 Section: admin
 Priority: optional
 Homepage: https://example.invalid/nc-backup

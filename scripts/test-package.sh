@@ -8,15 +8,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 DEB=$(scripts/package.sh target/deb)
-ROOTFS=${NCB_DEBROOT:-/var/tmp/ncb-debroot}
-if [ ! -x "$ROOTFS/usr/bin/dpkg" ]; then
+# The root file system and image carry a version: a new package dependency means a new one.
+ROOTFS=${NCB_DEBROOT:-/var/tmp/ncb-debroot-2}
+if [ ! -x "$ROOTFS/usr/sbin/setcap" ]; then
   rm -rf "$ROOTFS"
-  debootstrap --variant=minbase --include=adduser,ca-certificates,diffutils bookworm "$ROOTFS" \
+  debootstrap --variant=minbase --include=adduser,ca-certificates,diffutils,libcap2-bin bookworm "$ROOTFS" \
     http://deb.debian.org/debian >&2
 fi
-IMG=localhost/ncb-debian:bookworm
+IMG=localhost/ncb-debian:bookworm-2
 podman image exists "$IMG" || tar -C "$ROOTFS" -c . | podman import - "$IMG" >/dev/null
 echo "== $DEB ($(du -h "$DEB" | cut -f1)) in a clean bookworm container" >&2
+# CAP_DAC_READ_SEARCH in the container's bounding set, as on a host: the package's reader gets it
+# from its file capability (podman's default set leaves it out).
 podman --runtime runc run --rm --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  --cap-add CAP_DAC_READ_SEARCH \
   -v "$PWD/$DEB:/pkg/nc-backup.deb:ro" -v "$PWD/scripts/package-check.sh:/check.sh:ro" \
   "$IMG" sh /check.sh
