@@ -399,3 +399,85 @@ fn privileged_reader_refusals() {
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.contains("rootonly/secret.key") && listing.contains("other/sub/deep.txt"), "{listing}");
 }
+
+/// Pids of processes whose argv[0] is `program`.
+fn pids_of(program: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|a0| a0 == program.as_bytes()))
+        })
+        .filter(|pid| nc_backup_e2e::alive(*pid))
+        .collect()
+}
+
+/// SIGKILL to the runner mid-archive: the reader (behind sudo, whose exec cleared the
+/// parent-death signal) stops within a second, leaves nothing that looks like an archive, and
+/// the next night runs.
+#[test]
+fn a_killed_runner_takes_its_reader_behind_sudo_with_it() {
+    let st = setup(false);
+    let _rule = SudoRule::install(&st.reader);
+    let chunk = pseudo_random(32 << 20, 11);
+    for i in 0..10 {
+        std::fs::create_dir_all(st.data.join("bulk")).unwrap();
+        std::fs::write(st.data.join(format!("bulk/{i}.bin")), &chunk).unwrap();
+    }
+    let dest = st.home.join("work/files");
+    let conf = files_only(&st, general(&st, "sudo"), "execute", &dest);
+    let mut runner = as_user(&bin("backup-runner"), &st.home)
+        .args(["-r", "-c"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let reader = st.reader.display().to_string();
+    let mut found = Vec::new();
+    assert!(
+        nc_backup_e2e::wait_for(std::time::Duration::from_secs(20), || {
+            found = pids_of(&reader);
+            !found.is_empty()
+        }),
+        "the reader never started"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        found.iter().all(|p| nc_backup_e2e::alive(*p)),
+        "the reader ended before the runner was killed: data too small"
+    );
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    let stopped = nc_backup_e2e::wait_for(std::time::Duration::from_secs(3), || {
+        found.iter().all(|p| !nc_backup_e2e::alive(*p))
+            && pids_of("sudo").iter().all(|p| {
+                !std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&reader))
+            })
+    });
+    let state = |p: &u32| {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+        format!("{status}\n{}", String::from_utf8_lossy(&env).replace('\0', " "))
+    };
+    assert!(
+        stopped,
+        "the reader {found:?} outlived its killed runner: {:?}",
+        found.iter().map(state).collect::<Vec<_>>()
+    );
+    let complete: Vec<_> = std::fs::read_dir(&dest)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| !(n.to_string_lossy().starts_with('.') && n.to_string_lossy().contains(".partial-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(complete.is_empty(), "left what looks like an archive: {complete:?}");
+
+    let out = runner_as_user(&st, &["-r", "--json"], &conf).expect(0);
+    assert_eq!(out.json()["sections"][0]["status"], "ok", "{}", out.stdout);
+}

@@ -36,9 +36,12 @@ pub mod env {
     /// `relay`: the runner draws the stage's progress on its terminal; the stage sends it as
     /// [`crate::progress::RELAY_PREFIX`] lines on stderr.
     pub const PROGRESS: &str = "NCB_PROGRESS";
+    /// The runner's pid: a stage that outlives it (the privileged reader, whose parent-death
+    /// signal an exec through sudo cleared) stops.
+    pub const RUNNER_PID: &str = "NCB_RUNNER_PID";
     /// Every variable above a stage may receive (sudo passes exactly these on).
-    pub const ALL: [&str; 8] =
-        [RUN_ID, SECTION, LOG_CAPTURED, LINEAGE, EARLIER_FAILED, BASE_MISSING, PROGRESS, "NCB_CONFIG"];
+    pub const ALL: [&str; 9] =
+        [RUN_ID, SECTION, LOG_CAPTURED, LINEAGE, EARLIER_FAILED, BASE_MISSING, PROGRESS, RUNNER_PID, "NCB_CONFIG"];
 }
 
 /// The GENERAL section.

@@ -73,7 +73,44 @@ pub fn enter() -> Result<String, String> {
             "{FLAG}: the reader's state is not the one expected (uids {r}/{e}/{s}, gids {rg}/{eg}/{sg}, permitted {permitted:?}, effective {effective:?})"
         ));
     }
+    watch_runner();
     Ok(format!("reading files as uid {e} gid {eg} with CAP_DAC_READ_SEARCH only ({route})"))
+}
+
+/// Under backup-runner, the reader stops when the runner is gone. Through sudo its parent is
+/// sudo, which outlives a killed runner (and an exec of sudo or of a binary with capabilities
+/// clears the parent-death signal the runner asked for): without this, a reader would go on
+/// writing into WORK_FOLDER beside the next run.
+fn watch_runner() {
+    let Some(pid) = std::env::var(ncb_core::context::env::RUNNER_PID).ok().and_then(|p| p.parse::<i32>().ok()) else {
+        return;
+    };
+    let gone = move || {
+        // SAFETY: signal 0 only checks that the process exists.
+        let r = unsafe { libc::kill(pid, 0) };
+        r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    };
+    if gone() {
+        eprintln!("filesbackup: error: backup-runner (pid {pid}) is gone: nothing read");
+        std::process::exit(1);
+    }
+    std::thread::spawn(move || {
+        while !gone() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        // Nobody reads our stderr any more (sudo stops relaying it when the runner's pipe
+        // closes), so a blocking write, or exit()'s flush, could hang here for ever: one
+        // non-blocking attempt to say why, then _exit. The archive stays under its temporary
+        // name, which nothing takes for a complete one.
+        let msg = format!("filesbackup: error: backup-runner (pid {pid}) is gone: stopped, the archive unfinished\n");
+        // SAFETY: fcntl/write on fd 2 with a valid buffer; _exit ends the process at once.
+        unsafe {
+            let flags = libc::fcntl(2, libc::F_GETFL);
+            libc::fcntl(2, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(1);
+        }
+    });
 }
 
 /// Root through sudo: become SUDO_USER, keep only the permitted set (to narrow it next).

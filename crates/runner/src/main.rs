@@ -268,15 +268,12 @@ fn key_arg() -> Arg {
         .help("The encryption key file (default: KEY_FILE of the config's encryption section)")
 }
 
-/// WORK_FOLDER's record of the last run's id (see [`distinct_start`]).
-const LAST_RUN: &str = ".ncb-last-run";
-
-/// The start time of a new run, in a later second than the last run of this WORK_FOLDER: run
-/// ids sort by time only to the second, and an increment must sort after its base (two runs in
-/// one second waits for the next; a clock set back is not waited for).
+/// The start time of a new run, in a later second than the last run of this WORK_FOLDER (its
+/// lock file names it): run ids sort by time only to the second, and an increment must sort
+/// after its base (two runs in one second wait for the next; a clock set back is not waited for).
 fn distinct_start(work: &Path) -> chrono::DateTime<chrono::Utc> {
-    let last = std::fs::read_to_string(work.join(LAST_RUN)).unwrap_or_default();
-    let last = last.get(..16).unwrap_or("").to_owned();
+    let holder = std::fs::read_to_string(lock::lock_path(work)).unwrap_or_default();
+    let last = holder.split_once(", run ").and_then(|(_, r)| r.get(..16)).unwrap_or("").to_owned();
     let mut now = chrono::Utc::now();
     if ncb_core::context::stamp(now) == last {
         let rest = 1_000_000_000u32.saturating_sub(now.timestamp_subsec_nanos());
@@ -976,7 +973,6 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     let quiet = m.get_flag("quiet") || (!m.get_flag("verbose") && !std::io::stderr().is_terminal());
     ncb_core::logging::init("backup-runner", general.log_file().as_deref(), m.get_flag("verbose"), quiet)?;
     let _lock = lock::acquire(&work, &config.path, &run_id)?;
-    let _ = ncb_core::atomic::write_file(&work.join(LAST_RUN), run_id.as_bytes(), 0o600);
     let signal = run::watch_signals().ctx(|| "cannot install signal handlers".into())?;
     log::info!("run {run_id} of {} on {}: {} section(s)", path.display(), general.hostname, steps.len());
 

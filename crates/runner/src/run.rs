@@ -360,6 +360,7 @@ fn run_step(
                 (env::RUN_ID.to_owned(), ctx.run_id.clone()),
                 (env::SECTION.to_owned(), step.section.clone()),
                 (env::LOG_CAPTURED.to_owned(), "1".to_owned()),
+                (env::RUNNER_PID.to_owned(), std::process::id().to_string()),
                 ("NCB_CONFIG".to_owned(), config.path.display().to_string()),
             ];
             if let Some(l) = lineage {
