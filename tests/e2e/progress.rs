@@ -1,14 +1,20 @@
 //! Progress under the runner: on a terminal (a pseudo-terminal made by script(1)),
-//! `backup-runner -r` draws each running stage's bar with bytes, rate and ETA; under cron (no
+//! `backup-runner -r` draws each running stage's bar with bytes, rate and ETA (a database
+//! dump, whose size is known only at its end: bytes and rate); under cron (no
 //! terminal) and with -q it draws nothing, and the log never holds a bar.
 
 use std::path::Path;
 use std::process::Command;
 
-use nc_backup_e2e::{Sandbox, bin, cmd, pseudo_random, run};
+use nc_backup_e2e::{Sandbox, Servers, bin, cmd, pseudo_random, run};
 use serde_json::json;
 
+use crate::db::{make_mysql_db, my_creds};
+
 fn pipeline(sb: &Sandbox) -> std::path::PathBuf {
+    let s = Servers::get();
+    let db = make_mysql_db(&s);
+    let creds = my_creds(sb, &s, "ncbadmin", &s.var("NCB_MYSQL_PASSWORD"));
     sb.write("data/big.bin", &pseudo_random(24 << 20, 3));
     sb.write("data/small.txt", b"small\n");
     run(cmd(&bin("encryption")).arg("--generate-key").arg(sb.join("key_file"))).expect(0);
@@ -18,6 +24,12 @@ fn pipeline(sb: &Sandbox) -> std::path::PathBuf {
             "FILES",
             json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {
                 "FILESET_INCLUDE": sb.join("data"), "DESTINATION": w.join("files")}}),
+        ),
+        (
+            "MYSQL",
+            json!({"ACTION": "execute", "NAME": "mysql-dump", "PARAMETERS": {
+                "CREDENTIAL_PATH": creds, "MY_INSTANCES": s.var("NCB_MYSQL_PORT"), "HOST": "127.0.0.1",
+                "DATABASES": db, "DESTINATION": w.join("files")}}),
         ),
         (
             "ENCRYPTION",
@@ -68,6 +80,8 @@ fn the_running_stage_draws_bytes_rate_and_eta_on_a_terminal_and_nothing_elsewher
     assert!(bar("FILES", "archive "), "{shown:?}");
     assert!(bar("ENCRYPTION", "encrypt "), "{shown:?}");
     assert!(bar("STORAGE", "store local"), "{shown:?}");
+    // A dump's size is known only at its end: its bytes and rate.
+    assert!(frames.iter().any(|f| f.starts_with("[MYSQL] dump ") && f.contains("/s")), "{shown:?}");
     // filesbackup's total is known (estimated beside the archiving): a percentage and an ETA
     // or the time it took, not a bare counter.
     assert!(

@@ -299,10 +299,16 @@ pub fn dump_to_file(
     let out = AtomicFile::create(dest)?;
     let mut comp = Compressor::new(settings, HashWriter::new(out)).at("cannot start compressor for", dest)?;
     let mut raw = 0u64;
+    // The dump's size is not known before it ends: a counter and a rate, no ETA.
+    let bar = ncb_core::progress::Progress::new(
+        format!("dump {}", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+        0,
+    );
     let copied = match child.stdout.take() {
-        Some(mut o) => copy_counting(&mut o, &mut comp, &mut raw),
+        Some(mut o) => copy_counting(&mut o, &mut comp, &mut raw, &bar),
         None => Ok(()),
     };
+    bar.finish();
     if copied.is_err() {
         // Our side failed (disk full...): stop the child, whose SIGPIPE would hide the cause.
         let _ = child.kill();
@@ -327,7 +333,12 @@ pub fn dump_to_file(
     Ok((Artifact { path, bytes, sha256 }, raw))
 }
 
-fn copy_counting(r: &mut impl Read, w: &mut impl Write, n: &mut u64) -> io::Result<()> {
+fn copy_counting(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    n: &mut u64,
+    bar: &ncb_core::progress::Progress,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let k = match r.read(&mut buf) {
@@ -338,6 +349,7 @@ fn copy_counting(r: &mut impl Read, w: &mut impl Write, n: &mut u64) -> io::Resu
         };
         w.write_all(&buf[..k])?;
         *n += k as u64;
+        bar.add(k as u64);
     }
 }
 
