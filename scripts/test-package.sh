@@ -15,6 +15,17 @@ if [ ! -x "$ROOTFS/usr/sbin/setcap" ]; then
   debootstrap --variant=minbase --include=adduser,ca-certificates,diffutils,libcap2-bin bookworm "$ROOTFS" \
     http://deb.debian.org/debian >&2
 fi
+# The systemd units, checked by systemd's own parser when this machine has it (the container
+# runs no systemd): any complaint (an unknown key, a bad value) fails the test.
+if command -v systemd-analyze >/dev/null; then
+  U=$(mktemp -d)
+  sed 's#^ExecStart=/usr/bin/backup-runner#ExecStart=/bin/true#' packaging/nc-backup@.service > "$U/nc-backup@check.service"
+  cp packaging/nc-backup@.timer "$U/nc-backup@check.timer"
+  said=$(cd "$U" && systemd-analyze verify --man=no ./nc-backup@check.service ./nc-backup@check.timer 2>&1) || true
+  rm -rf "$U"
+  [ -z "$said" ] || { echo "systemd-analyze verify: $said" >&2; exit 1; }
+  echo "== systemd-analyze verify: nc-backup@.service and .timer clean" >&2
+fi
 IMG=localhost/ncb-debian:bookworm-2
 podman image exists "$IMG" || tar -C "$ROOTFS" -c . | podman import - "$IMG" >/dev/null
 echo "== $DEB ($(du -h "$DEB" | cut -f1)) in a clean bookworm container" >&2
