@@ -24,16 +24,7 @@ impl Moto {
     }
 
     pub(crate) fn aws(&self, args: &[&str]) -> String {
-        let out = Command::new("aws")
-            .args(["--endpoint-url", &self.endpoint, "--region", "us-east-1"])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "moto")
-            .env("AWS_SECRET_ACCESS_KEY", "moto")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        nc_backup_e2e::moto_aws(&self.endpoint, args)
     }
 
     /// Every object under `prefix` with its storage class, as the listing reports it.

@@ -30,16 +30,7 @@ impl S3Env {
 
     /// The aws CLI, as an independent reader.
     fn aws(&self, args: &[&str]) -> String {
-        let out = Command::new("aws")
-            .args(["--endpoint-url", &self.s.var("NCB_S3_ENDPOINT"), "--region", &self.s.var("NCB_S3_REGION")])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", self.s.var("NCB_S3_ACCESS_KEY"))
-            .env("AWS_SECRET_ACCESS_KEY", self.s.var("NCB_S3_SECRET_KEY"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        nc_backup_e2e::aws(&self.s, args)
     }
 
     fn keys(&self) -> Vec<String> {
@@ -188,18 +179,7 @@ fn s3_store_multipart_readback_idempotence_download_retention_and_faults() {
 fn storage_class_reaches_the_server() {
     let s = Servers::get();
     let endpoint = s.var("NCB_MOTO_ENDPOINT");
-    let aws = |args: &[&str]| -> String {
-        let out = Command::new("aws")
-            .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "moto")
-            .env("AWS_SECRET_ACCESS_KEY", "moto")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let aws = |args: &[&str]| nc_backup_e2e::moto_aws(&endpoint, args);
     let bucket = unique("ncbclass").replace('_', "-");
     aws(&["s3api", "create-bucket", "--bucket", &bucket]);
     let sb = Sandbox::new();

@@ -201,11 +201,22 @@ pub fn signal(pid: u32, sig: &str) {
 
 /// The aws CLI against the test Garage, as an independent reader of what we stored.
 pub fn aws(s: &Servers, args: &[&str]) -> String {
+    let (key, secret) = (s.var("NCB_S3_ACCESS_KEY"), s.var("NCB_S3_SECRET_KEY"));
+    aws_at(&s.var("NCB_S3_ENDPOINT"), &s.var("NCB_S3_REGION"), (&key, &secret), args)
+}
+
+/// The aws CLI against the test moto server (which keeps storage classes and thaws).
+pub fn moto_aws(endpoint: &str, args: &[&str]) -> String {
+    aws_at(endpoint, "us-east-1", ("moto", "moto"), args)
+}
+
+/// The aws CLI against `endpoint` with these credentials; its stdout, or a failed test.
+pub fn aws_at(endpoint: &str, region: &str, (key, secret): (&str, &str), args: &[&str]) -> String {
     let out = Command::new("aws")
-        .args(["--endpoint-url", &s.var("NCB_S3_ENDPOINT"), "--region", &s.var("NCB_S3_REGION")])
+        .args(["--endpoint-url", endpoint, "--region", region])
         .args(args)
-        .env("AWS_ACCESS_KEY_ID", s.var("NCB_S3_ACCESS_KEY"))
-        .env("AWS_SECRET_ACCESS_KEY", s.var("NCB_S3_SECRET_KEY"))
+        .env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .unwrap();

@@ -252,22 +252,28 @@ fn estimate(roots: &[Root], opts: &Options, bar: &ncb_core::progress::Progress, 
                 if opts.one_file_system && meta.dev() != dev {
                     continue;
                 }
+                // Only folders wait on the stack: a folder of a million files costs no memory.
                 for e in std::fs::read_dir(&path).into_iter().flatten().flatten() {
-                    if let Ok(m) = e.metadata() {
-                        stack.push((e.path(), m));
+                    let Ok(m) = e.metadata() else { continue };
+                    let child = e.path();
+                    if m.is_dir() {
+                        stack.push((child, m));
+                    } else if m.is_file() && !excluded(opts, &child) && wanted(opts, &child) {
+                        total += m.len();
                     }
                 }
-            } else if meta.is_file()
-                && (opts.extensions.is_empty()
-                    || path
-                        .extension()
-                        .is_some_and(|e| opts.extensions.contains(&e.to_string_lossy().to_ascii_lowercase())))
-            {
+            } else if meta.is_file() && wanted(opts, &path) {
                 total += meta.len();
             }
         }
     }
     bar.set_total(total);
+}
+
+/// FILE_EXTENSIONS: whether a file is one of them (every file when none are given).
+fn wanted(opts: &Options, path: &Path) -> bool {
+    opts.extensions.is_empty()
+        || path.extension().is_some_and(|e| opts.extensions.contains(&e.to_string_lossy().to_ascii_lowercase()))
 }
 
 fn out_id(out: &AtomicFile) -> Result<(u64, u64)> {
@@ -539,11 +545,7 @@ impl Writer<'_> {
     }
 
     fn wanted_by_extension(&self, path: &Path) -> bool {
-        self.opts.extensions.is_empty()
-            || path.extension().is_some_and(|e| {
-                let e = e.to_string_lossy().to_ascii_lowercase();
-                self.opts.extensions.contains(&e)
-            })
+        wanted(self.opts, path)
     }
 
     fn entry(&mut self, path: &Path, name: &Path, meta: &Metadata) -> Result<()> {
