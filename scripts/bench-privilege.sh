@@ -20,14 +20,15 @@ R=$W/priv
 rm -rf "$R"; mkdir -p "$R/reader" "$R/out"; chmod 755 "$W" "$R" "$R/reader"
 chown $U: "$R/out"
 install -m 0750 -o root -g "$G" target/release/filesbackup "$R/reader/filesbackup-reader"
-cp "$R/reader/filesbackup-reader" "$R/reader/filesbackup-sudo"
+cp "$R/reader/filesbackup-reader" "$R/reader/filesbackup-reader-sudo"
 setcap cap_dac_read_search=ep "$R/reader/filesbackup-reader"
 RULE=/etc/sudoers.d/ncb-bench-$$
 trap 'rm -f "$RULE"' EXIT
 rel=(); for p in "${PATHS[@]}"; do rel+=("${p#/}"); done
 cat > "$RULE" <<SUDO
-Defaults:$U !requiretty, env_reset, env_keep += "NCB_*"
-$U ALL = (root) NOPASSWD: $R/reader/filesbackup-sudo --privileged-reader *
+Cmnd_Alias NCB_READER = $R/reader/filesbackup-reader-sudo --privileged-reader *
+Defaults!NCB_READER !requiretty, !use_pty, env_reset, env_keep += "NCB_*"
+$U ALL = (root) NOPASSWD: NCB_READER
 $U ALL = (root) NOPASSWD: /usr/bin/tar czf $R/out/sudo-tar.tar.gz -C / ${rel[*]}
 SUDO
 chmod 440 "$RULE"; visudo -cf "$RULE" >/dev/null
@@ -40,7 +41,7 @@ for round in $(seq 1 "${NCB_BENCH_ROUNDS:-3}"); do
   rm -rf "$R"/out/cap "$R"/out/sudo "$R"/out/root "$R/out/sudo-tar.tar.gz"
   measure "reader, file capability (as $U)" runuser -u $U -- "$R/reader/filesbackup-reader" --privileged-reader "${args[@]}" --DESTINATION "$R/out/cap"
   BENCH_ROWS[-1]+="$(stat -c %s "$R"/out/cap/*.tar.gz)"
-  measure "reader through sudo (as $U)" runuser -u $U -- sudo -n "$R/reader/filesbackup-sudo" --privileged-reader "${args[@]}" --DESTINATION "$R/out/sudo"
+  measure "reader through sudo (as $U)" runuser -u $U -- sudo -n "$R/reader/filesbackup-reader-sudo" --privileged-reader "${args[@]}" --DESTINATION "$R/out/sudo"
   BENCH_ROWS[-1]+="$(stat -c %s "$R"/out/sudo/*.tar.gz)"
   measure "sudo tar czf (nc-backup-py's rule)" runuser -u $U -- sudo -n /usr/bin/tar czf "$R/out/sudo-tar.tar.gz" -C / "${rel[@]}"
   BENCH_ROWS[-1]+="$(stat -c %s "$R/out/sudo-tar.tar.gz")"

@@ -2,6 +2,10 @@
 # Runs inside the clean container (scripts/test-package.sh): install, use, upgrade, remove, purge.
 set -eu
 fail() { echo "package check failed: $*" >&2; exit 1; }
+# What an earlier package, whose backups ran as root, left behind: the new one takes it over.
+install -d -m 0750 /var/lib/nc-backup/work /var/log/nc-backup
+install -m 0600 /dev/null /var/lib/nc-backup/work/.backup-runner.lock
+echo "an old root run" > /var/log/nc-backup/nc-backup.log
 dpkg -i /pkg/nc-backup.deb >/dev/null
 for b in backup-runner filesbackup compression encryption mysql-dump pg-dump storage size-calc object-mirror; do
   [ -x "/usr/bin/$b" ] || fail "/usr/bin/$b missing"
@@ -35,6 +39,11 @@ grep -q "CAP_DAC_READ_SEARCH only (capability)" /var/log/nc-backup/*.log || fail
 ! grep -q "cannot read" /var/log/nc-backup/*.log || fail "files were skipped: $(grep 'cannot read' /var/log/nc-backup/*.log)"
 root_owned=$(find /var/lib/nc-backup /var/log/nc-backup /var/backups/nc-backup -user root)
 [ -z "$root_owned" ] || fail "written as root: $root_owned"
+# logrotate's weekly turn, forced: the next night still logs and runs (as nc-backup).
+logrotate -f /etc/logrotate.d/nc-backup || fail "logrotate"
+[ "$(stat -c %U /var/log/nc-backup/nc-backup.log)" = nc-backup ] || fail "the rotated log is $(stat -c %U /var/log/nc-backup/nc-backup.log)'s"
+runuser -u nc-backup -- backup-runner -r -q -c /etc/nc-backup/nightly.json || fail "the nightly run after logrotate"
+grep -q "run .* ok" /var/log/nc-backup/nc-backup.log || fail "the run after logrotate did not log"
 backup-runner restore -q -c /etc/nc-backup/nightly.json --to /root/restored-nightly || fail "restoring the nightly run"
 diff -r /home/alice /root/restored-nightly/home/alice >/dev/null || fail "alice's files differ"
 cmp /var/www/site/db.key /root/restored-nightly/var/www/site/db.key || fail "root's file differs"

@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 DEB=$(scripts/package.sh target/deb)
 # The root file system and image carry a version: a new package dependency means a new one.
-ROOTFS=${NCB_DEBROOT:-/var/tmp/ncb-debroot-2}
-if [ ! -x "$ROOTFS/usr/sbin/setcap" ]; then
+ROOTFS=${NCB_DEBROOT:-/var/tmp/ncb-debroot-3}
+if [ ! -x "$ROOTFS/usr/sbin/logrotate" ]; then
   rm -rf "$ROOTFS"
-  debootstrap --variant=minbase --include=adduser,ca-certificates,diffutils,libcap2-bin bookworm "$ROOTFS" \
+  debootstrap --variant=minbase --include=adduser,ca-certificates,diffutils,libcap2-bin,logrotate bookworm "$ROOTFS" \
     http://deb.debian.org/debian >&2
 fi
 # The systemd units, checked by systemd's own parser when this machine has it (the container
@@ -26,7 +26,7 @@ if command -v systemd-analyze >/dev/null; then
   [ -z "$said" ] || { echo "systemd-analyze verify: $said" >&2; exit 1; }
   echo "== systemd-analyze verify: nc-backup@.service and .timer clean" >&2
 fi
-IMG=localhost/ncb-debian:bookworm-2
+IMG=localhost/ncb-debian:bookworm-3
 podman image exists "$IMG" || tar -C "$ROOTFS" -c . | podman import - "$IMG" >/dev/null
 echo "== $DEB ($(du -h "$DEB" | cut -f1)) in a clean bookworm container" >&2
 # CAP_DAC_READ_SEARCH in the container's bounding set, as on a host: the package's reader gets it

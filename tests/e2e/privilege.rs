@@ -93,11 +93,15 @@ struct SudoRule(PathBuf);
 impl SudoRule {
     fn install(reader: &Path) -> Self {
         let sample = std::fs::read_to_string(nc_backup_e2e::repo().join("sudoers.sample")).unwrap();
+        // One alias name per test process: tests running side by side each add a rule, and
+        // sudo refuses an alias defined twice.
+        let alias = format!("NCB_READER_{}", std::process::id());
         let text = sample
             .replace("/usr/libexec/nc-backup/filesbackup-reader", &reader.display().to_string())
             .replace("nc-backup ALL", &format!("{USER} ALL"))
-            .replace("Defaults:nc-backup", &format!("Defaults:{USER}"));
-        assert!(text.contains(&format!("{USER} ALL = (root) NOPASSWD: {}", reader.display())), "{text}");
+            .replace("NCB_READER", &alias);
+        assert!(text.contains(&format!("{USER} ALL = (root) NOPASSWD: {alias}")), "{text}");
+        assert!(text.contains(&format!("{alias} = {} --privileged-reader *", reader.display())), "{text}");
         let path = PathBuf::from(format!("/etc/sudoers.d/ncb-e2e-{}", std::process::id()));
         std::fs::write(&path, text).unwrap();
         mode(&path, 0o440);
@@ -358,6 +362,24 @@ fn privileged_reader_refusals() {
     assert!(out.stderr.contains("[FILES]") && out.stderr.contains("sudo: a password is required"), "{}", out.stderr);
     let left = std::fs::read_dir(&refused).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "something was left in {}", refused.display());
+
+    // A reader the user could replace, named in a sudo rule, would be root for the asking.
+    let mine = st.home.join("filesbackup-reader");
+    std::fs::copy(&st.reader, &mine).unwrap();
+    let mut g = general(&st, "sudo");
+    g["FILES_READER_PATH"] = json!(mine);
+    let conf = files_only(&st, g, "execute", &refused);
+    let out = runner_as_user(&st, &["--check"], &conf).expect(2);
+    assert!(out.stderr.contains("FILES_READER_PATH") && out.stderr.contains("is not root's alone"), "{}", out.stderr);
+
+    // The reader binary is never plain filesbackup, and an argument that merely starts like the
+    // flag (sudoers joins arguments with spaces before matching) is refused, not run as root.
+    for args in [&["--HOSTNAME", "h"][..], &["--privileged-reader --HOSTNAME", "h"][..]] {
+        let out = run(cmd(&st.reader).args(args)).expect(2);
+        assert!(out.stderr.contains("takes --privileged-reader as its first argument, alone"), "{}", out.stderr);
+    }
+    let out = run(cmd(&bin("filesbackup")).args(["--privileged-reader=x", "--HOSTNAME", "h"])).expect(2);
+    assert!(out.stderr.contains("first argument, alone"), "{}", out.stderr);
 
     // A loaded filesbackup would run inside backup-runner, which holds no privilege.
     let conf = files_only(&st, general(&st, "sudo"), "load", &dest);

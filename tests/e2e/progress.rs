@@ -88,6 +88,12 @@ fn the_running_stage_draws_bytes_rate_and_eta_on_a_terminal_and_nothing_elsewher
         frames.iter().any(|f| f.starts_with("[FILES] archive") && f.contains(" / 24.0 MiB") && f.contains("in 0:")),
         "{shown:?}"
     );
+    // script(1)'s terminal has no size here: 80 columns assumed, and no bar wraps (a wrapped line
+    // leaves its first part behind at every redraw).
+    for f in frames.iter().filter(|f| f.starts_with('[')) {
+        let visible = f.split("\x1b[K").next().unwrap();
+        assert!(visible.chars().count() <= 79, "{} columns: {visible:?}", visible.chars().count());
+    }
     // The stage's own lines still reach the terminal, on lines of their own.
     assert!(shown.contains("backup-runner: [FILES] ok in"), "{shown:?}");
     let log = log_text(&sb);

@@ -254,6 +254,9 @@ fn estimate(roots: &[Root], opts: &Options, bar: &ncb_core::progress::Progress, 
                 }
                 // Only folders wait on the stack: a folder of a million files costs no memory.
                 for e in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
                     let Ok(m) = e.metadata() else { continue };
                     let child = e.path();
                     if m.is_dir() {

@@ -121,7 +121,8 @@ impl Progress {
             Mode::Off => Ok(()),
             Mode::Draw => {
                 LINE_OPEN.store(true, Ordering::Relaxed);
-                write!(err, "\r{}\x1b[K", render(&self.label, done, self.total.load(Ordering::Relaxed), elapsed))
+                let total = self.total.load(Ordering::Relaxed);
+                write!(err, "\r{}\x1b[K", render_within(&self.label, done, total, elapsed, line_width()))
             }
             Mode::Relay => writeln!(
                 err,
@@ -148,13 +149,37 @@ impl Progress {
 }
 
 /// `label [####      ]  42% 1.2 GiB / 3.0 GiB  85.0 MiB/s  ETA 0:23` (a counter and a rate
-/// when the total is unknown).
+/// when the total is unknown), whole.
 pub fn render(label: &str, done: u64, total: u64, elapsed: Duration) -> String {
+    render_within(label, done, total, elapsed, usize::MAX)
+}
+
+/// [`render`] in at most `width` characters: a line that wrapped would leave its first part
+/// behind at every redraw. The figures are kept; the label is shortened first (to 12
+/// characters at least), then the bar goes.
+pub fn render_within(label: &str, done: u64, total: u64, elapsed: Duration, width: usize) -> String {
+    let (bar, figures) = parts(done, total, elapsed);
+    let count = |s: &str| s.chars().count();
+    for bar in [bar.as_str(), ""] {
+        let fixed = count(bar) + 1 + count(&figures);
+        if count(label) + fixed <= width {
+            return format!("{label}{bar} {figures}");
+        }
+        if fixed + 12 <= width {
+            let keep: String = label.chars().take(width - fixed - 1).collect();
+            return format!("{keep}~{bar} {figures}");
+        }
+    }
+    figures.chars().take(width).collect()
+}
+
+/// The bar (` [###   ]`, empty when the total is unknown) and the figures after it.
+fn parts(done: u64, total: u64, elapsed: Duration) -> (String, String) {
     let secs = elapsed.as_secs_f64().max(0.001);
     let per_sec = done as f64 / secs;
     let rate = format!("{}/s", human(per_sec));
     if total == 0 {
-        return format!("{label} {}  {rate}", human(done as f64));
+        return (String::new(), format!("{}  {rate}", human(done as f64)));
     }
     let frac = (done as f64 / total as f64).clamp(0.0, 1.0);
     let width = 30;
@@ -166,14 +191,9 @@ pub fn render(label: &str, done: u64, total: u64, elapsed: Duration) -> String {
     } else {
         "ETA --:--".to_owned()
     };
-    format!(
-        "{label} [{}{}] {:>3.0}% {} / {}  {rate}  {eta}",
-        "#".repeat(fill),
-        " ".repeat(width - fill),
-        frac * 100.0,
-        human(done as f64),
-        human(total as f64)
-    )
+    let bar = format!(" [{}{}]", "#".repeat(fill), " ".repeat(width - fill));
+    let figures = format!("{:>3.0}% {} / {}  {rate}  {eta}", frac * 100.0, human(done as f64), human(total as f64));
+    (bar, figures)
 }
 
 /// 83.2 -> "1:23", 3725 -> "1:02:05".
@@ -201,6 +221,12 @@ pub fn draw_relayed(text: &str) {
     let mut err = std::io::stderr().lock();
     LINE_OPEN.store(true, Ordering::Relaxed);
     let _ = write!(err, "\r{text}\x1b[K");
+}
+
+/// What a bar's line may hold: the columns of the terminal on stderr but one (80 when it
+/// cannot be asked).
+pub fn line_width() -> usize {
+    crate::sys::terminal_columns(2).unwrap_or(80).saturating_sub(1).max(20)
 }
 
 /// Ends a relayed bar's line, leaving its last state on the terminal.
@@ -234,6 +260,22 @@ mod tests {
         assert_eq!(p.done(), 7);
         assert_eq!(human(1536.0), "1.5 KiB");
         assert_eq!(human(12.0), "12 B");
+    }
+
+    #[test]
+    fn long_lines_keep_their_figures_and_shorten_the_label_then_drop_the_bar() {
+        let label = format!("[FILES] archive {}.tar.gz", "x".repeat(60));
+        let t = Duration::from_secs(4);
+        let whole = render(&label, 512 << 20, 1 << 30, t);
+        assert_eq!(render_within(&label, 512 << 20, 1 << 30, t, 500), whole);
+        let cut = render_within(&label, 512 << 20, 1 << 30, t, 100);
+        assert_eq!(cut.chars().count(), 100, "{cut}");
+        assert!(cut.starts_with("[FILES] archive xx") && cut.contains("~ [###") && cut.ends_with("ETA 0:04"), "{cut}");
+        let narrow = render_within(&label, 512 << 20, 1 << 30, t, 79);
+        assert!(narrow.starts_with("[FILES] archive xx") && narrow.contains("~  50%"), "{narrow}");
+        assert!(!narrow.contains('#') && narrow.ends_with("ETA 0:04") && narrow.chars().count() == 79, "{narrow}");
+        let counter = render_within(&label, 3 << 20, 0, t, 40);
+        assert!(counter.ends_with("3.0 MiB  768.0 KiB/s") && counter.chars().count() <= 40, "{counter}");
     }
 
     #[test]

@@ -264,3 +264,11 @@ pub fn check_private(path: &std::path::Path, what: &str) -> crate::Result<()> {
     }
     Ok(())
 }
+
+/// Columns of the terminal `fd` is (None when it is not one).
+pub fn terminal_columns(fd: i32) -> Option<usize> {
+    // SAFETY: TIOCGWINSZ fills the winsize we pass.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_col > 0).then_some(usize::from(ws.ws_col))
+}

@@ -32,6 +32,14 @@ pub const FLAG: &str = "--privileged-reader";
 /// Where the Debian package installs the reader.
 pub const DEFAULT_PATH: &str = "/usr/libexec/nc-backup/filesbackup-reader";
 
+/// Whether this process is a reader binary: its file name starts with `filesbackup-reader`.
+pub fn is_reader_binary() -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().starts_with("filesbackup-reader")))
+        .unwrap_or(false)
+}
+
 /// Enters the reader's state (see the module). `Err` is a usage problem: the message says what
 /// to fix.
 pub fn enter() -> Result<String, String> {
@@ -68,9 +76,18 @@ pub fn enter() -> Result<String, String> {
     let (rg, eg, sg) = resgid();
     let permitted = caps::read(None, CapSet::Permitted).map_err(|e| fail("read the permitted set", e))?;
     let effective = caps::read(None, CapSet::Effective).map_err(|e| fail("read the effective set", e))?;
-    if r == 0 || e == 0 || s == 0 || rg != eg || eg != sg || permitted != want || effective != want {
+    let inheritable = caps::read(None, CapSet::Inheritable).map_err(|e| fail("read the inheritable set", e))?;
+    let ambient = caps::read(None, CapSet::Ambient).map_err(|e| fail("read the ambient set", e))?;
+    // Through sudo the bounding set was emptied too (a file capability cannot: no CAP_SETPCAP).
+    let bounding = caps::read(None, CapSet::Bounding).map_err(|e| fail("read the bounding set", e))?;
+    let bounding_ok = route != "sudo" || bounding.iter().all(|c| *c == Capability::CAP_DAC_READ_SEARCH);
+    // SAFETY: prctl with integer arguments only.
+    let no_new_privs = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1;
+    let ids_ok = r != 0 && e != 0 && s != 0 && r == e && e == s && rg == eg && eg == sg;
+    let caps_ok = permitted == want && effective == want && inheritable.is_empty() && ambient.is_empty();
+    if !(ids_ok && caps_ok && bounding_ok && no_new_privs) {
         return Err(format!(
-            "{FLAG}: the reader's state is not the one expected (uids {r}/{e}/{s}, gids {rg}/{eg}/{sg}, permitted {permitted:?}, effective {effective:?})"
+            "{FLAG}: the reader's state is not the one expected (uids {r}/{e}/{s}, gids {rg}/{eg}/{sg}, permitted {permitted:?}, effective {effective:?}, inheritable {inheritable:?}, ambient {ambient:?}, bounding {bounding:?}, no_new_privs {no_new_privs})"
         ));
     }
     watch_runner();
@@ -85,10 +102,13 @@ fn watch_runner() {
     let Some(pid) = std::env::var(ncb_core::context::env::RUNNER_PID).ok().and_then(|p| p.parse::<i32>().ok()) else {
         return;
     };
+    // SAFETY: getppid cannot fail.
+    let parent = unsafe { libc::getppid() };
     let gone = move || {
-        // SAFETY: signal 0 only checks that the process exists.
-        let r = unsafe { libc::kill(pid, 0) };
-        r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        // SAFETY: signal 0 only checks that the process exists; getppid cannot fail.
+        let (r, ppid) = unsafe { (libc::kill(pid, 0), libc::getppid()) };
+        // The runner gone, or our parent (sudo, killed by the runner's TIMEOUT) gone.
+        (r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)) || ppid != parent
     };
     if gone() {
         eprintln!("filesbackup: error: backup-runner (pid {pid}) is gone: nothing read");
@@ -102,7 +122,9 @@ fn watch_runner() {
         // closes), so a blocking write, or exit()'s flush, could hang here for ever: one
         // non-blocking attempt to say why, then _exit. The archive stays under its temporary
         // name, which nothing takes for a complete one.
-        let msg = format!("filesbackup: error: backup-runner (pid {pid}) is gone: stopped, the archive unfinished\n");
+        let msg = format!(
+            "filesbackup: error: backup-runner (pid {pid}) or the reader's parent is gone: stopped, the archive unfinished\n"
+        );
         // SAFETY: fcntl/write on fd 2 with a valid buffer; _exit ends the process at once.
         unsafe {
             let flags = libc::fcntl(2, libc::F_GETFL);

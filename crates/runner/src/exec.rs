@@ -51,6 +51,8 @@ pub fn run(
     on_spawn: &mut dyn FnMut(u32),
 ) -> std::io::Result<ChildOutcome> {
     let mut cmd = Command::new(program);
+    // Relayed bars only when this runner draws them (run.rs sets it then): not inherited.
+    cmd.env_remove(ncb_core::context::env::PROGRESS);
     cmd.args(args)
         .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -177,8 +179,11 @@ impl<'a> Collector<'a> {
                 }
                 // A relayed progress bar: drawn on the runner's terminal, never logged.
                 if let Some((label, done, total, elapsed)) = progress::relayed(&l) {
-                    let label = format!("[{}] {label}", self.section);
-                    progress::draw_relayed(&progress::render(&label, done, total, elapsed));
+                    if progress::on_terminal() {
+                        let label = format!("[{}] {label}", self.section);
+                        let width = progress::line_width();
+                        progress::draw_relayed(&progress::render_within(&label, done, total, elapsed, width));
+                    }
                     return;
                 }
                 // Errors reach the user once, in the section's failure message (with this tail).

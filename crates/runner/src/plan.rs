@@ -222,9 +222,37 @@ fn files_reader(config: &Config, problems: &mut Vec<ConfigProblem>) -> Option<(R
         ReaderMode::Sudo if which("sudo").is_none() => {
             problem("FILES_READER sudo: sudo is not installed (or not on PATH)".to_owned());
         }
-        ReaderMode::Sudo => {}
+        ReaderMode::Sudo => {
+            if let Err(e) = root_alone_can_replace(&path) {
+                problem(format!("FILES_READER sudo runs {} as root: {e}", path.display()));
+            }
+        }
     }
     Some((mode, path))
+}
+
+/// A program sudo runs as root must be root's, and so must every folder above it, none writable
+/// by others (a sticky folder such as /tmp excepted): whoever could replace it would be root.
+fn root_alone_can_replace(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve it: {e}"))?;
+    let mut at = Some(real.as_path());
+    let mut file = true;
+    while let Some(p) = at {
+        let m = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let open = m.mode() & 0o022 != 0 && (file || m.mode() & 0o1000 == 0);
+        if m.uid() != 0 || open {
+            return Err(format!(
+                "{} is not root's alone (owner uid {}, mode {:04o}): chown root: and chmod go-w it",
+                p.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+        file = false;
+        at = p.parent();
+    }
+    Ok(())
 }
 
 /// The reader for a filesbackup section run as a user that is not root; a loaded one cannot
