@@ -270,17 +270,32 @@ fn key_arg() -> Arg {
 
 /// The start time of a new run, in a later second than the last run of this WORK_FOLDER (its
 /// lock file names it): run ids sort by time only to the second, and an increment must sort
-/// after its base (two runs in one second wait for the next; a clock set back is not waited for).
+/// after its base. A last run in this second, or up to 10 s ahead (a clock stepped back a
+/// little), is waited for; further ahead, the clock was set back and is not waited for (said).
 fn distinct_start(work: &Path) -> chrono::DateTime<chrono::Utc> {
-    let holder = std::fs::read_to_string(lock::lock_path(work)).unwrap_or_default();
-    let last = holder.split_once(", run ").and_then(|(_, r)| r.get(..16)).unwrap_or("").to_owned();
-    let mut now = chrono::Utc::now();
-    if ncb_core::context::stamp(now) == last {
-        let rest = 1_000_000_000u32.saturating_sub(now.timestamp_subsec_nanos());
-        std::thread::sleep(std::time::Duration::from_nanos(u64::from(rest) + 1_000_000));
-        now = chrono::Utc::now();
+    let now = chrono::Utc::now();
+    let Some(last) = last_run_stamp(work) else { return now };
+    let next = last + chrono::Duration::seconds(1);
+    let wait = next.signed_duration_since(now);
+    if wait > chrono::Duration::zero() && wait <= chrono::Duration::seconds(11) {
+        std::thread::sleep(wait.to_std().unwrap_or_default());
+        return chrono::Utc::now().max(next);
+    }
+    if wait > chrono::Duration::zero() {
+        eprintln!(
+            "backup-runner: warning: the last run of {} started at {last}, after this clock's now ({now}): run ids will sort before it",
+            work.display()
+        );
     }
     now
+}
+
+/// The second the last run of WORK_FOLDER started, from its lock file
+/// (`pid N, run <RUN_ID> of <config>`).
+fn last_run_stamp(work: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
+    let holder = std::fs::read_to_string(lock::lock_path(work)).ok()?;
+    let stamp = holder.split_once(", run ")?.1.get(..16)?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok().map(|t| t.and_utc())
 }
 
 fn main() -> ExitCode {
@@ -972,7 +987,17 @@ fn real_main(m: &ArgMatches) -> Result<ExitStatus, Error> {
     }
     let quiet = m.get_flag("quiet") || (!m.get_flag("verbose") && !std::io::stderr().is_terminal());
     ncb_core::logging::init("backup-runner", general.log_file().as_deref(), m.get_flag("verbose"), quiet)?;
+    // Between distinct_start and the lock, another run of this WORK_FOLDER may have started (in
+    // our second or later) and ended: ours would not sort after it.
+    let previous = last_run_stamp(&work);
     let _lock = lock::acquire(&work, &config.path, &run_id)?;
+    if previous.is_some_and(|p| ncb_core::context::stamp(p) >= ncb_core::context::stamp(started)) {
+        return Err(Error::runtime(format!(
+            "another run of WORK_FOLDER {} started while {run_id} was being planned: {} was not started (start it again)",
+            work.display(),
+            path.display()
+        )));
+    }
     let signal = run::watch_signals().ctx(|| "cannot install signal handlers".into())?;
     log::info!("run {run_id} of {} on {}: {} section(s)", path.display(), general.hostname, steps.len());
 
