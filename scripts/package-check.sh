@@ -91,4 +91,4 @@ for p in /etc/nc-backup /var/lib/nc-backup /var/log/nc-backup /lib/systemd/syste
 done
 ! getent passwd nc-backup >/dev/null || fail "purge left the nc-backup user"
 dpkg -s nc-backup >/dev/null 2>&1 && fail "dpkg still knows nc-backup"
-echo "package checks passed: installed, the example config run as nc-backup through the privileged reader (root's and alice's private files restored by root), backup and restore as root from /usr/bin, upgraded over itself (edited conffile kept), removed, purged"
+echo "package checks passed: installed over what a root-run install left, the example config run as nc-backup through the privileged reader (root's and alice's private files restored by root; again after logrotate), backup and restore as root from /usr/bin, upgraded over itself (edited conffile kept), removed, purged"
