@@ -600,7 +600,8 @@ fn schedule_main(m: &ArgMatches, sm: &ArgMatches) -> Result<(), Error> {
                 &runner,
                 &conf,
                 user,
-                (config.general("NICE"), config.general("IONICE"))
+                (config.general("NICE"), config.general("IONICE")),
+                config.general("FILES_READER").and_then(|m| config::files_reader_mode(m).ok().flatten()),
             )
         );
         return Ok(());

@@ -351,6 +351,7 @@ pub fn systemd_units(
     config: &Path,
     user: Option<&str>,
     priority: (Option<&str>, Option<&str>),
+    reader: Option<crate::config::ReaderMode>,
 ) -> String {
     let name = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "conf".into());
     let mut s = format!(
@@ -360,6 +361,11 @@ pub fn systemd_units(
     );
     if let Some(u) = user {
         s.push_str(&format!("User={u}\n"));
+        // FILES_READER capability (docs/PRIVILEGE.md): the reader's one capability bounds the
+        // unit, and no_new_privs stays off so its file capability is granted.
+        if u != "root" && reader == Some(crate::config::ReaderMode::Capability) {
+            s.push_str("CapabilityBoundingSet=CAP_DAC_READ_SEARCH\nNoNewPrivileges=no\n");
+        }
     }
     let nice = priority.0.unwrap_or("10");
     let io = match priority.1.map(|i| i.trim().to_ascii_lowercase()) {
@@ -429,6 +435,33 @@ mod tests {
             l,
             ["0 3 * * * /usr/local/bin/backup-runner -r -c /etc/nc/50\\%.json # nc-backup: /etc/nc/50\\%.json"]
         );
+    }
+
+    #[test]
+    fn a_unit_for_the_capability_reader_keeps_its_capability_alone() {
+        use crate::config::ReaderMode;
+        let unit = |user, reader| {
+            systemd_units(
+                &["0 3 * * *".to_owned()],
+                Path::new("/usr/bin/backup-runner"),
+                Path::new("/etc/nc-backup/a.json"),
+                user,
+                (None, None),
+                reader,
+            )
+        };
+        let cap = unit(Some("nc-backup"), Some(ReaderMode::Capability));
+        assert!(
+            cap.contains("User=nc-backup\nCapabilityBoundingSet=CAP_DAC_READ_SEARCH\nNoNewPrivileges=no\n"),
+            "{cap}"
+        );
+        for other in [
+            unit(Some("nc-backup"), Some(ReaderMode::Sudo)),
+            unit(Some("root"), Some(ReaderMode::Capability)),
+            unit(None, None),
+        ] {
+            assert!(!other.contains("CapabilityBoundingSet"), "{other}");
+        }
     }
 
     #[test]
