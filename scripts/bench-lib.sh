@@ -63,3 +63,12 @@ bench_servers() {
   set -a; . "$NCB_SERVERS_DIR/env"; set +a
   export AWS_ACCESS_KEY_ID=$NCB_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$NCB_S3_SECRET_KEY AWS_EC2_METADATA_DISABLED=true
 }
+
+# bench_paths [WORKDIR] [PATHS...]: W (default /var/tmp/ncb-bench), PATHS (default /usr/share
+# /usr/include) and rel (PATHS without their leading /, for tar -C /).
+bench_paths() {
+  W=${1:-/var/tmp/ncb-bench}
+  shift || true
+  if [ "$#" -gt 0 ]; then PATHS=("$@"); else PATHS=(/usr/share /usr/include); fi
+  rel=(); for p in "${PATHS[@]}"; do rel+=("${p#/}"); done
+}

@@ -8,9 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
-W=${1:-/var/tmp/ncb-bench}
-shift || true
-if [ "$#" -gt 0 ]; then PATHS=("$@"); else PATHS=(/usr/share /usr/include); fi
+bench_paths "$@"
 bench_setup
 cargo build --release --locked -p filesbackup >&2
 U=ncbbench
@@ -24,7 +22,6 @@ cp "$R/reader/filesbackup-reader" "$R/reader/filesbackup-reader-sudo"
 setcap cap_dac_read_search=ep "$R/reader/filesbackup-reader"
 RULE=/etc/sudoers.d/ncb-bench-$$
 trap 'rm -f "$RULE"' EXIT
-rel=(); for p in "${PATHS[@]}"; do rel+=("${p#/}"); done
 cat > "$RULE" <<SUDO
 Cmnd_Alias NCB_READER = $R/reader/filesbackup-reader-sudo --privileged-reader *
 Defaults!NCB_READER !requiretty, !use_pty, env_reset, env_keep += "NCB_*"

@@ -7,15 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
-W=${1:-/var/tmp/ncb-bench}
-shift || true
-if [ "$#" -gt 0 ]; then PATHS=("$@"); else PATHS=(/usr/share /usr/include); fi
+bench_paths "$@"
 bench_setup
 cargo build --release --locked -p filesbackup >&2
 FB=$PWD/target/release/filesbackup
 O=$W/progress
 rm -rf "$O"; mkdir -p "$O"
-rel=(); for p in "${PATHS[@]}"; do rel+=("${p#/}"); done
 echo "== ${PATHS[*]} ($(du -sch "${PATHS[@]}" 2>/dev/null | tail -n1 | cut -f1))"
 tar -cf /dev/null -C / "${rel[@]}"   # warm the page cache for everyone
 args="--HOSTNAME bench --WORK_FOLDER $O --LOG_FOLDER $O --FILESET_INCLUDE '${PATHS[*]}'"

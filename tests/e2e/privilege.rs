@@ -363,6 +363,22 @@ fn privileged_reader_refusals() {
     let left = std::fs::read_dir(&refused).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "something was left in {}", refused.display());
 
+    // Values GENERAL does not know: exit 2, naming the key.
+    for (key, value, says) in [
+        ("FILES_READER", "maybe", "not capability, sudo or none"),
+        ("FILES_READER_PATH", "reader", "not an absolute path"),
+    ] {
+        let mut g = general(&st, "capability");
+        g[key] = json!(value);
+        let conf = files_only(&st, g, "execute", &refused);
+        let out = runner_as_user(&st, &["--check"], &conf).expect(2);
+        assert!(
+            out.stderr.contains("GENERAL") && out.stderr.contains(key) && out.stderr.contains(says),
+            "{}",
+            out.stderr
+        );
+    }
+
     // A reader the user could replace, named in a sudo rule, would be root for the asking.
     let mine = st.home.join("filesbackup-reader");
     std::fs::copy(&st.reader, &mine).unwrap();
@@ -448,8 +464,30 @@ fn a_killed_runner_takes_its_reader_behind_sudo_with_it() {
         std::fs::create_dir_all(st.data.join("bulk")).unwrap();
         std::fs::write(st.data.join(format!("bulk/{i}.bin")), &chunk).unwrap();
     }
-    let dest = st.home.join("work/files");
-    let conf = files_only(&st, general(&st, "sudo"), "execute", &dest);
+    let w = st.home.join("work");
+    let dest = w.join("files");
+    let conf = write_config(
+        &st,
+        general(&st, "sudo"),
+        &[
+            (
+                "FILES",
+                json!({"ACTION": "execute", "NAME": "filesbackup", "PARAMETERS": {"FILESET_INCLUDE": st.data, "DESTINATION": dest}}),
+            ),
+            (
+                "ENCRYPTION",
+                json!({"ACTION": "execute", "NAME": "encryption", "PARAMETERS": {
+                    "KEY_FILE": st.home.join("key_file"), "OBJECTIVES": dest,
+                    "DESTINATION": w.join("encrypted"), "REMOVE_OBJECTIVES": "True"}}),
+            ),
+            (
+                "STORAGE",
+                json!({"ACTION": "execute", "NAME": "storage", "PARAMETERS": {
+                    "OBJECTIVES": w.join("encrypted"), "DESTINATION": "local", "PATH": st.home.join("backups"),
+                    "REMOVE_OBJECTIVES": "True"}}),
+            ),
+        ],
+    );
     let mut runner = as_user(&bin("backup-runner"), &st.home)
         .args(["-r", "-c"])
         .arg(&conf)
@@ -500,6 +538,14 @@ fn a_killed_runner_takes_its_reader_behind_sudo_with_it() {
         .unwrap_or_default();
     assert!(complete.is_empty(), "left what looks like an archive: {complete:?}");
 
+    // The night after, with no hand work: the killed night is settled (it had finished no
+    // section), this one is stored whole and reads back.
     let out = runner_as_user(&st, &["-r", "--json"], &conf).expect(0);
-    assert_eq!(out.json()["sections"][0]["status"], "ok", "{}", out.stdout);
+    let report = out.json();
+    let settled: Vec<&str> =
+        report["recovered"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(settled, ["abandoned"], "{report:#}");
+    let run_id = report["run_id"].as_str().unwrap();
+    let verified = runner_as_user(&st, &["verify", "--read-data", "--run", run_id], &conf).expect(0);
+    assert!(verified.stdout.contains(run_id), "{}", verified.stdout);
 }

@@ -149,12 +149,7 @@ impl Progress {
 }
 
 /// `label [####      ]  42% 1.2 GiB / 3.0 GiB  85.0 MiB/s  ETA 0:23` (a counter and a rate
-/// when the total is unknown), whole.
-pub fn render(label: &str, done: u64, total: u64, elapsed: Duration) -> String {
-    render_within(label, done, total, elapsed, usize::MAX)
-}
-
-/// [`render`] in at most `width` characters: a line that wrapped would leave its first part
+/// when the total is unknown) in at most `width` characters: a line that wrapped would leave its first part
 /// behind at every redraw. The figures are kept; the label is shortened first (to 12
 /// characters at least), then the bar goes.
 pub fn render_within(label: &str, done: u64, total: u64, elapsed: Duration, width: usize) -> String {
@@ -266,7 +261,7 @@ mod tests {
     fn long_lines_keep_their_figures_and_shorten_the_label_then_drop_the_bar() {
         let label = format!("[FILES] archive {}.tar.gz", "x".repeat(60));
         let t = Duration::from_secs(4);
-        let whole = render(&label, 512 << 20, 1 << 30, t);
+        let whole = render_within(&label, 512 << 20, 1 << 30, t, usize::MAX);
         assert_eq!(render_within(&label, 512 << 20, 1 << 30, t, 500), whole);
         let cut = render_within(&label, 512 << 20, 1 << 30, t, 100);
         assert_eq!(cut.chars().count(), 100, "{cut}");
@@ -280,9 +275,9 @@ mod tests {
 
     #[test]
     fn renders_rate_and_eta_and_parses_relayed_lines() {
-        let line = render("files", 512 << 20, 1 << 30, Duration::from_secs(4));
+        let line = render_within("files", 512 << 20, 1 << 30, Duration::from_secs(4), usize::MAX);
         assert!(line.contains(" 50% 512.0 MiB / 1.0 GiB  128.0 MiB/s  ETA 0:04"), "{line}");
-        assert!(render("x", 10, 10, Duration::from_secs(75)).ends_with("in 1:15"));
+        assert!(render_within("x", 10, 10, Duration::from_secs(75), usize::MAX).ends_with("in 1:15"));
         assert_eq!(clock(3725.0), "1:02:05");
         let l = format!("{RELAY_PREFIX}5\t10\t1500\tencrypt a.tar.gz");
         assert_eq!(relayed(&l), Some(("encrypt a.tar.gz".to_owned(), 5, 10, Duration::from_millis(1500))));
